@@ -1,0 +1,71 @@
+"""``datalist.json``: the split of a prepared dataset into labelled, unlabelled and validation records.
+
+Records are ``{"image": path}`` or ``{"image": path, "label": path}``; relative paths are relative to the
+folder holding ``datalist.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..utils.atomic import atomic_write_text
+from .errors import DataError
+
+__all__ = ["DATALIST_KEYS", "load_datalist", "write_datalist", "split_cases"]
+
+DATALIST_KEYS = ("labeled", "unlabeled", "validation")
+
+
+def split_cases(ids: Sequence[str], labeled: int, val: int) -> dict[str, list[str]]:
+    """Split ``ids`` in order: the first ``labeled`` are labelled, the last ``val`` validation, the rest unlabelled."""
+    n = len(ids)
+    if labeled < 0 or val < 0:
+        raise DataError(f"--labeled ({labeled}) and --val ({val}) must not be negative")
+    if labeled + val > n:
+        raise DataError(f"--labeled {labeled} plus --val {val} exceeds the {n} available cases")
+    return {
+        "labeled": list(ids[:labeled]),
+        "unlabeled": list(ids[labeled : n - val]),
+        "validation": list(ids[n - val :]),
+    }
+
+
+def write_datalist(datalist: dict[str, list[dict]], path: str | os.PathLike) -> Path:
+    """Write ``datalist`` (the keys of ``DATALIST_KEYS``) to ``path`` atomically."""
+    missing = [k for k in DATALIST_KEYS if k not in datalist]
+    if missing:
+        raise DataError(f"datalist for {path} lacks the keys {missing}")
+    return atomic_write_text(json.dumps(datalist, indent=2) + "\n", path)
+
+
+def load_datalist(dataset_dir: str | os.PathLike, key: str, limit: int | None = None) -> list[dict]:
+    """Read the ``key`` records of ``<dataset_dir>/datalist.json`` with absolute paths.
+
+    Args:
+        dataset_dir: a folder holding ``datalist.json``.
+        key: one of ``labeled``, ``unlabeled``, ``validation``.
+        limit: keep only the first ``limit`` records (None keeps all).
+    """
+    path = Path(dataset_dir) / "datalist.json"
+    if not path.is_file():
+        raise DataError(f"{path} not found: prepare a dataset with `python -m ssmis.data` first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from e
+    if key not in data:
+        raise DataError(f"{path} has no key {key!r} (it has {sorted(data)})")
+    records = []
+    for i, rec in enumerate(data[key]):
+        if not isinstance(rec, dict) or "image" not in rec:
+            raise DataError(f"{path}: {key}[{i}] is not a record with an 'image' field")
+        out = dict(rec)
+        for field in ("image", "label"):
+            if field in out:
+                p = Path(out[field])
+                out[field] = str(p if p.is_absolute() else (path.parent / p).resolve())
+        records.append(out)
+    return records if limit is None else records[:limit]

@@ -1,0 +1,96 @@
+"""``prepare-images``: a user's own NIfTI folders become a ``datalist.json`` (files are referenced, not copied)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from ..utils.atomic import atomic_output_dir
+from .datalist import write_datalist
+from .errors import DataError
+from .nifti import check_label
+
+__all__ = ["case_name", "prepare_images"]
+
+_SUFFIXES = (".nii.gz", ".nii")
+
+
+def case_name(path: Path) -> str | None:
+    """The case name of a NIfTI file (its name without ``.nii``/``.nii.gz``), or None for other files."""
+    for s in _SUFFIXES:
+        if path.name.endswith(s):
+            return path.name[: -len(s)]
+    return None
+
+
+def _scan(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {what} folder not found")
+    found = {n: p for p in sorted(folder.iterdir()) if (n := case_name(p)) is not None}
+    if not found and what == "images":
+        raise DataError(f"{folder}: no *.nii or *.nii.gz images found")
+    return found
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(str(path))
+        img.shape  # noqa: B018 - touch the header
+        return img
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from e
+
+
+def prepare_images(
+    images: str | os.PathLike,
+    output: str | os.PathLike,
+    labeled: int,
+    labels: str | os.PathLike | None = None,
+    val: int = 0,
+    classes: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``output/datalist.json`` for the NIfTI files in ``images`` (and matching names in ``labels``).
+
+    Images that have a label are split in name order: the first ``labeled`` labelled, the last ``val`` validation,
+    and the rest join the images without a label as unlabelled. Every label is checked against its image (shape,
+    integer values below ``classes``; ``classes`` defaults to the largest value found plus one).
+    """
+    images = Path(images).absolute()
+    imgs = _scan(images, "images")
+    labs = _scan(Path(labels).absolute(), "labels") if labels is not None else {}
+    orphans = sorted(set(labs) - set(imgs))
+    if orphans:
+        raise DataError(f"{labels}: labels without an image: {orphans[:5]}")
+    with_label = [n for n in imgs if n in labs]
+    if labeled + val > len(with_label):
+        raise DataError(
+            f"--labeled {labeled} plus --val {val} exceeds the {len(with_label)} images that have a label in {labels}"
+        )
+    used = with_label[:labeled] + (with_label[len(with_label) - val :] if val else [])
+    max_value = 0
+    for name in tqdm(used, desc="checking labels", disable=not progress, unit="case"):
+        img, lab = _load(imgs[name]), _load(labs[name])
+        data = np.asanyarray(lab.dataobj)
+        check_label(data, img.shape[:3] if data.ndim == 3 else img.shape, classes or 256, str(labs[name]))
+        max_value = max(max_value, int(data.max()))
+    for name in imgs:
+        if name not in used:
+            _load(imgs[name])
+    val_names = with_label[len(with_label) - val :] if val else []
+    unl = [n for n in imgs if n not in with_label[:labeled] and n not in val_names]
+    with atomic_output_dir(output) as tmp:
+        write_datalist(
+            {
+                "labeled": [{"image": str(imgs[n]), "label": str(labs[n])} for n in with_label[:labeled]],
+                "unlabeled": [{"image": str(imgs[n])} for n in unl],
+                "validation": [{"image": str(imgs[n]), "label": str(labs[n])} for n in val_names],
+                "classes": classes or max_value + 1,
+            },
+            tmp / "datalist.json",
+        )
+    return Path(output)

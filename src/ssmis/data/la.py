@@ -1,0 +1,117 @@
+"""``prepare-la``: the UA-MT layout of the LA dataset (``volumes/<id>/mri_norm2.h5`` + ``train.list``) to NIfTI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..utils.atomic import atomic_output_dir
+from .datalist import split_cases, write_datalist
+from .errors import DataError
+from .nifti import check_label, save_image, save_label, spacing_affine
+
+__all__ = ["LA_SPACING", "read_la_case", "resample", "prepare_la"]
+
+LA_SPACING = 0.625  # mm, isotropic; the h5 files carry no geometry
+
+
+def read_la_case(path: str | os.PathLike, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``image`` (float32, H×W×D) and ``label`` (uint8, H×W×D) from one ``mri_norm2.h5``, checking both."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("image", "label"):
+                if key not in f:
+                    raise DataError(f"{path}: missing the {key!r} dataset (it has {sorted(f.keys())})")
+            image = np.asarray(f["image"][()], dtype=np.float32)
+            label = np.asarray(f["label"][()])
+    except DataError:
+        raise
+    except Exception as e:  # h5py raises OSError/KeyError/RuntimeError for corrupt or truncated files
+        raise DataError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e})") from e
+    if image.ndim != 3:
+        raise DataError(f"{path}: image has {image.ndim} dimensions, expected 3")
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{path}: image holds NaN or infinite values")
+    check_label(label, image.shape, classes, str(path))
+    return image, label.astype(np.uint8)
+
+
+def resample(
+    image: np.ndarray, label: np.ndarray, spacing: float, target: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample an isotropic pair to ``target`` mm: image linear, label nearest. Returns (image, label, affine)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    affine = spacing_affine(spacing)
+    if np.isclose(spacing, target):
+        return image, label, affine
+    img = MetaTensor(image[None], affine=affine)
+    lab = MetaTensor(label[None].astype(np.float32), affine=affine)
+    img_r = Spacing(pixdim=(target,) * 3, mode="bilinear", padding_mode="border")(img)
+    lab_r = Spacing(pixdim=(target,) * 3, mode="nearest", padding_mode="zeros")(lab)
+    return (
+        img_r[0].numpy().astype(np.float32),
+        lab_r[0].numpy().round().astype(np.uint8),
+        np.asarray(img_r.affine, dtype=float),
+    )
+
+
+def prepare_la(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    spacing: float = LA_SPACING,
+    labeled: int = 8,
+    val: int = 8,
+    classes: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Convert the LA training volumes under ``source`` to ``output/{imagesTr,labelsTr}`` and ``datalist.json``.
+
+    The whole output folder is written to a temporary sibling and renamed at the end, so bad input leaves an
+    existing ``output`` untouched and never leaves a partial one.
+    """
+    source = Path(source)
+    list_file = source / "train.list"
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: not found (expected the UA-MT layout: train.list and volumes/<id>/mri_norm2.h5)")
+    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{list_file}: empty, no cases to prepare")
+    split = split_cases(ids, labeled, val)
+    output = Path(output)
+    with atomic_output_dir(output) as tmp:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        for case in tqdm(ids, desc="prepare-la", disable=not progress, unit="case"):
+            image, label = read_la_case(source / "volumes" / case / "mri_norm2.h5", classes)
+            image, label, affine = resample(image, label, LA_SPACING, spacing)
+            save_image(image, affine, tmp / "imagesTr" / f"{case}.nii.gz")
+            save_label(label, affine, tmp / "labelsTr" / f"{case}.nii.gz")
+
+        def rec(case: str, with_label: bool) -> dict:
+            r = {"image": f"imagesTr/{case}.nii.gz"}
+            if with_label:
+                r["label"] = f"labelsTr/{case}.nii.gz"
+            return r
+
+        write_datalist(
+            {
+                "labeled": [rec(c, True) for c in split["labeled"]],
+                "unlabeled": [rec(c, False) for c in split["unlabeled"]],
+                "validation": [rec(c, True) for c in split["validation"]],
+                "spacing": [float(spacing)] * 3,
+                "classes": classes,
+                "source": "LA",
+            },
+            tmp / "datalist.json",
+        )
+    return output

@@ -1,0 +1,85 @@
+"""PNG pictures: a segmentation overlay on the slice that shows the most foreground, and metric curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["best_slice", "save_overlay", "save_curves"]
+
+
+def best_slice(label: np.ndarray, pred: np.ndarray | None = None) -> int:
+    """Index along the last axis of the ``[H, W, D]`` slice with the most label (or, failing that, prediction) voxels."""
+    for vol in (label, pred):
+        if vol is not None and np.any(vol > 0):
+            return int(np.argmax((vol > 0).reshape(-1, vol.shape[-1]).sum(0)))
+    return label.shape[-1] // 2
+
+
+def save_overlay(
+    image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Write a PNG of ``image`` with the prediction filled and the ground truth outlined.
+
+    Args:
+        image, label, pred: ``[H, W]`` slices or ``[H, W, D]`` volumes (then the best slice is drawn).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils.atomic import atomic_replace
+
+    image, pred = np.asarray(image, float), np.asarray(pred)
+    label = None if label is None else np.asarray(label)
+    if image.ndim == 3:
+        k = best_slice(label if label is not None else pred, pred)
+        image, pred = image[..., k], pred[..., k]
+        label = None if label is None else label[..., k]
+        title = f"{title} (slice {k})".strip()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.imshow(image.T, cmap="gray", origin="lower")
+    masked = np.ma.masked_where(pred.T == 0, pred.T)
+    ax.imshow(masked, cmap="autumn", alpha=0.45, origin="lower", interpolation="nearest")
+    if label is not None and np.any(label > 0):
+        ax.contour(label.T, levels=np.arange(0.5, label.max() + 0.5), colors="cyan", linewidths=1.0, origin="lower")
+    ax.set_title(title + "\nfill: prediction, cyan: ground truth", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png"), path)
+    plt.close(fig)
+    return out
+
+
+def save_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike,
+    xlabel: str = "iteration",
+    ylabel: str = "validation Dice",
+    title: str = "",
+) -> Path:
+    """Write a PNG line plot, one line per ``name -> (x, y)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils.atomic import atomic_replace
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png"), path)
+    plt.close(fig)
+    return out
