@@ -48,12 +48,12 @@ def resample(
     image: np.ndarray, label: np.ndarray, spacing: float, target: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resample an isotropic pair to ``target`` mm: image linear, label nearest. Returns (image, label, affine)."""
-    from monai.data import MetaTensor
-    from monai.transforms import Spacing
-
     affine = spacing_affine(spacing)
     if np.isclose(spacing, target):
         return image, label, affine
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
     img = MetaTensor(image[None], affine=affine)
     lab = MetaTensor(label[None].astype(np.float32), affine=affine)
     img_r = Spacing(pixdim=(target,) * 3, mode="bilinear", padding_mode="border")(img)

@@ -31,8 +31,10 @@ def _uint8_lattice(image: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     lo = float(values[0])
     if values.size == 1:
         return np.zeros(image.shape, np.uint8), 1.0, lo
-    steps = np.diff(values.astype(np.float64))
-    slope = float(steps.min())
+    values = values.astype(np.float64)
+    span = float(values[-1] - lo)
+    # float32 rounding makes the gaps between neighbouring values uneven: derive the step from the whole span
+    slope = span / max(1, round(span / float(np.diff(values).min())))
     codes = np.rint((image.astype(np.float64) - lo) / slope)
     if codes.max() > 255:
         return None

@@ -31,7 +31,8 @@ class ResumableCheckpoint:
     Files in ``save_dir``:
 
     - ``checkpoint.pt``: ``{name: obj.state_dict()}`` for every entry of ``save_dict`` (networks, optimisers,
-      schedulers, the trainer itself, handlers with state) — what a resumed run needs;
+      schedulers, handlers with state) plus ``"trainer"``, the state of the engine it is attached to (iteration,
+      epoch) — what a resumed run needs;
     - ``model.pt``: ``{"model": network weights}`` (model-zoo convention; ``model_keys`` chooses the entries).
 
     Both are written to a temporary file and renamed, so a kill mid-write never leaves a truncated checkpoint.
@@ -39,7 +40,7 @@ class ResumableCheckpoint:
 
     Args:
         save_dir: folder for the two files (created if missing).
-        save_dict: objects with ``state_dict``/``load_state_dict``; include the trainer under ``"trainer"``.
+        save_dict: objects with ``state_dict``/``load_state_dict`` (the engine is added as ``"trainer"``).
         save_interval: iterations between saves (0: only at the end).
         model_keys: entries of ``save_dict`` that go into ``model.pt``.
         resume: load ``checkpoint.pt`` at start when it exists.
@@ -68,6 +69,9 @@ class ResumableCheckpoint:
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
+        if "trainer" in self.save_dict:
+            raise ValueError("save_dict must not hold 'trainer': the engine this handler is attached to is saved there")
+        self.save_dict["trainer"] = engine
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         if self.save_interval > 0:

@@ -38,9 +38,9 @@ def case_metrics(
         num_classes: number of classes including background.
         spacing: voxel size in mm along each spatial axis.
 
-    Returns ``{"dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm"}``. Distances are ``inf`` when the
-    prediction of a present class is empty (MONAI's convention), and the class is skipped (nan) when it is absent
-    from both.
+    Returns ``{"dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm"}``. Distances are ``inf`` when a
+    class is present in only one of prediction and label, and the class is skipped (nan) when it is absent from
+    both.
     """
     p = torch.as_tensor(np.asarray(pred)).long()
     y = torch.as_tensor(np.asarray(label)).long()
@@ -56,9 +56,13 @@ def case_metrics(
         dice = compute_dice(p1, y1, include_background=False, ignore_empty=True)[0]
         jac = compute_iou(p1, y1, include_background=False, ignore_empty=True)[0]
         out: dict[str, float] = {"dice": _nanmean(dice), "jaccard": _nanmean(jac)}
+        # a class present in only one of the two has no finite surface distance (MONAI gives nan or inf)
+        spatial = tuple(range(1, p1.ndim - 1))  # axes of p1[0, 1:] other than the class axis
+        one_sided = (p1[0, 1:].sum(spatial) > 0) != (y1[0, 1:].sum(spatial) > 0)
         for unit, sp in (("vox", None), ("mm", [float(s) for s in spacing])):
             hd = compute_hausdorff_distance(p1, y1, include_background=False, percentile=95, spacing=sp)[0]
             asd = compute_average_surface_distance(p1, y1, include_background=False, symmetric=True, spacing=sp)[0]
+            hd, asd = hd.masked_fill(one_sided, math.inf), asd.masked_fill(one_sided, math.inf)
             out[f"hd95_{unit}"] = _nanmean(hd)
             out[f"asd_{unit}"] = _nanmean(asd)
     return out

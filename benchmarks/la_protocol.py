@@ -1,0 +1,147 @@
+"""LA-1.25mm accuracy protocol: train and evaluate bundles at several label counts, then tabulate and plot.
+
+    python benchmarks/la_protocol.py --bundles supervised_la --labeled 8 16 --iterations 1200
+
+For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cpu_protocol.yaml) on
+``data/la_1.25mm_l<N>`` (made by ``python -m ssmis.data prepare-la --spacing 1.25 --labeled N --val 8`` when missing),
+then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time and peak resident memory
+are measured around its subprocess. Results accumulate in ``docs/results/la_1.25mm.json``; the markdown table goes
+to ``docs/results/la_1.25mm.md`` and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cmd(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run ``cmd`` with output to ``log``; return (wall seconds, peak RSS in MiB). Raises on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(p.pid, 0)
+    wall = time.time() - t0
+    if status != 0:
+        raise RuntimeError(f"command failed (status {status}), see {log}: {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def val_curve(log_dir: Path) -> tuple[list[int], list[float]]:
+    """The ``val_mean_dice`` scalars of a run's TensorBoard logs as (iterations, values)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    xs, ys = [], []
+    for ev in sorted(log_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        if "val_mean_dice" in acc.Tags().get("scalars", []):
+            for s in acc.Scalars("val_mean_dice"):
+                xs.append(int(s.step))
+                ys.append(float(s.value))
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    return [xs[i] for i in order], [ys[i] for i in order]
+
+
+def ensure_data(data_root: Path, labeled: int, spacing: float, val: int, source: Path) -> Path:
+    out = data_root / f"la_{spacing:g}mm_l{labeled}"
+    if not (out / "datalist.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "ssmis.data", "prepare-la", "--source", str(source), "--output", str(out),
+             "--spacing", str(spacing), "--labeled", str(labeled), "--val", str(val)],
+            check=True, cwd=ROOT,
+        )
+    return out
+
+
+def bundle_configs(bundle: str, *names: str) -> str:
+    files = [str(ROOT / "bundles" / bundle / "configs" / n) for n in names]
+    return "[" + ",".join(repr(f) for f in files) + "]"
+
+
+def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict:
+    data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
+    out = args.runs_root / f"{bundle}_l{labeled}"
+    common = [
+        "--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
+        "--num_iterations", str(args.iterations), "--val_interval", str(args.val_interval), "--seed", str(args.seed),
+    ]
+    extra = [c for c in args.extra_configs.get(bundle, [])]
+    train_cfg = bundle_configs(bundle, "train.yaml", "cpu_protocol.yaml", *extra)
+    eval_cfg = bundle_configs(bundle, "train.yaml", "cpu_protocol.yaml", *extra, "evaluate.yaml")
+    py = [sys.executable, "-m", "monai.bundle", "run"]
+    train_wall, train_mem = run_cmd(py + ["--config_file", train_cfg] + common, out / "train.log")
+    eval_wall, eval_mem = run_cmd(py + ["--config_file", eval_cfg] + common, out / "evaluate.log")
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
+    xs, ys = val_curve(out / "logs")
+    return {
+        "bundle": bundle, "labeled": labeled, "iterations": args.iterations, "seed": args.seed,
+        "train_wall_s": train_wall, "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
+        "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
+        "checkpoint": "last", "run_dir": str(out),
+    }
+
+
+def write_report(results: list[dict], md: Path, png: Path) -> None:
+    from ssmis.visualize import save_curves
+
+    rows = [
+        "| method | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) | train wall | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: (r["labeled"], r["bundle"])):
+        m = r["metrics"]
+        rows.append(
+            f"| {r['bundle']} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} | {100 * m['jaccard']:.2f} "
+            f"| {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} | {m['asd_vox']:.2f} / {m['asd_mm']:.2f} "
+            f"| {r['train_wall_s'] / 60:.1f} min | {r['train_peak_mib'] / 1024:.2f} GiB |"
+        )
+    md.write_text("\n".join(rows) + "\n")
+    curves = {f"{r['bundle']} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
+              for r in sorted(results, key=lambda r: (r["labeled"], r["bundle"]))}
+    save_curves(curves, png, title="LA-1.25mm: validation Dice (8 validation volumes)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundles", nargs="+", default=["supervised_la"], help="bundle names under bundles/")
+    p.add_argument("--labeled", nargs="+", type=int, default=[8, 16], help="labelled-volume counts")
+    p.add_argument("--iterations", type=int, default=1200, help="training iterations per run (default 1200)")
+    p.add_argument("--val-interval", type=int, default=200, help="iterations between validations (default 200)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--spacing", type=float, default=1.25)
+    p.add_argument("--val", type=int, default=8, help="validation volumes, the last of train.list (default 8)")
+    p.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "LA")
+    p.add_argument("--data-root", type=Path, default=ROOT / "data")
+    p.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "la_1.25mm")
+    p.add_argument("--results", type=Path, default=ROOT / "docs" / "results" / "la_1.25mm.json")
+    p.add_argument("--config", action="append", default=[], metavar="BUNDLE=FILE",
+                   help="extra config file (in the bundle's configs/) merged for BUNDLE; repeatable")
+    args = p.parse_args(argv)
+    args.extra_configs = {}
+    for item in args.config:
+        b, f = item.split("=", 1)
+        args.extra_configs.setdefault(b, []).append(f)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.results.read_text()) if args.results.is_file() else []
+    for labeled in args.labeled:
+        for bundle in args.bundles:
+            print(f"== {bundle}, {labeled} labelled, {args.iterations} iterations", flush=True)
+            r = run_one(bundle, labeled, args)
+            results = [x for x in results if not (x["bundle"] == bundle and x["labeled"] == labeled)] + [r]
+            args.results.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"   Dice {r['metrics']['dice']:.4f}, train {r['train_wall_s'] / 60:.1f} min", flush=True)
+            write_report(results, args.results.with_suffix(".md"), args.results.with_name("la_1.25mm_curves.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny synthetic datasets and a helper to run bundle commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+
+# a tiny network and patch so a bundle run takes seconds on 2 CPU cores
+TINY = [
+    "--network_def#_target_", "BasicUNet",
+    "--network_def#features", "[4, 4, 8, 8, 16, 4]",
+    "--patch_size", "[32, 32, 24]",
+    "--batch_size", "2",
+    "--device", "$torch.device('cpu')",
+    "--amp", "false",
+]
+
+
+def configs(bundle: str, *names: str) -> str:
+    """A ``--config_file`` value merging ``names`` from ``bundles/<bundle>/configs``."""
+    return "[" + ",".join(repr(str(BUNDLES / bundle / "configs" / n)) for n in names) + "]"
+
+
+def run_bundle(bundle: str, names: list[str], *overrides: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle run`` on a bundle's configs; fail the test with its output if it fails."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(bundle, *names),
+           "--bundle_root", str(BUNDLES / bundle), *overrides]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
+    if p.returncode != 0:
+        pytest.fail(f"bundle command failed ({p.returncode}):\n{' '.join(cmd)}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def synthetic_3d(tmp_path_factory) -> Path:
+    from ssmis.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("syn3d") / "data", dims=3, classes=2, cases=8,
+                                  labeled=4, val=2, size=32)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))

@@ -1,0 +1,131 @@
+"""The supervised_la bundle end to end on tiny synthetic data: train, evaluate, infer, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLES, ROOT, TINY, configs, run_bundle
+
+pytestmark = pytest.mark.slow
+
+
+def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = []
+    for ev in sorted(log_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            out += [(s.step, s.value) for s in acc.Scalars(tag)]
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_3d, tmp_path_factory):
+    out = tmp_path_factory.mktemp("supervised") / "run"
+    run_bundle("supervised_la", ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
+               "--num_iterations", "60", "--val_interval", "30", "--learning_rate", "0.05", *TINY)
+    return out
+
+
+def test_training_lowers_loss_and_writes_checkpoint(trained):
+    losses = [v for _, v in tb_scalars(trained / "logs", "train_loss")]
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    dice = tb_scalars(trained / "logs", "val_mean_dice")
+    assert [s for s, _ in dice] == [30, 60]  # validation every val_interval, x axis in iterations
+    ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert list(ckpt) == ["model"]
+    state = torch.load(trained / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 60
+    assert not list((trained / "models").glob("*.tmp")), "temporary checkpoint left behind"
+
+
+def test_evaluate_writes_metrics_and_overlays(trained, synthetic_3d):
+    run_bundle("supervised_la", ["train.yaml", "evaluate.yaml"], "--dataset_dir", str(synthetic_3d),
+               "--output_dir", str(trained), *TINY)
+    ev = trained / "eval"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert len(metrics["cases"]) == 2
+    for key in ("dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm"):
+        assert key in metrics["mean"]
+    # synthetic spacing is 1.25 mm: distances in mm are 1.25 x those in voxels
+    assert metrics["mean"]["hd95_mm"] == pytest.approx(1.25 * metrics["mean"]["hd95_vox"], rel=1e-4)
+    rows = (ev / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("case,dice") and rows[-1].startswith("mean,")
+    assert len(list(ev.glob("overlay_best_*.png"))) == 1 and len(list(ev.glob("overlay_worst_*.png"))) == 1
+
+
+def test_inference_keeps_geometry(trained, synthetic_3d, tmp_path):
+    src = nib.load(synthetic_3d / "imagesTr" / "case_007.nii.gz")
+    # a non-trivial affine: the output must carry it unchanged
+    affine = np.array([[0, -1.25, 0, 10], [1.25, 0, 0, -5], [0, 0, 1.25, 3], [0, 0, 0, 1]], float)
+    (tmp_path / "imagesTs").mkdir()
+    nib.save(nib.Nifti1Image(src.get_fdata().astype(np.float32), affine), tmp_path / "imagesTs" / "scan.nii.gz")
+    out = tmp_path / "pred"
+    run_bundle("supervised_la", ["inference.yaml"], "--dataset_dir", str(tmp_path), "--output_dir", str(out),
+               "--ckpt_path", str(trained / "models" / "model.pt"), *[a for a in TINY if a not in ("--batch_size", "2")])
+    seg = nib.load(out / "scan" / "scan_seg.nii.gz")
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
+    assert set(np.unique(seg.get_fdata())) <= {0.0, 1.0}
+
+
+def test_inference_without_images_says_so(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                        configs("supervised_la", "inference.yaml"), "--dataset_dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode != 0 and "no *.nii.gz images in" in (p.stdout + p.stderr)
+
+
+def test_resume_after_kill(synthetic_3d, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs("supervised_la", "train.yaml"),
+           "--bundle_root", str(BUNDLES / "supervised_la"), "--dataset_dir", str(synthetic_3d),
+           "--output_dir", str(out), "--num_iterations", "400", "--val_interval", "5", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            start_new_session=True)
+    state = out / "models" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not state.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, map_location="cpu", weights_only=False)["trainer"]["iteration"]
+    assert 0 < saved < 400, saved
+    # rerun the same command with a shorter total: it continues from the checkpoint instead of restarting
+    total = saved + 10
+    cmd[cmd.index("400")] = str(total)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"resumed from {state} at iteration {saved}" in p.stdout + p.stderr
+    final = torch.load(state, map_location="cpu", weights_only=False)["trainer"]["iteration"]
+    assert final == -(-total // 5) * 5
+
+
+def test_ddp_two_cpu_processes(synthetic_3d, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "monai.bundle", "run", "--config_file",
+           configs("supervised_la", "train.yaml", "multi_gpu_train.yaml"), "--bundle_root",
+           str(BUNDLES / "supervised_la"), "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
+           "--num_iterations", "6", "--val_interval", "3", *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
+    ckpt = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
+    assert torch.load(out / "models" / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 6
