@@ -3,5 +3,13 @@
 from .checkpoint import ResumableCheckpoint
 from .metrics_writer import SegmentationMetricsWriter
 from .progress import TrainingProgressBar
+from .rampup import RampUpWeight, linear_rampup, sigmoid_rampup
 
-__all__ = ["ResumableCheckpoint", "SegmentationMetricsWriter", "TrainingProgressBar"]
+__all__ = [
+    "RampUpWeight",
+    "ResumableCheckpoint",
+    "SegmentationMetricsWriter",
+    "TrainingProgressBar",
+    "linear_rampup",
+    "sigmoid_rampup",
+]

@@ -1,4 +1,4 @@
-"""The supervised_la bundle end to end on tiny synthetic data: train, evaluate, infer, resume, DDP."""
+"""Every LA bundle end to end on tiny synthetic data: train, evaluate, infer, DDP; resume for supervised_la."""
 
 from __future__ import annotations
 
@@ -32,18 +32,31 @@ def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(out)
 
 
+BUNDLE_NAMES = ["supervised_la", "mean_teacher_la"]
+LOSS_TAG = {"supervised_la": "train_loss", "mean_teacher_la": "loss"}
+
+
+@pytest.fixture(scope="module", params=BUNDLE_NAMES)
+def bundle(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def trained(synthetic_3d, tmp_path_factory):
-    out = tmp_path_factory.mktemp("supervised") / "run"
-    run_bundle("supervised_la", ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
+def trained(bundle, synthetic_3d, tmp_path_factory):
+    out = tmp_path_factory.mktemp(bundle) / "run"
+    run_bundle(bundle, ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
                "--num_iterations", "60", "--val_interval", "30", "--learning_rate", "0.05", *TINY)
     return out
 
 
-def test_training_lowers_loss_and_writes_checkpoint(trained):
-    losses = [v for _, v in tb_scalars(trained / "logs", "train_loss")]
+def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
+    losses = [v for _, v in tb_scalars(trained / "logs", LOSS_TAG[bundle])]
     assert len(losses) == 60
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    if bundle != "supervised_la":  # every loss term and the unlabelled weight are logged each iteration
+        weights = [v for _, v in tb_scalars(trained / "logs", "weight/unlabeled")]
+        assert len(weights) == 60 and weights == sorted(weights) and weights[-1] > weights[0]
+        assert len(tb_scalars(trained / "logs", "loss/sup")) == 60
     dice = tb_scalars(trained / "logs", "val_mean_dice")
     assert [s for s, _ in dice] == [30, 60]  # validation every val_interval, x axis in iterations
     ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -53,8 +66,8 @@ def test_training_lowers_loss_and_writes_checkpoint(trained):
     assert not list((trained / "models").glob("*.tmp")), "temporary checkpoint left behind"
 
 
-def test_evaluate_writes_metrics_and_overlays(trained, synthetic_3d):
-    run_bundle("supervised_la", ["train.yaml", "evaluate.yaml"], "--dataset_dir", str(synthetic_3d),
+def test_evaluate_writes_metrics_and_overlays(bundle, trained, synthetic_3d):
+    run_bundle(bundle, ["train.yaml", "evaluate.yaml"], "--dataset_dir", str(synthetic_3d),
                "--output_dir", str(trained), *TINY)
     ev = trained / "eval"
     metrics = json.loads((ev / "metrics.json").read_text())
@@ -68,14 +81,14 @@ def test_evaluate_writes_metrics_and_overlays(trained, synthetic_3d):
     assert len(list(ev.glob("overlay_best_*.png"))) == 1 and len(list(ev.glob("overlay_worst_*.png"))) == 1
 
 
-def test_inference_keeps_geometry(trained, synthetic_3d, tmp_path):
+def test_inference_keeps_geometry(bundle, trained, synthetic_3d, tmp_path):
     src = nib.load(synthetic_3d / "imagesTr" / "case_007.nii.gz")
     # a non-trivial affine: the output must carry it unchanged
     affine = np.array([[0, -1.25, 0, 10], [1.25, 0, 0, -5], [0, 0, 1.25, 3], [0, 0, 0, 1]], float)
     (tmp_path / "imagesTs").mkdir()
     nib.save(nib.Nifti1Image(src.get_fdata().astype(np.float32), affine), tmp_path / "imagesTs" / "scan.nii.gz")
     out = tmp_path / "pred"
-    run_bundle("supervised_la", ["inference.yaml"], "--dataset_dir", str(tmp_path), "--output_dir", str(out),
+    run_bundle(bundle, ["inference.yaml"], "--dataset_dir", str(tmp_path), "--output_dir", str(out),
                "--ckpt_path", str(trained / "models" / "model.pt"), *[a for a in TINY if a not in ("--batch_size", "2")])
     seg = nib.load(out / "scan" / "scan_seg.nii.gz")
     assert seg.shape == src.shape
@@ -116,12 +129,12 @@ def test_resume_after_kill(synthetic_3d, tmp_path):
     assert final == -(-total // 5) * 5
 
 
-def test_ddp_two_cpu_processes(synthetic_3d, tmp_path):
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "monai.bundle", "run", "--config_file",
-           configs("supervised_la", "train.yaml", "multi_gpu_train.yaml"), "--bundle_root",
-           str(BUNDLES / "supervised_la"), "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
+           configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name), "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
            "--num_iterations", "6", "--val_interval", "3", *TINY]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)

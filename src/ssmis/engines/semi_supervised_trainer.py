@@ -1,0 +1,181 @@
+"""``SemiSupervisedTrainer``: one MONAI trainer for every semi-supervised method.
+
+Each iteration draws a labelled batch (the engine's data loader) and an unlabelled batch (a second loader,
+shuffled on its own and recycled when exhausted), hands both to a *strategy* that returns the losses, then
+back-propagates and steps every optimiser. Methods differ only in their strategy and handlers, never in the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Metric
+from monai.engines.trainer import Trainer
+from monai.engines.workflow import Workflow
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim.optimizer import Optimizer
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from .strategy import Strategy
+
+__all__ = ["SemiSupervisedTrainer", "scalar_terms"]
+
+
+def scalar_terms(output: Any) -> dict[str, float]:
+    """The scalar entries of an iteration output (loss terms, weights): an ``output_transform`` for
+    ``TensorBoardStatsHandler``/``StatsHandler`` that logs every term under its own name."""
+    if isinstance(output, list):  # decollated
+        output = output[0] if output else {}
+    out = {}
+    for k, v in output.items():
+        if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
+            out[k] = float(v)
+    return out
+
+
+def _to_device(batch: Mapping[str, Any], keys: Sequence[str], device: torch.device, non_blocking: bool) -> dict:
+    return {k: batch[k].to(device, non_blocking=non_blocking) for k in keys if k in batch}
+
+
+class SemiSupervisedTrainer(Trainer):
+    """Iteration-based semi-supervised trainer built on ``monai.engines.Trainer``.
+
+    Args:
+        device: where batches are moved.
+        max_epochs: epochs to run; with ``epoch_length`` = validation interval this is the iteration budget.
+        train_data_loader: labelled loader; batches are dicts with ``image`` ``[B, C, *S]`` and ``label``
+            ``[B, 1, *S]``.
+        unlabeled_data_loader: unlabelled loader (``image`` only); None or empty degrades to supervised training.
+        strategy: the method: ``strategy(engine, labeled, unlabeled) -> dict`` holding ``"loss"``.
+        optimizers: one optimiser or several (co-training); all are zeroed, and stepped after one backward pass
+            of the total loss (pseudo-labels are detached, so each network receives only its own gradients).
+        epoch_length: iterations per epoch (the validation interval).
+        amp: autocast the strategy: float16 with a ``GradScaler`` on CUDA; on the CPU only with
+            ``amp_dtype=torch.bfloat16``.
+        amp_dtype: autocast dtype (default float16 on CUDA, bfloat16 on the CPU).
+        train_handlers, key_train_metric, additional_metrics, postprocessing, metric_cmp_fn, event_names,
+        event_to_attr, decollate, non_blocking: as in ``monai.engines.SupervisedTrainer``.
+
+    ``engine.state.output`` after each iteration is the strategy's dict with detached scalars; it fires
+    ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` and ``MODEL_COMPLETED`` like MONAI's trainers.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        strategy: Strategy,
+        optimizers: Optimizer | Sequence[Optimizer] | Mapping[str, Optimizer],
+        unlabeled_data_loader: Iterable | DataLoader | None = None,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        event_names: list | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = False,
+    ) -> None:
+        kwargs = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            iteration_update=None,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            **kwargs,
+        )
+        self.strategy = strategy
+        if isinstance(optimizers, Optimizer):
+            optimizers = [optimizers]
+        self.optimizers = list(optimizers.values()) if isinstance(optimizers, Mapping) else list(optimizers)
+        self.unlabeled_data_loader = unlabeled_data_loader
+        self._unlabeled_iter: Iterator | None = None
+        self._unlabeled_pass = 0
+        device_type = torch.device(device).type
+        self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
+        self.amp_device_type = device_type
+        strategy.attach(self)
+
+    def run(self) -> None:  # type: ignore[override]
+        # MONAI's Trainer.run always makes a CUDA GradScaler when amp is on; it is needed only for float16 on CUDA
+        use_scaler = self.amp and self.amp_device_type == "cuda" and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        Workflow.run(self)
+
+    def next_unlabeled(self) -> dict[str, torch.Tensor] | None:
+        """The next unlabelled batch on the engine's device, restarting the loader when exhausted; None if empty."""
+        loader = self.unlabeled_data_loader
+        if loader is None:
+            return None
+        for _ in range(2):
+            if self._unlabeled_iter is None:
+                sampler = getattr(loader, "sampler", None)
+                if isinstance(sampler, DistributedSampler):
+                    sampler.set_epoch(self._unlabeled_pass)
+                self._unlabeled_pass += 1
+                self._unlabeled_iter = iter(loader)
+            try:
+                batch = next(self._unlabeled_iter)
+            except StopIteration:
+                # a fresh iterator that is empty at once means no unlabelled data: degrade to supervised
+                self._unlabeled_iter = None
+                continue
+            return _to_device(batch, (Keys.IMAGE,), self.state.device, self.non_blocking)
+        return None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp or (self.amp_device_type == "cpu" and self.amp_dtype != torch.bfloat16):
+            return contextlib.nullcontext()
+        return torch.autocast(self.amp_device_type, dtype=self.amp_dtype)
+
+    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        """One iteration: draw both batches, run the strategy, back-propagate, step every optimiser."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        labeled = _to_device(batchdata, (Keys.IMAGE, Keys.LABEL), engine.state.device, engine.non_blocking)
+        unlabeled = engine.next_unlabeled()
+        engine.strategy.train()
+        for opt in engine.optimizers:
+            opt.zero_grad(set_to_none=True)
+        with engine._autocast():
+            terms = engine.strategy(engine, labeled, unlabeled)
+        if Keys.LOSS not in terms:
+            raise KeyError(f"{type(engine.strategy).__name__} returned no 'loss' (it returned {sorted(terms)})")
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss = terms[Keys.LOSS]
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            for opt in engine.optimizers:
+                engine.scaler.step(opt)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            for opt in engine.optimizers:
+                opt.step()
+        engine.state.output = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

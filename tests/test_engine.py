@@ -1,0 +1,162 @@
+"""SemiSupervisedTrainer, strategies, the ramp-up weight and the EMA teacher."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+from ignite.handlers import EMAHandler
+from monai.engines.utils import IterationEvents
+from monai.handlers import StatsHandler
+from monai.losses import DiceCELoss
+from torch.utils.data import DataLoader
+
+from ssmis.engines import MeanTeacherStrategy, SemiSupervisedTrainer, Strategy, SupervisedStrategy, scalar_terms
+from ssmis.handlers import RampUpWeight
+
+
+def blobs(n: int, labeled: bool = True, size: int = 16, seed: int = 0) -> list[dict]:
+    """Bright squares on noise: a 2D task a tiny network learns in a few dozen steps."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(n):
+        y = torch.zeros(1, size, size)
+        r, c = torch.randint(2, size - 8, (2,), generator=g).tolist()
+        y[:, r : r + 6, c : c + 6] = 1
+        x = y * 2 - 1 + 0.5 * torch.randn(1, size, size, generator=g)
+        items.append({"image": x, "label": y.long()} if labeled else {"image": x})
+    return items
+
+
+def tiny_net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 2, 1),
+    )
+
+
+class Recorder(Strategy):
+    """Records what the engine hands over; a linear loss so every optimiser gets gradients."""
+
+    def __init__(self, nets):
+        self.networks = nets
+        self.seen = []
+
+    def __call__(self, engine, labeled, unlabeled):
+        self.seen.append(None if unlabeled is None else unlabeled["image"][:, 0, 0, 0].tolist())
+        loss = sum(n(labeled["image"]).mean() for n in self.networks)
+        return {"loss": loss, "weight/unlabeled": 0.5}
+
+
+def make_trainer(strategy, optimizers, unlabeled, iterations=6, batch=2, **kw):
+    lab = DataLoader(blobs(4), batch_size=batch, shuffle=True)
+    unl = None if unlabeled is None else DataLoader(unlabeled, batch_size=batch, shuffle=bool(unlabeled))
+    return SemiSupervisedTrainer(device="cpu", max_epochs=1, epoch_length=iterations, train_data_loader=lab,
+                                 unlabeled_data_loader=unl, strategy=strategy, optimizers=optimizers, **kw)
+
+
+def test_unlabeled_loader_is_recycled_and_shuffled_independently():
+    unl = [{"image": torch.full((1, 16, 16), float(i))} for i in range(4)]  # 2 batches per pass
+    net = tiny_net()
+    rec = Recorder([net])
+    make_trainer(rec, torch.optim.SGD(net.parameters(), lr=0.01), unl, iterations=7).run()
+    assert len(rec.seen) == 7 and all(s is not None for s in rec.seen)
+    # each pass of 2 batches covers the 4 unlabelled items exactly once
+    for p in range(3):
+        assert sorted(rec.seen[2 * p] + rec.seen[2 * p + 1]) == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("unlabeled", [None, []])
+def test_no_unlabeled_data_degrades_to_supervised(unlabeled):
+    net = tiny_net()
+    rec = Recorder([net])
+    make_trainer(rec, torch.optim.SGD(net.parameters(), lr=0.01), unlabeled, iterations=3).run()
+    assert rec.seen == [None, None, None]
+
+
+def test_events_output_and_several_optimizers():
+    nets = [tiny_net(0), tiny_net(1)]
+    opts = {"a": torch.optim.SGD(nets[0].parameters(), lr=0.1), "b": torch.optim.SGD(nets[1].parameters(), lr=0.1)}
+    before = [n[0].weight.detach().clone() for n in nets]
+    trainer = make_trainer(Recorder(nets), opts, blobs(4, labeled=False), iterations=3)
+    counts = {e: 0 for e in ("fwd", "loss", "bwd", "model")}
+    for ev, key in ((IterationEvents.FORWARD_COMPLETED, "fwd"), (IterationEvents.LOSS_COMPLETED, "loss"),
+                    (IterationEvents.BACKWARD_COMPLETED, "bwd"), (IterationEvents.MODEL_COMPLETED, "model")):
+        trainer.add_event_handler(ev, lambda e, k=key: counts.__setitem__(k, counts[k] + 1))
+    StatsHandler(output_transform=scalar_terms).attach(trainer)  # a standard MONAI handler on the output
+    trainer.run()
+    assert counts == {"fwd": 3, "loss": 3, "bwd": 3, "model": 3}
+    for b, n in zip(before, nets):
+        assert not torch.equal(b, n[0].weight)  # both optimisers stepped
+    out = scalar_terms(trainer.state.output)
+    assert set(out) == {"loss", "weight/unlabeled"} and out["weight/unlabeled"] == 0.5
+
+
+def test_missing_loss_is_an_error():
+    class Bad(Strategy):
+        def __call__(self, engine, labeled, unlabeled):
+            return {"sup": labeled["image"].sum()}
+
+    net = tiny_net()
+    with pytest.raises(KeyError, match="no 'loss'"):
+        make_trainer(Bad(), torch.optim.SGD(net.parameters(), lr=0.1), None, iterations=1).run()
+
+
+def test_bf16_autocast_on_cpu():
+    net = tiny_net()
+    seen = {}
+
+    class Probe(SupervisedStrategy):
+        def __call__(self, engine, labeled, unlabeled):
+            seen["dtype"] = self.network(labeled["image"]).dtype
+            return super().__call__(engine, labeled, unlabeled)
+
+    strat = Probe(net, DiceCELoss(to_onehot_y=True, softmax=True))
+    make_trainer(strat, torch.optim.SGD(net.parameters(), lr=0.1), None, iterations=1, amp=True,
+                 amp_dtype=torch.bfloat16).run()
+    assert seen["dtype"] == torch.bfloat16
+
+
+def test_rampup_values():
+    r = RampUpWeight(w0=2.0, length=100, kind="sigmoid")
+    assert r.at(0) == pytest.approx(2.0 * math.exp(-5))
+    assert r.at(50) == pytest.approx(2.0 * math.exp(-5 * 0.25))
+    assert r.at(100) == r.at(1000) == pytest.approx(2.0)
+    lin = RampUpWeight(w0=1.0, length=10, kind="linear")
+    assert [lin.at(t) for t in (0, 5, 10, 20)] == [0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError):
+        RampUpWeight(1.0, 10, kind="cosine")
+
+
+def test_mean_teacher_trains_and_teacher_is_ema():
+    student = tiny_net()
+    ema = EMAHandler(student, momentum=0.01)  # decay 0.99
+    teacher = ema.ema_model
+    rampup = RampUpWeight(w0=0.1, length=20)
+    strategy = MeanTeacherStrategy(student, teacher, DiceCELoss(to_onehot_y=True, softmax=True), rampup)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    trainer = make_trainer(strategy, opt, blobs(6, labeled=False, seed=1), iterations=60, train_handlers=[rampup])
+    ema.attach(trainer)  # after the optimiser step of each iteration
+    snaps = {}
+
+    @trainer.on(Events.ITERATION_STARTED(once=30))
+    def _before(engine):
+        snaps["t"] = [p.detach().clone() for p in teacher.parameters()]
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=30))
+    def _after(engine):
+        snaps["s"] = [p.detach().clone() for p in student.parameters()]
+        snaps["t2"] = [p.detach().clone() for p in teacher.parameters()]
+
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss/sup"])))
+    trainer.run()
+    for t, s, t2 in zip(snaps["t"], snaps["s"], snaps["t2"]):
+        torch.testing.assert_close(t2, 0.99 * t + 0.01 * s)
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10]), losses
+    out = trainer.state.output
+    assert {"loss", "loss/sup", "loss/consistency", "weight/unlabeled"} <= set(out)
+    assert float(out["weight/unlabeled"]) == pytest.approx(rampup.at(59))
