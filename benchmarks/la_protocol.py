@@ -1,12 +1,20 @@
-"""LA-1.25mm accuracy protocol: train and evaluate bundles at several label counts, then tabulate and plot.
+"""LA accuracy protocols: train and evaluate bundles at several label counts, then tabulate and plot.
 
     python benchmarks/la_protocol.py --bundles supervised_la --labeled 8 16 --iterations 1200
+    python benchmarks/la_protocol.py --protocol full --bundles supervised_la --labeled 8 --max-wall-s 480
 
+``--protocol cpu`` (default, "LA-1.25mm"):
 For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cpu_protocol.yaml) on
 ``data/la_1.25mm_l<N>`` (made by ``python -m ssmis.data prepare-la --spacing 1.25 --labeled N --val 8`` when missing),
 then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time and peak resident memory
 are measured around its subprocess. Results accumulate in ``docs/results/la_1.25mm.json``; the markdown table goes
 to ``docs/results/la_1.25mm.md`` and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``.
+
+``--protocol full``: the standard setting for a GPU: 0.625 mm data, the literature V-Net, 112x112x80 patches, the
+bundle's own iteration count (``--iterations`` overrides), sliding windows with stride 18 in-plane and 4 along z.
+With ``--max-wall-s`` each call trains at most that long, saves and exits; call it again to continue (the
+bundle resumes from its checkpoint). Evaluation runs once training has finished. Results go to
+``docs/results/la_full.*``.
 """
 
 from __future__ import annotations
@@ -67,30 +75,72 @@ def bundle_configs(bundle: str, *names: str) -> str:
     return "[" + ",".join(repr(f) for f in files) + "]"
 
 
-def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict:
+def trained_iterations(out: Path) -> int:
+    """Iterations recorded in a run's ``models/checkpoint.pt`` (0 when there is none)."""
+    import torch
+
+    ckpt = out / "models" / "checkpoint.pt"
+    if not ckpt.is_file():
+        return 0
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["trainer"]["iteration"])
+
+
+def target_iterations(config_file: str, overrides: list[str]) -> int:
+    """The iteration count a bundle run will reach: ``max_epochs * val_interval`` after the overrides."""
+    import ast
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ast.literal_eval(config_file))
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        if key in ("--num_iterations", "--val_interval"):
+            parser[key[2:]] = int(value)
+    return int(parser.get_parsed_content("max_epochs")) * int(parser.get_parsed_content("val_interval"))
+
+
+def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
     out = args.runs_root / f"{bundle}_l{labeled}"
-    common = [
-        "--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
-        "--num_iterations", str(args.iterations), "--val_interval", str(args.val_interval), "--seed", str(args.seed),
-    ]
+    common = ["--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
+              "--seed", str(args.seed)]
+    if args.iterations:
+        common += ["--num_iterations", str(args.iterations)]
+    if args.val_interval:
+        common += ["--val_interval", str(args.val_interval)]
+    train_extra = []
+    if args.max_wall_s:
+        train_extra += ["--max_wall_s", str(args.max_wall_s)]
+    if args.sw_overlap:
+        common += ["--sw_overlap", args.sw_overlap]
+    protocol = ["cpu_protocol.yaml"] if args.protocol == "cpu" else []
     extra = [c for c in args.extra_configs.get(bundle, [])]
-    train_cfg = bundle_configs(bundle, "train.yaml", "cpu_protocol.yaml", *extra)
-    eval_cfg = bundle_configs(bundle, "train.yaml", "cpu_protocol.yaml", *extra, "evaluate.yaml")
+    train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
+    eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
-    train_wall, train_mem = run_cmd(py + ["--config_file", train_cfg] + common, out / "train.log")
+    log = out / f"train_{time.strftime('%Y%m%d-%H%M%S')}.log" if args.max_wall_s else out / "train.log"
+    train_wall, train_mem = run_cmd(py + ["--config_file", train_cfg] + common + train_extra, log)
+    progress = out / "progress.json"  # wall time summed over the pieces of a run trained in several calls
+    total = json.loads(progress.read_text()) if progress.is_file() and args.max_wall_s else {"wall_s": 0.0}
+    total["wall_s"] += train_wall
+    progress.write_text(json.dumps(total))
+    done, target = trained_iterations(out), target_iterations(train_cfg, common)
+    if done < target:
+        print(f"   {done} of {target} iterations done; run the same command again to continue", flush=True)
+        return None
+    train_wall = total["wall_s"]
     eval_wall, eval_mem = run_cmd(py + ["--config_file", eval_cfg] + common, out / "evaluate.log")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
     xs, ys = val_curve(out / "logs")
     return {
-        "bundle": bundle, "labeled": labeled, "iterations": args.iterations, "seed": args.seed,
+        "bundle": bundle, "labeled": labeled, "iterations": target, "seed": args.seed, "protocol": args.protocol,
         "train_wall_s": train_wall, "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
         "checkpoint": "last", "run_dir": str(out),
     }
 
 
-def write_report(results: list[dict], md: Path, png: Path) -> None:
+def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     from ssmis.visualize import save_curves
 
     rows = [
@@ -107,25 +157,37 @@ def write_report(results: list[dict], md: Path, png: Path) -> None:
     md.write_text("\n".join(rows) + "\n")
     curves = {f"{r['bundle']} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
               for r in sorted(results, key=lambda r: (r["labeled"], r["bundle"]))}
-    save_curves(curves, png, title="LA-1.25mm: validation Dice (8 validation volumes)")
+    save_curves(curves, png, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=["cpu", "full"], default="cpu",
+                   help="cpu: LA-1.25mm on 2 cores (default); full: the standard setting, for a GPU")
     p.add_argument("--bundles", nargs="+", default=["supervised_la"], help="bundle names under bundles/")
     p.add_argument("--labeled", nargs="+", type=int, default=[8, 16], help="labelled-volume counts")
-    p.add_argument("--iterations", type=int, default=1200, help="training iterations per run (default 1200)")
-    p.add_argument("--val-interval", type=int, default=200, help="iterations between validations (default 200)")
+    p.add_argument("--iterations", type=int, help="training iterations per run (cpu default 1200; full: the bundle's)")
+    p.add_argument("--val-interval", type=int, help="iterations between validations (cpu default 200)")
+    p.add_argument("--max-wall-s", type=float, help="train at most this long per call, then save and exit")
+    p.add_argument("--sw-overlap", help="sliding-window overlap (full default: stride 18/18/4 of 112x112x80)")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--spacing", type=float, default=1.25)
     p.add_argument("--val", type=int, default=8, help="validation volumes, the last of train.list (default 8)")
     p.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "LA")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
-    p.add_argument("--runs-root", type=Path, default=ROOT / "runs" / "la_1.25mm")
-    p.add_argument("--results", type=Path, default=ROOT / "docs" / "results" / "la_1.25mm.json")
+    p.add_argument("--runs-root", type=Path, help="default runs/la_1.25mm or runs/la_full")
+    p.add_argument("--results", type=Path, help="default docs/results/la_1.25mm.json or docs/results/la_full.json")
     p.add_argument("--config", action="append", default=[], metavar="BUNDLE=FILE",
                    help="extra config file (in the bundle's configs/) merged for BUNDLE; repeatable")
     args = p.parse_args(argv)
+    name = "la_1.25mm" if args.protocol == "cpu" else "la_full"
+    args.spacing = 1.25 if args.protocol == "cpu" else 0.625
+    if args.protocol == "cpu":
+        args.iterations = args.iterations or 1200
+        args.val_interval = args.val_interval or 200
+    else:
+        args.sw_overlap = args.sw_overlap or "[0.839, 0.839, 0.95]"
+    args.runs_root = args.runs_root or ROOT / "runs" / name
+    args.results = args.results or ROOT / "docs" / "results" / f"{name}.json"
     args.extra_configs = {}
     for item in args.config:
         b, f = item.split("=", 1)
@@ -134,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.results.read_text()) if args.results.is_file() else []
     for labeled in args.labeled:
         for bundle in args.bundles:
-            print(f"== {bundle}, {labeled} labelled, {args.iterations} iterations", flush=True)
+            print(f"== {bundle}, {labeled} labelled, protocol {args.protocol}", flush=True)
             r = run_one(bundle, labeled, args)
+            if r is None:
+                continue
             results = [x for x in results if not (x["bundle"] == bundle and x["labeled"] == labeled)] + [r]
             args.results.write_text(json.dumps(results, indent=2) + "\n")
             print(f"   Dice {r['metrics']['dice']:.4f}, train {r['train_wall_s'] / 60:.1f} min", flush=True)
-            write_report(results, args.results.with_suffix(".md"), args.results.with_name("la_1.25mm_curves.png"))
+            write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
+                         title=f"{name}: validation Dice (8 validation volumes)")
     return 0
 
 

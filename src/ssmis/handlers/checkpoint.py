@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,6 +45,8 @@ class ResumableCheckpoint:
         save_interval: iterations between saves (0: only at the end).
         model_keys: entries of ``save_dict`` that go into ``model.pt``.
         resume: load ``checkpoint.pt`` at start when it exists.
+        max_wall_s: stop cleanly (save, then terminate) once a run has lasted this many seconds; rerunning the
+            same command continues. Lets long trainings run in pieces on machines lent for a few minutes.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ResumableCheckpoint:
         resume: bool = True,
         state_name: str = "checkpoint.pt",
         model_name: str = "model.pt",
+        max_wall_s: float | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
@@ -66,6 +70,8 @@ class ResumableCheckpoint:
         self.resume = resume
         self.state_path = self.save_dir / state_name
         self.model_path = self.save_dir / model_name
+        self.max_wall_s = max_wall_s
+        self._t0 = time.monotonic()
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -77,6 +83,18 @@ class ResumableCheckpoint:
         if self.save_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
+        if self.max_wall_s:
+            engine.add_event_handler(Events.STARTED, self._start_clock)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_wall_time)
+
+    def _start_clock(self, engine: Engine) -> None:
+        self._t0 = time.monotonic()
+
+    def _check_wall_time(self, engine: Engine) -> None:
+        if time.monotonic() - self._t0 > self.max_wall_s:
+            self.logger.info(f"max_wall_s={self.max_wall_s} reached at iteration {engine.state.iteration}: "
+                             "saving and stopping; rerun the same command to continue")
+            engine.terminate()  # COMPLETED still fires, and saves
 
     def load(self, engine: Engine) -> None:
         """Restore every object of ``save_dict`` from ``checkpoint.pt`` (no-op when it does not exist)."""

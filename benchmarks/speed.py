@@ -1,0 +1,287 @@
+"""Speed and memory: engine overhead, per-method step time, sliding-window inference of a full LA volume.
+
+    python benchmarks/speed.py                # all cases, CPU protocol network, results in docs/results/speed.*
+    python benchmarks/speed.py --device cuda --network vnet --patch 112 112 80
+
+Each case runs in its own subprocess so its peak resident memory (ru_maxrss) is its own; on CUDA the peak GPU
+memory is reported too. Step times are medians over timed steps after warm-up.
+
+Cases:
+- ``engine``: SemiSupervisedTrainer + SupervisedStrategy against a bare PyTorch loop doing identical math on the
+  same batches; the ratio is taken per repeat (interleaved) and reported as min / median / max.
+- ``supervised``, ``mean_teacher``: one training step of each method (batch 2 labelled, + 2 unlabelled).
+- ``inference``: sliding-window inference of one full LA volume (0.625 mm, 183x140x88, V-Net 112x112x80 patch)
+  and of the same volume at 1.25 mm with the CPU-protocol network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ["engine", "supervised", "mean_teacher", "inference"]
+
+
+def build_network(name: str, device):
+    from monai.networks.nets import BasicUNet
+
+    from ssmis.networks import VNet
+
+    if name == "vnet":
+        return VNet(3, 1, 2, features=16).to(device)
+    if name == "basicunet8":
+        return BasicUNet(3, 1, 2, features=(8, 16, 32, 64, 128, 8)).to(device)
+    raise ValueError(f"unknown network {name!r}")
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def batches(n, batch, patch, device, labeled=True, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        item = {"image": torch.randn(batch, 1, *patch, generator=g).to(device)}
+        if labeled:
+            item["label"] = (torch.rand(batch, 1, *patch, generator=g) > 0.7).long().to(device)
+        out.append(item)
+    return out
+
+
+def time_trainer(strategy_factory, args, device, steps, unlabeled=False):
+    """Median step time (s) of SemiSupervisedTrainer over ``steps`` timed iterations after 3 warm-up ones."""
+    import torch
+    from ignite.engine import Events
+
+    from ssmis.engines import SemiSupervisedTrainer
+
+    strategy, opts, handlers = strategy_factory()
+    lab = batches(4, args.batch, args.patch, device)
+    unl = batches(4, args.batch, args.patch, device, labeled=False, seed=1) if unlabeled else None
+    trainer = SemiSupervisedTrainer(device=device, max_epochs=1, epoch_length=steps + 3, train_data_loader=_Loop(lab),
+                                    unlabeled_data_loader=_Loop(unl) if unl else None, strategy=strategy,
+                                    optimizers=opts, train_handlers=handlers, amp=args.amp)
+    times = []
+    t = {}
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: (_sync(device), t.__setitem__("s", time.perf_counter())))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda e: (_sync(device), times.append(time.perf_counter() - t["s"])))
+    trainer.run()
+    return statistics.median(times[3:])
+
+
+class _Loop:
+    """A re-iterable over pre-made device batches (the same for engine and bare loop)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self):
+        return len(self.items)
+
+
+def case_engine(args, device):
+    import torch
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import SupervisedStrategy
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_ce=0.5)
+    lab = batches(4, args.batch, args.patch, device)
+
+    def bare(steps):
+        torch.manual_seed(0)
+        net = build_network(args.network, device)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        times = []
+        for i in range(steps + 3):
+            b = lab[i % len(lab)]
+            _sync(device)
+            t0 = time.perf_counter()
+            net.train()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(b["image"]), b["label"])
+            loss.backward()
+            opt.step()
+            float(loss.detach())  # the engine also materialises the loss for its output
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[3:])
+
+    def factory():
+        torch.manual_seed(0)
+        net = build_network(args.network, device)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        return SupervisedStrategy(net, loss_fn), opt, []
+
+    ratios, engine_t, bare_t = [], [], []
+    for r in range(args.repeats):
+        order = [("bare", bare), ("engine", None)] if r % 2 == 0 else [("engine", None), ("bare", bare)]
+        res = {}
+        for name, fn in order:
+            res[name] = fn(args.steps) if fn else time_trainer(factory, args, device, args.steps)
+        ratios.append(res["engine"] / res["bare"])
+        engine_t.append(res["engine"])
+        bare_t.append(res["bare"])
+    return {"ratio_min": min(ratios), "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
+            "engine_step_s": statistics.median(engine_t), "bare_step_s": statistics.median(bare_t),
+            "repeats": args.repeats, "steps": args.steps}
+
+
+def case_supervised(args, device):
+    import torch
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import SupervisedStrategy
+
+    def factory():
+        torch.manual_seed(0)
+        net = build_network(args.network, device)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        return SupervisedStrategy(net, DiceCELoss(to_onehot_y=True, softmax=True)), opt, []
+
+    return {"step_s": time_trainer(factory, args, device, args.steps)}
+
+
+def case_mean_teacher(args, device):
+    import torch
+    from ignite.handlers import EMAHandler
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import MeanTeacherStrategy
+    from ssmis.handlers import RampUpWeight
+
+    def factory():
+        torch.manual_seed(0)
+        net = build_network(args.network, device)
+        ema = EMAHandler(net, momentum=0.01)
+        ramp = RampUpWeight(0.1, 1000)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        strat = MeanTeacherStrategy(net, ema.ema_model, DiceCELoss(to_onehot_y=True, softmax=True), ramp)
+        return strat, opt, [ramp, ema]
+
+    return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True)}
+
+
+def case_inference(args, device):
+    import torch
+    from monai.inferers import SlidingWindowInferer
+
+    out = {}
+    for label, net_name, shape, patch in (
+        ("vnet_0.625mm", "vnet", (183, 140, 88), (112, 112, 80)),
+        ("basicunet8_1.25mm", "basicunet8", (92, 70, 44), (56, 56, 40)),
+    ):
+        net = build_network(net_name, device).eval()
+        inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=4, overlap=0.5)
+        x = torch.randn(1, 1, *shape, device=device)
+        times = []
+        with torch.no_grad():
+            for _ in range(args.inference_repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                inferer(x, net)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+        out[label] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+                      "volume": list(shape), "patch": list(patch), "overlap": 0.5}
+    return out
+
+
+def run_case(case: str, args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    device = torch.device(args.device)
+    result = globals()[f"case_{case}"](args, device)
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--network", default="basicunet8", choices=["basicunet8", "vnet"])
+    p.add_argument("--patch", nargs=3, type=int, default=[56, 56, 40])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default 10)")
+    p.add_argument("--repeats", type=int, default=5, help="engine-vs-bare repeats (default 5)")
+    p.add_argument("--inference-repeats", type=int, default=3)
+    p.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "speed.json")
+    p.add_argument("--_case", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._case:
+        print(json.dumps(run_case(args._case, args)))
+        return 0
+    results = {"device": args.device, "network": args.network, "patch": args.patch, "batch": args.batch,
+               "amp": args.amp, "cpu_count": os.cpu_count(), "cases": {}}
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for case in args.cases:
+        print(f"== {case}", flush=True)
+        proc = subprocess.Popen([sys.executable, __file__, *passthrough, "--_case", case], stdout=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise SystemExit(f"case {case} failed")
+        res = json.loads(stdout.strip().splitlines()[-1])
+        res["peak_rss_mib"] = usage.ru_maxrss / 1024
+        results["cases"][case] = res
+        print(json.dumps(res), flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.with_suffix(".md").write_text(report(results))
+    print(report(results))
+    return 0
+
+
+def report(r: dict) -> str:
+    c = r["cases"]
+    lines = [f"Device `{r['device']}`, network `{r['network']}`, patch {r['patch']}, batch {r['batch']} labelled"
+             f"{' (+ ' + str(r['batch']) + ' unlabelled)' if 'mean_teacher' in c else ''}, amp {r['amp']}.", ""]
+    if "engine" in c:
+        e = c["engine"]
+        lines += ["| engine overhead | value |", "|---|---|",
+                  f"| SemiSupervisedTrainer step | {e['engine_step_s']:.3f} s |",
+                  f"| bare PyTorch loop step | {e['bare_step_s']:.3f} s |",
+                  f"| ratio min / median / max over {e['repeats']} repeats | {e['ratio_min']:.3f} / "
+                  f"{e['ratio_median']:.3f} / {e['ratio_max']:.3f} |", ""]
+    methods = [m for m in ("supervised", "mean_teacher") if m in c]
+    if methods:
+        base = c.get("supervised", {}).get("step_s")
+        lines += ["| method | step | vs supervised | peak RSS |", "|---|---|---|---|"]
+        for m in methods:
+            rel = f"{c[m]['step_s'] / base:.2f}x" if base else "-"
+            lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB |")
+        lines.append("")
+    if "inference" in c:
+        lines += ["| sliding-window inference (overlap 0.5) | median | min / max | peak RSS |", "|---|---|---|---|"]
+        for k, v in c["inference"].items():
+            if isinstance(v, dict):
+                lines.append(f"| {k}, volume {v['volume']}, patch {v['patch']} | {v['median_s']:.2f} s | "
+                             f"{v['min_s']:.2f} / {v['max_s']:.2f} s | {c['inference']['peak_rss_mib'] / 1024:.2f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
