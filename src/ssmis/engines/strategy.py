@@ -13,7 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Strategy", "SupervisedStrategy", "MeanTeacherStrategy", "weight_value"]
+__all__ = ["Strategy", "SupervisedStrategy", "MeanTeacherStrategy", "mean_entropy", "weight_value"]
+
+
+def mean_entropy(prob: torch.Tensor) -> torch.Tensor:
+    """Mean per-voxel entropy (nats) of class probabilities ``[B, K, *S]``: the pseudo-label uncertainty."""
+    return -(prob * torch.log(prob.clamp_min(1e-8))).sum(1).mean()
 
 
 def weight_value(weight: Any) -> float:
@@ -67,6 +72,8 @@ class MeanTeacherStrategy(Strategy):
         consistency_weight: a number or an object with ``.value`` (``RampUpWeight``).
         noise_std, noise_clip: teacher input noise ``clip(N(0, std²), -clip, clip)``.
         consistency: ``"mse"`` or ``"kl"``.
+        tsa: optional ``ssmis.handlers.TransferableSemanticAugmentation`` on the student: labelled voxels (ground
+            truth) are augmented towards the statistics of the unlabelled ones (teacher pseudo-labels).
     """
 
     def __init__(
@@ -78,12 +85,14 @@ class MeanTeacherStrategy(Strategy):
         noise_std: float = 0.1,
         noise_clip: float = 0.2,
         consistency: str = "mse",
+        tsa: Any = None,
     ) -> None:
         if consistency not in ("mse", "kl"):
             raise ValueError(f"consistency must be 'mse' or 'kl', got {consistency!r}")
         self.network, self.teacher, self.loss_function = network, teacher, loss_function
         self.consistency_weight = consistency_weight
         self.noise_std, self.noise_clip, self.consistency = noise_std, noise_clip, consistency
+        self.tsa = tsa
         self.networks = (network,)
 
     def __call__(self, engine, labeled, unlabeled):
@@ -103,5 +112,14 @@ class MeanTeacherStrategy(Strategy):
         else:
             cons = F.kl_div(torch.log_softmax(s_logits, 1), t_prob, reduction="batchmean") / s_logits[0, 0].numel()
         w = weight_value(self.consistency_weight)
+        out = {"loss/sup": sup, "loss/consistency": cons, "weight/unlabeled": torch.tensor(w),
+               "pseudo/entropy": mean_entropy(t_prob)}
         loss = sup + w * cons
-        return {"loss": loss, "loss/sup": sup, "loss/consistency": cons, "weight/unlabeled": torch.tensor(w)}
+        if self.tsa is not None:
+            targets = torch.cat([y.long(), t_prob.argmax(1, keepdim=True)])
+            source = torch.zeros_like(targets, dtype=torch.bool)
+            source[: x_l.shape[0]] = True
+            out.update(self.tsa.loss(targets, source))
+            loss = loss + self.tsa.beta * out["loss/tsa"]
+        out["loss"] = loss
+        return out

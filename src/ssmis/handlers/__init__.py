@@ -1,15 +1,20 @@
-"""Ignite handlers (``attach(engine)``) used by the ssmis bundles."""
+"""Ignite handlers (``attach(engine)``) and the stateful pieces the ssmis bundles plug into their trainers."""
 
 from .checkpoint import ResumableCheckpoint
+from .feature_statistics import ClassFeatureStatistics, OnlineClassStatistics
 from .metrics_writer import SegmentationMetricsWriter
 from .progress import TrainingProgressBar
 from .rampup import RampUpWeight, linear_rampup, sigmoid_rampup
+from .tsa import TransferableSemanticAugmentation
 
 __all__ = [
+    "ClassFeatureStatistics",
+    "OnlineClassStatistics",
     "RampUpWeight",
     "ResumableCheckpoint",
     "SegmentationMetricsWriter",
     "TrainingProgressBar",
+    "TransferableSemanticAugmentation",
     "linear_rampup",
     "sigmoid_rampup",
 ]

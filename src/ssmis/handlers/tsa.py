@@ -1,0 +1,89 @@
+"""TSA as a plug-in for any teacher–student strategy: statistics, the λ ramp, and the weighted loss."""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+
+from ..losses import TSALoss
+from ..networks import ClassifierFeatures
+from .feature_statistics import ClassFeatureStatistics
+from .rampup import linear_rampup
+
+__all__ = ["TransferableSemanticAugmentation"]
+
+
+class TransferableSemanticAugmentation(torch.nn.Module):
+    """Transferable Semantic Augmentation for the student of a teacher–student method.
+
+    A strategy that supports it (``MeanTeacherStrategy``, ``BCPStrategy``) calls ``loss(targets, source_mask)``
+    right after the student's forward pass, with the class map ``[B, 1, *S]`` of that pass (ground truth where
+    ``source_mask`` ``[B, 1, *S]`` is true, teacher pseudo-labels elsewhere), and adds ``beta · L_tsa``.
+    This object then
+
+    1. reads the features feeding the student's final 1×1 convolution (``ClassifierFeatures``),
+    2. updates the memory module (``ClassFeatureStatistics``): source statistics from the ground-truth voxels,
+       target statistics from the pseudo-labelled ones,
+    3. returns ``L_tsa`` (``TSALoss``) on the ground-truth voxels, augmented towards the target statistics
+       (``Δμ = μ_t − μ_s``, ``Σ_t``); with ``bidirectional`` also on the pseudo-labelled voxels towards the source
+       statistics (``μ_s − μ_t``, ``Σ_s``), averaged with the first,
+
+    plus diagnostics: the condition number of each ``Σ_t^c``. λ ramps linearly from 0 to ``lam0`` over
+    ``ramp_iterations``; ``attach(engine)`` updates it each iteration.
+
+    Args:
+        network: the student.
+        num_classes: C.
+        beta: loss weight β (0.4).
+        lam0: final λ (0.25).
+        ramp_iterations: λ ramp length.
+        estimator, momentum, max_per_class: of ``ClassFeatureStatistics``.
+        bidirectional: also augment the pseudo-labelled voxels in the reverse direction.
+    """
+
+    def __init__(self, network: torch.nn.Module, num_classes: int, beta: float = 0.4, lam0: float = 0.25,
+                 ramp_iterations: int = 1000, estimator: str = "count", momentum: float = 0.1,
+                 max_per_class: int = 4096, bidirectional: bool = False) -> None:
+        super().__init__()
+        self.tap = ClassifierFeatures(network)
+        feature_dim = self.tap.weight.shape[1]
+        self.statistics = ClassFeatureStatistics(num_classes, feature_dim, estimator, momentum, max_per_class)
+        self.beta, self.lam0, self.ramp_iterations = float(beta), float(lam0), int(ramp_iterations)
+        self.bidirectional = bidirectional
+        self.lam = 0.0
+        self.loss_function = TSALoss()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._ramp)
+
+    def _ramp(self, engine: Engine) -> None:
+        self.lam = self.lam0 * linear_rampup(engine.state.iteration - 1, self.ramp_iterations)
+
+    def loss(self, targets: torch.Tensor, source_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss/tsa", "tsa/lambda", "tsa/cond_class<c>"}`` for the student's last forward pass.
+
+        Args:
+            targets: class per voxel ``[B, 1, *S]`` (ground truth or pseudo-label).
+            source_mask: ``[B, 1, *S]`` bool, true on ground-truth voxels.
+        """
+        feats = self.tap.features
+        if feats is None:
+            raise RuntimeError("TSA found no student features: call loss() right after the student's forward pass")
+        if feats.shape[0] != targets.shape[0] or feats.shape[2:] != targets.shape[2:]:
+            raise ValueError(f"student features {tuple(feats.shape)} do not match targets {tuple(targets.shape)}")
+        a = feats.float().movedim(1, -1).reshape(-1, feats.shape[1])
+        y = targets.reshape(-1).long()
+        src = source_mask.reshape(-1).bool()
+        stats = self.statistics
+        stats.update(a[src], y[src], a[~src], y[~src])
+        w, b = self.tap.weight.float(), self.tap.bias.float()
+        cov_t = stats.target.cov.to(a)
+        l_tsa = self.loss_function(a[src], y[src], w, b, stats.mean_shift().to(a), cov_t, self.lam)
+        if self.bidirectional and bool((~src).any()):
+            l_rev = self.loss_function(a[~src], y[~src], w, b, stats.mean_shift(reverse=True).to(a),
+                                       stats.source.cov.to(a), self.lam)
+            l_tsa = 0.5 * (l_tsa + l_rev)
+        out = {"loss/tsa": l_tsa, "tsa/lambda": torch.tensor(self.lam)}
+        for c, v in enumerate(stats.condition_numbers()):
+            out[f"tsa/cond_class{c}"] = v.float()
+        return out
