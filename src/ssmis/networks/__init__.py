@@ -1,6 +1,6 @@
 """Networks: the V-Net of the semi-supervised literature, and classifier-feature access for any network."""
 
-from .features import ClassifierFeatures, find_classifier
+from .features import ClassifierFeatures, LayerFeatures, find_classifier
 from .vnet import VNet
 
-__all__ = ["ClassifierFeatures", "VNet", "find_classifier"]
+__all__ = ["ClassifierFeatures", "LayerFeatures", "VNet", "find_classifier"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["find_classifier", "ClassifierFeatures"]
+__all__ = ["find_classifier", "ClassifierFeatures", "LayerFeatures"]
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
@@ -73,6 +73,28 @@ class ClassifierFeatures:
         """Classifier bias ``[C]`` (zeros when the layer has none)."""
         b = self.classifier.bias
         return b if b is not None else self.weight.new_zeros(self.weight.shape[0])
+
+    def remove(self) -> None:
+        self._handle.remove()
+        self.features = None
+
+
+class LayerFeatures:
+    """Capture the output of the submodule ``layer`` (a name from ``named_modules()``) on every forward pass.
+
+    Used for deep encoder features, e.g. ``"down_4"`` of ``BasicUNet`` or ``"block_five"`` of ``ssmis.networks.VNet``:
+    ``tap.features`` is ``[B, A, *S']`` after each forward.
+    """
+
+    def __init__(self, network: nn.Module, layer: str) -> None:
+        modules = dict(_unwrap(network).named_modules())
+        if layer not in modules:
+            raise ValueError(f"{type(_unwrap(network)).__name__} has no layer {layer!r}")
+        self.features: torch.Tensor | None = None
+        self._handle = modules[layer].register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.features = output
 
     def remove(self) -> None:
         self._handle.remove()

@@ -1,0 +1,138 @@
+"""Copy-paste masks, region weights, graph clustering and the BCP/TransMedSeg strategy in 2D and 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from ignite.handlers import EMAHandler
+from monai.networks.nets import BasicUNet
+from torch.utils.data import DataLoader
+
+from ssmis.engines import BCPStrategy, SemiSupervisedTrainer
+from ssmis.handlers import TransferableSemanticAugmentation
+from ssmis.losses import GraphClusteringLoss, masked_dice_ce, region_weighted_dice_ce
+from ssmis.transforms import bidirectional_copy_paste, cuboid_mask
+
+
+@pytest.mark.parametrize("shape", [(12, 9, 6), (30, 30)])
+def test_cuboid_mask_extent(shape):
+    for seed in range(10):
+        m = cuboid_mask(shape, 2 / 3, generator=torch.Generator().manual_seed(seed))[0, 0]
+        assert m.shape == shape
+        nz = m.nonzero()
+        extent = (nz.max(0).values - nz.min(0).values + 1).tolist()
+        assert extent == [round(2 * s / 3) for s in shape]  # a solid cuboid of 2/3 of every axis
+        assert m.sum() == np.prod(extent)
+
+
+def test_bidirectional_copy_paste_formula():
+    xl, xu = torch.full((2, 1, 4, 4), 1.0), torch.full((2, 1, 4, 4), 2.0)
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2, :] = 1
+    x_in, x_out = bidirectional_copy_paste(xl, xu, m)
+    assert torch.all(x_in[..., :2, :] == 1) and torch.all(x_in[..., 2:, :] == 2)
+    assert torch.all(x_out[..., :2, :] == 2) and torch.all(x_out[..., 2:, :] == 1)
+    yl, yu = torch.ones(2, 1, 4, 4, dtype=torch.long), torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    y_in, y_out = bidirectional_copy_paste(yl, yu, m)
+    assert y_in.dtype == torch.long and torch.equal(y_in, m.long().expand(2, 1, 4, 4))
+    assert torch.equal(y_out, 1 - y_in)
+
+
+def test_region_weights():
+    # logits perfect inside the mask, maximally wrong outside: only the outside term costs anything
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    target[..., :, 2:] = 1
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2, :] = 1
+    logits = torch.zeros(1, 2, 4, 4)
+    good = torch.nn.functional.one_hot(target[:, 0], 2).movedim(-1, 1).float() * 20 - 10
+    logits = torch.where(m.bool(), good, -good)
+    d_in, c_in = masked_dice_ce(logits, target, m)
+    d_out, c_out = masked_dice_ce(logits, target, 1 - m)
+    assert float(d_in + c_in) < 1e-3 and float(d_out + c_out) > 10
+    full = region_weighted_dice_ce(logits, target, target, m, 1.0, 0.5)
+    torch.testing.assert_close(full, 0.5 * (1.0 * (d_in + c_in) + 0.5 * (d_out + c_out)))
+    torch.testing.assert_close(region_weighted_dice_ce(logits, target, target, m, 1.0, 1.0) - full,
+                               0.25 * (d_out + c_out))
+
+
+def test_graph_clustering_gradient_is_finite():
+    feats = torch.randn(2, 16, 3, 3, 2, requires_grad=True)
+    loss_fn = GraphClusteringLoss(16, clusters=3, max_nodes=20)
+    loss = loss_fn(feats)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) >= 0  # -Tr(W S Sᵀ) with W <= 0
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in loss_fn.parameters())
+
+
+def test_pseudo_labels_keep_largest_component():
+    class TwoBlobs(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 2, *x.shape[2:])
+            logits[:, 1, 1:4, 1:4] = 5.0   # a 9-pixel blob
+            logits[:, 1, 6:7, 6:7] = 5.0   # a 1-pixel blob, removed by the largest-component filter
+            return logits
+
+    s = BCPStrategy(torch.nn.Identity(), TwoBlobs(), num_classes=2, largest_component=True)
+    lab, _ = s.pseudo_label(torch.zeros(2, 1, 8, 8))
+    assert lab.shape == (2, 1, 8, 8) and int(lab.sum()) == 18
+    s = BCPStrategy(torch.nn.Identity(), TwoBlobs(), num_classes=2, largest_component=False)
+    assert int(s.pseudo_label(torch.zeros(1, 1, 8, 8))[0].sum()) == 10
+
+
+def _data(n, dims, classes, labeled=True, seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    shape = (size,) * dims
+    items = []
+    for _ in range(n):
+        y = torch.zeros(1, *shape, dtype=torch.long)
+        for c in range(1, classes):
+            lo = torch.randint(0, size - 10, (dims,), generator=g).tolist()
+            y[(slice(None), *[slice(s, s + 10) for s in lo])] = c
+        x = y.float() / classes + 0.2 * torch.randn(1, *shape, generator=g)
+        items.append({"image": x, "label": y} if labeled else {"image": x})
+    return items
+
+
+@pytest.mark.parametrize("dims, classes, size", [(2, 4, 32), (3, 2, 32)])
+def test_transmedseg_strategy_trains(dims, classes, size):
+    torch.manual_seed(0)
+    net = BasicUNet(dims, 1, classes, features=(8, 8, 16, 16, 32, 8))
+    ema = EMAHandler(net, momentum=0.01)
+    tsa = TransferableSemanticAugmentation(net, classes, ramp_iterations=30, max_per_class=256)
+    graph = GraphClusteringLoss(32, clusters=classes)
+    strategy = BCPStrategy(net, ema.ema_model, classes, pretrain_iterations=10, graph_loss=graph,
+                           graph_layer="down_4", tsa=tsa)
+    opt = torch.optim.SGD(list(net.parameters()) + list(graph.parameters()), lr=0.05, momentum=0.9)
+    trainer = SemiSupervisedTrainer(
+        "cpu", max_epochs=1, epoch_length=40,
+        train_data_loader=DataLoader(_data(6, dims, classes, size=size), batch_size=2, shuffle=True),
+        unlabeled_data_loader=DataLoader(_data(6, dims, classes, labeled=False, seed=1, size=size), batch_size=2,
+                                         shuffle=True),
+        strategy=strategy, optimizers=opt, train_handlers=[tsa, ema])
+    log = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: log.append(dict(e.state.output)))
+    teacher_at_switch = {}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=10), lambda e: teacher_at_switch.update(
+        {k: v.clone() for k, v in net.state_dict().items()}))
+    trainer.run()
+    assert [float(o["stage"]) for o in log] == [0.0] * 10 + [1.0] * 30
+    bcp = [float(o["loss/bcp"]) for o in log[10:]]
+    assert np.mean(bcp[-8:]) < np.mean(bcp[:8]), bcp
+    for key in ("loss/graph", "loss/tsa", "pseudo/entropy", f"tsa/cond_class{classes - 1}"):
+        assert key in log[-1]
+    assert all(np.isfinite(float(o["loss"])) for o in log)
+
+
+def test_bcp_rejects_odd_batches():
+    s = BCPStrategy(torch.nn.Identity(), torch.nn.Identity(), 2)
+
+    class E:
+        class state:
+            iteration = 1
+
+    with pytest.raises(ValueError, match="even labelled batch"):
+        s(E, {"image": torch.zeros(3, 1, 4, 4), "label": torch.zeros(3, 1, 4, 4)}, None)
