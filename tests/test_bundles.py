@@ -32,8 +32,11 @@ def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(out)
 
 
-BUNDLE_NAMES = ["supervised_la", "mean_teacher_la"]
-LOSS_TAG = {"supervised_la": "train_loss", "mean_teacher_la": "loss"}
+BUNDLE_NAMES = ["supervised_la", "mean_teacher_la", "transmedseg_la"]
+LOSS_TAG = {"supervised_la": "train_loss", "mean_teacher_la": "loss", "transmedseg_la": "loss"}
+# bundle-specific overrides that fit the tiny network of conftest.TINY (bottleneck "down_4" with 16 channels)
+EXTRA = {"transmedseg_la": ["--graph_layer", "down_4", "--graph_channels", "16", "--pretrain_iterations", "20",
+                            "--lr_step_iterations", "1000"]}
 
 
 @pytest.fixture(scope="module", params=BUNDLE_NAMES)
@@ -45,7 +48,8 @@ def bundle(request) -> str:
 def trained(bundle, synthetic_3d, tmp_path_factory):
     out = tmp_path_factory.mktemp(bundle) / "run"
     run_bundle(bundle, ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
-               "--num_iterations", "60", "--val_interval", "30", "--learning_rate", "0.05", *TINY)
+               "--num_iterations", "60", "--val_interval", "30", "--learning_rate", "0.05", *TINY,
+               *EXTRA.get(bundle, []))
     return out
 
 
@@ -53,10 +57,14 @@ def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
     losses = [v for _, v in tb_scalars(trained / "logs", LOSS_TAG[bundle])]
     assert len(losses) == 60
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
-    if bundle != "supervised_la":  # every loss term and the unlabelled weight are logged each iteration
+    if bundle == "mean_teacher_la":  # every loss term and the unlabelled weight are logged each iteration
         weights = [v for _, v in tb_scalars(trained / "logs", "weight/unlabeled")]
         assert len(weights) == 60 and weights == sorted(weights) and weights[-1] > weights[0]
         assert len(tb_scalars(trained / "logs", "loss/sup")) == 60
+    if bundle == "transmedseg_la":  # self-training terms and TSA diagnostics from iteration 21 on
+        for tag in ("loss/graph", "loss/tsa", "tsa/lambda", "tsa/cond_class1", "pseudo/entropy"):
+            assert len(tb_scalars(trained / "logs", tag)) == 40, tag
+        assert len(tb_scalars(trained / "logs", "loss/bcp")) == 60
     dice = tb_scalars(trained / "logs", "val_mean_dice")
     assert [s for s, _ in dice] == [30, 60]  # validation every val_interval, x axis in iterations
     ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -68,7 +76,7 @@ def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
 
 def test_evaluate_writes_metrics_and_overlays(bundle, trained, synthetic_3d):
     run_bundle(bundle, ["train.yaml", "evaluate.yaml"], "--dataset_dir", str(synthetic_3d),
-               "--output_dir", str(trained), *TINY)
+               "--output_dir", str(trained), *TINY, *EXTRA.get(bundle, []))
     ev = trained / "eval"
     metrics = json.loads((ev / "metrics.json").read_text())
     assert len(metrics["cases"]) == 2
@@ -129,16 +137,25 @@ def test_resume_after_kill(synthetic_3d, tmp_path):
     assert final == -(-total // 5) * 5
 
 
-@pytest.mark.parametrize("name", BUNDLE_NAMES)
+@pytest.mark.parametrize("name", ["supervised_la", "transmedseg_la"])
 def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "monai.bundle", "run", "--config_file",
            configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name), "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
-           "--num_iterations", "6", "--val_interval", "3", *TINY]
+           "--num_iterations", "6", "--val_interval", "3", *TINY, *EXTRA.get(name, [])]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
     ckpt = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
     assert torch.load(out / "models" / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 6
+
+
+def test_tsa_plugs_into_mean_teacher_with_one_override(synthetic_3d, tmp_path):
+    out = tmp_path / "mt_tsa"
+    run_bundle("mean_teacher_la", ["train.yaml", "tsa.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir",
+               str(out), "--num_iterations", "4", "--val_interval", "4", *TINY)
+    assert len(tb_scalars(out / "logs", "loss/tsa")) == 4
+    state = torch.load(out / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert "statistics.target.cov" in state["tsa"]  # the memory module is checkpointed
