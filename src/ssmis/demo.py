@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ssmis.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=Path("demo"), help="working folder (default ./demo)")
-    p.add_argument("--bundle", default="supervised_la", help="bundle under bundles/ (default supervised_la)")
+    p.add_argument("--bundle", default="transmedseg_la", help="bundle under bundles/ (default transmedseg_la)")
     p.add_argument("--iterations", type=int, default=200, help="training iterations (default 200, ~2 min on 2 cores)")
     p.add_argument("--bundles-dir", type=Path, default=ROOT / "bundles", help="folder holding the bundles")
     args = p.parse_args(argv)
