@@ -9,7 +9,9 @@ memory is reported too. Step times are medians over timed steps after warm-up.
 Cases:
 - ``engine``: SemiSupervisedTrainer + SupervisedStrategy against a bare PyTorch loop doing identical math on the
   same batches; the ratio is taken per repeat (interleaved) and reported as min / median / max.
-- ``supervised``, ``mean_teacher``: one training step of each method (batch 2 labelled, + 2 unlabelled).
+- ``supervised``, ``mean_teacher``, ``bcp``, ``graphcl`` (BCP + graph clustering), ``transmedseg`` (GraphCL + TSA):
+  one self-training step of each method (batch 2 labelled, + 2 unlabelled); TSA's overhead is
+  transmedseg / graphcl.
 - ``inference``: sliding-window inference of one full LA volume (0.625 mm, 183x140x88, V-Net 112x112x80 patch)
   and of the same volume at 1.25 mm with the CPU-protocol network.
 """
@@ -26,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["engine", "supervised", "mean_teacher", "inference"]
+CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "inference"]
+METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg"]
 
 
 def build_network(name: str, device):
@@ -179,6 +182,43 @@ def case_mean_teacher(args, device):
     return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True)}
 
 
+def _bcp_case(args, device, graph: bool, tsa: bool):
+    import torch
+    from ignite.handlers import EMAHandler
+
+    from ssmis.engines import BCPStrategy
+    from ssmis.handlers import TransferableSemanticAugmentation
+    from ssmis.losses import GraphClusteringLoss
+
+    layer, channels = ("down_4", 128) if args.network == "basicunet8" else ("block_five", 256)
+
+    def factory():
+        torch.manual_seed(0)
+        net = build_network(args.network, device)
+        ema = EMAHandler(net, momentum=0.01)
+        gl = GraphClusteringLoss(channels, clusters=2).to(device) if graph else None
+        t = TransferableSemanticAugmentation(net, 2, ramp_iterations=10).to(device) if tsa else None
+        params = list(net.parameters()) + (list(gl.parameters()) if gl is not None else [])
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        strat = BCPStrategy(net, ema.ema_model, 2, pretrain_iterations=0, graph_loss=gl,
+                            graph_layer=layer if graph else None, tsa=t)
+        return strat, opt, [ema] + ([t] if t is not None else [])
+
+    return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True)}
+
+
+def case_bcp(args, device):
+    return _bcp_case(args, device, graph=False, tsa=False)
+
+
+def case_graphcl(args, device):
+    return _bcp_case(args, device, graph=True, tsa=False)
+
+
+def case_transmedseg(args, device):
+    return _bcp_case(args, device, graph=True, tsa=True)
+
+
 def case_inference(args, device):
     import torch
     from monai.inferers import SlidingWindowInferer
@@ -258,7 +298,7 @@ def main(argv=None) -> int:
 def report(r: dict) -> str:
     c = r["cases"]
     lines = [f"Device `{r['device']}`, network `{r['network']}`, patch {r['patch']}, batch {r['batch']} labelled"
-             f"{' (+ ' + str(r['batch']) + ' unlabelled)' if 'mean_teacher' in c else ''}, amp {r['amp']}.", ""]
+             f" (+ {r['batch']} unlabelled for the semi-supervised methods), amp {r['amp']}.", ""]
     if "engine" in c:
         e = c["engine"]
         lines += ["| engine overhead | value |", "|---|---|",
@@ -266,7 +306,7 @@ def report(r: dict) -> str:
                   f"| bare PyTorch loop step | {e['bare_step_s']:.3f} s |",
                   f"| ratio min / median / max over {e['repeats']} repeats | {e['ratio_min']:.3f} / "
                   f"{e['ratio_median']:.3f} / {e['ratio_max']:.3f} |", ""]
-    methods = [m for m in ("supervised", "mean_teacher") if m in c]
+    methods = [m for m in METHODS if m in c]
     if methods:
         base = c.get("supervised", {}).get("step_s")
         lines += ["| method | step | vs supervised | peak RSS |", "|---|---|---|---|"]
@@ -274,6 +314,9 @@ def report(r: dict) -> str:
             rel = f"{c[m]['step_s'] / base:.2f}x" if base else "-"
             lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB |")
         lines.append("")
+        if "transmedseg" in c and "graphcl" in c:
+            lines += [f"TSA overhead (transmedseg step / graphcl step): "
+                      f"{c['transmedseg']['step_s'] / c['graphcl']['step_s']:.3f}x", ""]
     if "inference" in c:
         lines += ["| sliding-window inference (overlap 0.5) | median | min / max | peak RSS |", "|---|---|---|---|"]
         for k, v in c["inference"].items():
