@@ -30,6 +30,8 @@ class TrainingProgressBar(ProgressBar):
 
             def transform(output: Any) -> Any:
                 value = base(output)
-                return {"loss": value} if not isinstance(value, dict) else value
+                if isinstance(value, dict):
+                    return {k: float(v) for k, v in value.items()}
+                return {"loss": float(value)}  # a 0-d tensor would show as "loss_0" 
 
         super().attach(engine, metric_names=metric_names, output_transform=transform, **kwargs)
