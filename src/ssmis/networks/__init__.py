@@ -1,6 +1,7 @@
 """Networks: the V-Net of the semi-supervised literature, and classifier-feature access for any network."""
 
 from .features import ClassifierFeatures, LayerFeatures, find_classifier
+from .ensemble import SoftmaxAverage
 from .vnet import VNet
 
-__all__ = ["ClassifierFeatures", "LayerFeatures", "VNet", "find_classifier"]
+__all__ = ["ClassifierFeatures", "LayerFeatures", "SoftmaxAverage", "VNet", "find_classifier"]

@@ -1,5 +1,17 @@
 """Batch-level transforms of the semi-supervised methods (tensor ops on ``[B, C, *S]`` batches)."""
 
 from .copy_paste import bidirectional_copy_paste, cuboid_mask
+from .cutmix import apply_cutmix, cutmix_box
+from .shifted_crops import combine_fixed_dynamic, context_size, crop_at, map_back, sample_shifts
 
-__all__ = ["bidirectional_copy_paste", "cuboid_mask"]
+__all__ = [
+    "apply_cutmix",
+    "bidirectional_copy_paste",
+    "combine_fixed_dynamic",
+    "context_size",
+    "crop_at",
+    "cuboid_mask",
+    "cutmix_box",
+    "map_back",
+    "sample_shifts",
+]

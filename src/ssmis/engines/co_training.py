@@ -1,0 +1,139 @@
+"""Co-training with fixed and dynamic pseudo-labels (two sub-networks, each taught by the other)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..losses import masked_dice_ce
+from ..transforms import apply_cutmix, combine_fixed_dynamic, crop_at, cutmix_box, map_back, sample_shifts
+from .strategy import Strategy, mean_entropy, weight_value
+
+__all__ = ["CoTrainingStrategy", "pseudo_label_loss"]
+
+
+def pseudo_label_loss(logits: torch.Tensor, prob: torch.Tensor, confidence_weighted: bool = False) -> torch.Tensor:
+    """CE (optionally weighted by the teacher's confidence) + Dice of ``logits`` against ``argmax(prob)``.
+
+    Args:
+        logits: student logits ``[B, K, *S]``.
+        prob: teacher probabilities ``[B, K, *S]`` (no gradient).
+    """
+    target = prob.argmax(1, keepdim=True)
+    ones = torch.ones_like(target, dtype=logits.dtype)
+    dice, ce = masked_dice_ce(logits, target, ones)
+    if confidence_weighted:
+        conf = prob.max(1).values
+        ce = (F.cross_entropy(logits, target[:, 0], reduction="none") * conf).sum() / conf.sum().clamp_min(1e-6)
+    return ce + dice
+
+
+class CoTrainingStrategy(Strategy):
+    """Two sub-networks SN1, SN2 of the same architecture, each learning from the other's pseudo-labels.
+
+    Per iteration, with a labelled batch and an unlabelled *context* batch ``[B, C, *(crop + 2·max_shift)]`` whose
+    centre is the fixed crop:
+
+    - supervised: ``L_sup = α·CE + (1−α)·Dice`` for both networks (``sup_loss``);
+    - fixed pseudo-label: the other network's prediction on the fixed crop;
+    - dynamic pseudo-label: the other network predicts ``n_shifts`` crops shifted by offsets drawn afresh each
+      iteration (one gradient-free batched pass), the predictions are mapped back to the fixed crop and averaged
+      where they overlap, and COM keeps that where the shifted crops cover a voxel and the fixed label elsewhere;
+    - CUT: SN2 learns on a CutMix of two unlabelled crops (λ ~ Beta(4, 4), box side √(1−λ)); SN1's fixed and
+      dynamic pseudo-labels are mixed with the same box. SN1 learns on the original crops.
+
+    ``loss = Σ_nets L_sup + w(t)·(L_fix + L_dyn)`` with ``w`` a number or ``RampUpWeight``.
+
+    Args:
+        networks: (SN1, SN2).
+        sup_loss: supervised loss on logits and labels.
+        crop, max_shift: the fixed crop size and the maximum shift per axis (the context is ``crop + 2·max_shift``).
+        unlabeled_weight: ``w(t)``.
+        use_fixed, use_dynamic, use_cut: the paper's ablation switches.
+        n_shifts: shifted crops per iteration (4).
+        confidence_weighted: weight the pseudo-label CE by the teacher's confidence.
+    """
+
+    def __init__(
+        self,
+        networks: Sequence[nn.Module],
+        sup_loss: Callable,
+        crop: Sequence[int],
+        max_shift: Sequence[int],
+        unlabeled_weight: Any = 0.3,
+        use_fixed: bool = True,
+        use_dynamic: bool = True,
+        use_cut: bool = True,
+        n_shifts: int = 4,
+        confidence_weighted: bool = False,
+    ) -> None:
+        if len(networks) != 2:
+            raise ValueError(f"co-training needs exactly two networks, got {len(networks)}")
+        if not (use_fixed or use_dynamic):
+            raise ValueError("at least one of use_fixed and use_dynamic must be on")
+        self.networks = tuple(networks)
+        self.sup_loss = sup_loss
+        self.crop, self.max_shift = [int(c) for c in crop], [int(m) for m in max_shift]
+        self.unlabeled_weight = unlabeled_weight
+        self.use_fixed, self.use_dynamic, self.use_cut = use_fixed, use_dynamic, use_cut
+        self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
+
+    def _fixed_crop(self, context: torch.Tensor) -> torch.Tensor:
+        idx = [slice(m, m + c) for m, c in zip(self.max_shift, self.crop)]
+        if list(context.shape[2:]) != [c + 2 * m for c, m in zip(self.crop, self.max_shift)]:
+            raise ValueError(f"unlabelled context {list(context.shape[2:])} is not crop {self.crop} + 2 x max_shift "
+                             f"{self.max_shift}")
+        return context[(slice(None), slice(None), *idx)]
+
+    @torch.no_grad()
+    def dynamic_prob(self, net: nn.Module, context: torch.Tensor, fixed_prob: torch.Tensor) -> torch.Tensor:
+        """COM of ``net``'s fixed-crop probabilities and its mapped-back predictions on shifted crops."""
+        offsets = sample_shifts(self.n_shifts, self.max_shift)
+        crops = crop_at(context, offsets, self.crop, self.max_shift)
+        temp, cover = map_back(torch.softmax(net(crops).float(), 1), offsets, context.shape[0])
+        return combine_fixed_dynamic(fixed_prob, temp, cover)
+
+    def __call__(self, engine, labeled, unlabeled):
+        sn1, sn2 = self.networks
+        x_l, y = labeled["image"], labeled["label"]
+        b_l = x_l.shape[0]
+        if unlabeled is None:
+            s1, s2 = self.sup_loss(sn1(x_l), y), self.sup_loss(sn2(x_l), y)
+            return {"loss": s1 + s2, "loss/sup1": s1, "loss/sup2": s2}
+        ctx = unlabeled["image"]
+        x_u = self._fixed_crop(ctx)
+        # SN1 trains on the original crops; its own prediction (detached) is SN2's fixed pseudo-label
+        out1 = sn1(torch.cat([x_l, x_u]))
+        p1_fix = torch.softmax(out1[b_l:].detach().float(), 1)
+        with torch.no_grad():
+            p2_fix = torch.softmax(sn2(x_u).float(), 1)
+        p1_dyn = self.dynamic_prob(sn1, ctx, p1_fix) if self.use_dynamic else None
+        p2_dyn = self.dynamic_prob(sn2, ctx, p2_fix) if self.use_dynamic else None
+        x_u2, t1_fix, t1_dyn = x_u, p1_fix, p1_dyn
+        if self.use_cut and x_u.shape[0] > 1:
+            box = cutmix_box(x_u.shape[2:]).to(x_u.device)
+            perm = torch.roll(torch.arange(x_u.shape[0], device=x_u.device), 1)
+            x_u2 = apply_cutmix(x_u, box, perm)
+            t1_fix = apply_cutmix(p1_fix, box, perm)
+            t1_dyn = apply_cutmix(p1_dyn, box, perm) if p1_dyn is not None else None
+        out2 = sn2(torch.cat([x_l, x_u2]))
+        s1, s2 = self.sup_loss(out1[:b_l], y), self.sup_loss(out2[:b_l], y)
+        w = weight_value(self.unlabeled_weight)
+        out = {"loss/sup1": s1, "loss/sup2": s2, "weight/unlabeled": torch.tensor(w),
+               "pseudo/entropy": 0.5 * (mean_entropy(p1_fix) + mean_entropy(p2_fix))}
+        unsup = x_u.new_zeros(())
+        cw = self.confidence_weighted
+        if self.use_fixed:
+            f1, f2 = pseudo_label_loss(out1[b_l:], p2_fix, cw), pseudo_label_loss(out2[b_l:], t1_fix, cw)
+            out["loss/fix1"], out["loss/fix2"] = f1, f2
+            unsup = unsup + f1 + f2
+        if self.use_dynamic:
+            d1, d2 = pseudo_label_loss(out1[b_l:], p2_dyn, cw), pseudo_label_loss(out2[b_l:], t1_dyn, cw)
+            out["loss/dyn1"], out["loss/dyn2"] = d1, d2
+            unsup = unsup + d1 + d2
+            out["pseudo/dynamic_changed"] = (p2_dyn.argmax(1) != p2_fix.argmax(1)).float().mean()
+        out["loss"] = s1 + s2 + w * unsup
+        return out

@@ -1,0 +1,138 @@
+"""Shifted crops, mapping back, COM and CutMix: exact on the voxel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmis.transforms import (
+    apply_cutmix,
+    combine_fixed_dynamic,
+    context_size,
+    crop_at,
+    cutmix_box,
+    map_back,
+    sample_shifts,
+)
+
+
+def ramps(batch, shape):
+    """A volume whose every voxel holds its own coordinates: value = 10000·i + 100·j + k (+ 1e6·batch index)."""
+    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij")
+    code = sum(g * 100 ** (len(shape) - 1 - d) for d, g in enumerate(grids))
+    return torch.stack([code + 1e6 * b for b in range(batch)]).unsqueeze(1)
+
+
+def test_crops_with_known_offsets_map_back_exactly():
+    crop, m = [6, 5, 4], [2, 2, 1]
+    ctx = ramps(2, context_size(crop, m))
+    offsets = torch.tensor([[2, -1, 0], [-2, 2, 1], [0, 0, -1], [1, 1, 1]])
+    crops = crop_at(ctx, offsets, crop, m)
+    assert crops.shape == (8, 1, 6, 5, 4)
+    fixed = crop_at(ctx, torch.zeros(1, 3, dtype=torch.long), crop, m)
+    # every shifted crop, placed back where it came from, agrees with the fixed crop voxel by voxel
+    mean, cover = map_back(crops, offsets, batch=2)
+    covered = cover > 0
+    torch.testing.assert_close(mean[covered.expand_as(mean)], fixed[covered.expand_as(fixed)])
+    # and the crop is exactly where its offset says: its first voxel is the fixed crop's voxel (offset)
+    assert crops[0, 0, 0, 0, 0] == ctx[0, 0, 2 + 2, 2 - 1, 1 + 0]
+    # voxel (0,0,0) of the fixed crop is covered only by offsets <= 0 on every axis: here [0, 0, -1] alone
+    assert cover[0, 0, 0, 0, 0] == 1
+    assert int(cover.max()) <= 4
+
+
+def test_averaging_where_crops_overlap():
+    crop, m = [4, 4], [2, 2]
+    offsets = torch.tensor([[1, 0], [0, 1]])
+    preds = torch.cat([torch.full((1, 1, 4, 4), 2.0), torch.full((1, 1, 4, 4), 4.0)])
+    mean, cover = map_back(preds, offsets, batch=1)
+    assert mean[0, 0, 1, 1] == 3.0 and cover[0, 0, 1, 1] == 2  # covered by both: the average
+    assert mean[0, 0, 1, 0] == 2.0 and cover[0, 0, 1, 0] == 1  # first crop only
+    assert mean[0, 0, 0, 0] == 0.0 and cover[0, 0, 0, 0] == 0  # neither
+
+
+def test_com_picks_the_right_source():
+    fixed = torch.zeros(1, 2, 3, 3)
+    temp = torch.ones(1, 2, 3, 3)
+    cover = torch.zeros(1, 1, 3, 3)
+    cover[..., 1:, :] = 2
+    out = combine_fixed_dynamic(fixed, temp, cover)
+    assert torch.all(out[..., 1:, :] == 1) and torch.all(out[..., :1, :] == 0)
+
+
+def test_shift_sampling_always_overlaps():
+    g = torch.Generator().manual_seed(0)
+    crop, m = [8, 8, 6], [7, 3, 5]
+    context_size(crop, m)  # valid
+    s = sample_shifts(500, m, generator=g)
+    assert s.shape == (500, 3)
+    assert torch.all(s.abs() <= torch.tensor(m)) and torch.all(s.ne(0).any(1))
+    assert torch.all(s.abs() < torch.tensor(crop))  # overlap on every axis
+    with pytest.raises(ValueError, match="overlaps"):
+        context_size([8, 8], [8, 1])
+
+
+def test_cutmix_identical_on_image_and_labels():
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    x = ramps(2, [6, 6, 4])
+    y = (x.long() % 3)
+    box = cutmix_box([6, 6, 4], generator=g)
+    perm = torch.tensor([1, 0])
+    xm, ym = apply_cutmix(x, box, perm), apply_cutmix(y, box, perm)
+    inside = box.bool().expand_as(x)
+    assert torch.equal(xm[inside], x[perm][inside]) and torch.equal(xm[~inside], x[~inside])
+    assert torch.equal(ym, xm.long() % 3)  # the label of every mixed voxel is the label of the voxel it came from
+    assert 0 < int(box.sum()) < box.numel()
+
+
+def test_co_training_lowers_both_losses():
+    import numpy as np
+    from ignite.engine import Events
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import BasicUNet
+    from torch.utils.data import DataLoader
+
+    from ssmis.engines import CoTrainingStrategy, SemiSupervisedTrainer
+
+    def data(n, labeled, size, seed):
+        g = torch.Generator().manual_seed(seed)
+        items = []
+        for _ in range(n):
+            y = torch.zeros(1, size, size, dtype=torch.long)
+            r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
+            y[:, r : r + 10, c : c + 10] = 1
+            x = y.float() + 0.3 * torch.randn(1, size, size, generator=g)
+            items.append({"image": x, "label": y} if labeled else {"image": x})
+        return items
+
+    torch.manual_seed(0)
+    nets = [BasicUNet(2, 1, 2, features=(8, 8, 16, 16, 32, 8)) for _ in range(2)]
+    crop, m = [32, 32], [4, 4]
+    strat = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), crop, m, unlabeled_weight=0.3)
+    opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9) for n in nets]
+    trainer = SemiSupervisedTrainer(
+        "cpu", max_epochs=1, epoch_length=40,
+        train_data_loader=DataLoader(data(6, True, 32, 0), batch_size=2, shuffle=True),
+        unlabeled_data_loader=DataLoader(data(6, False, 40, 1), batch_size=2, shuffle=True),  # 32 + 2*4 context
+        strategy=strat, optimizers=opts)
+    log = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: log.append(dict(e.state.output)))
+    trainer.run()
+    for k in ("loss/sup1", "loss/sup2"):
+        v = [float(o[k]) for o in log]
+        assert np.mean(v[-8:]) < 0.8 * np.mean(v[:8]), (k, v)
+    for k in ("loss/fix1", "loss/fix2", "loss/dyn1", "loss/dyn2", "pseudo/dynamic_changed"):
+        assert k in log[-1]
+
+
+def test_softmax_average_is_scriptable():
+    from ssmis.networks import SoftmaxAverage
+
+    a, b = torch.nn.Conv2d(1, 2, 1), torch.nn.Conv2d(1, 2, 1)
+    ens = SoftmaxAverage(a, b)
+    x = torch.randn(1, 1, 4, 4)
+    expected = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
+    torch.testing.assert_close(torch.softmax(ens(x), 1), expected)
+    torch.testing.assert_close(torch.softmax(torch.jit.script(ens)(x), 1), expected)
+    torch.testing.assert_close(torch.softmax(SoftmaxAverage(a, b, index=1)(x), 1), torch.softmax(b(x), 1))
