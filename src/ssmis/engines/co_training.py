@@ -55,6 +55,7 @@ class CoTrainingStrategy(Strategy):
         use_fixed, use_dynamic, use_cut: the paper's ablation switches.
         n_shifts: shifted crops per iteration (4).
         confidence_weighted: weight the pseudo-label CE by the teacher's confidence.
+        input_noise: uniform noise ``U(−input_noise, input_noise)`` added to the unlabelled context (TraCoCo: 0.2).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class CoTrainingStrategy(Strategy):
         use_cut: bool = True,
         n_shifts: int = 4,
         confidence_weighted: bool = False,
+        input_noise: float = 0.0,
     ) -> None:
         if len(networks) != 2:
             raise ValueError(f"co-training needs exactly two networks, got {len(networks)}")
@@ -80,6 +82,7 @@ class CoTrainingStrategy(Strategy):
         self.unlabeled_weight = unlabeled_weight
         self.use_fixed, self.use_dynamic, self.use_cut = use_fixed, use_dynamic, use_cut
         self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
+        self.input_noise = float(input_noise)
 
     def _fixed_crop(self, context: torch.Tensor) -> torch.Tensor:
         idx = [slice(m, m + c) for m, c in zip(self.max_shift, self.crop)]
@@ -104,6 +107,8 @@ class CoTrainingStrategy(Strategy):
             s1, s2 = self.sup_loss(sn1(x_l), y), self.sup_loss(sn2(x_l), y)
             return {"loss": s1 + s2, "loss/sup1": s1, "loss/sup2": s2}
         ctx = unlabeled["image"]
+        if self.input_noise > 0:
+            ctx = ctx + (torch.rand_like(ctx) * 2 - 1) * self.input_noise
         x_u = self._fixed_crop(ctx)
         # SN1 trains on the original crops; its own prediction (detached) is SN2's fixed pseudo-label
         out1 = sn1(torch.cat([x_l, x_u]))

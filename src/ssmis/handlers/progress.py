@@ -32,6 +32,8 @@ class TrainingProgressBar(ProgressBar):
                 value = base(output)
                 if isinstance(value, dict):
                     return {k: float(v) for k, v in value.items()}
-                return {"loss": float(value)}  # a 0-d tensor would show as "loss_0" 
+                if isinstance(value, (tuple, list)) and len(value) == 1:  # from_engine returns a 1-tuple
+                    value = value[0]
+                return {"loss": float(value)}  # a 1-tuple or 0-d tensor would show as "loss_0" 
 
         super().attach(engine, metric_names=metric_names, output_transform=transform, **kwargs)
