@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLES
@@ -39,3 +40,22 @@ def test_tsa_on_mean_teacher():
 def test_beta_sweep(beta):
     s, _ = strategy(f"ablation_beta_{beta}.yaml")
     assert s.tsa.beta == float(beta)
+
+
+FD = BUNDLES / "fixed_dynamic_pl_la" / "configs"
+
+
+@pytest.mark.parametrize(
+    "extra, fixed, dynamic, cut",
+    [("ablation_fixed_only.yaml", True, False, True), ("ablation_dynamic_only.yaml", False, True, True),
+     ("ablation_both_no_cut.yaml", True, True, False), ("ablation_both_cut.yaml", True, True, True)],
+)
+def test_co_training_ablations(extra, fixed, dynamic, cut):
+    parser = ConfigParser()
+    parser.read_config([str(FD / "train.yaml"), str(FD / "cpu_protocol.yaml"), str(FD / extra)])
+    parser["bundle_root"] = str(BUNDLES / "fixed_dynamic_pl_la")
+    s = parser.get_parsed_content("train#strategy")
+    assert (s.use_fixed, s.use_dynamic, s.use_cut) == (fixed, dynamic, cut)
+    n1, n2 = s.networks
+    assert type(n1) is type(n2) and n1 is not n2
+    assert not torch.equal(next(n1.parameters()), next(n2.parameters()))  # different initialisations

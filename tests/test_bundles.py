@@ -32,11 +32,15 @@ def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(out)
 
 
-BUNDLE_NAMES = ["supervised_la", "mean_teacher_la", "transmedseg_la"]
-LOSS_TAG = {"supervised_la": "train_loss", "mean_teacher_la": "loss", "transmedseg_la": "loss"}
+BUNDLE_NAMES = ["supervised_la", "mean_teacher_la", "transmedseg_la", "fixed_dynamic_pl_la"]
+LOSS_TAG = {"supervised_la": "train_loss", "mean_teacher_la": "loss", "transmedseg_la": "loss",
+            "fixed_dynamic_pl_la": "loss"}
 # bundle-specific overrides that fit the tiny network of conftest.TINY (bottleneck "down_4" with 16 channels)
 EXTRA = {"transmedseg_la": ["--graph_layer", "down_4", "--graph_channels", "16", "--pretrain_iterations", "20",
-                            "--lr_step_iterations", "1000"]}
+                            "--lr_step_iterations", "1000"],
+         "fixed_dynamic_pl_la": ["--max_shift", "[4, 4, 4]"]}
+# iterations and validation interval of the short training run (co-training costs ~6 forward passes a step)
+ITERS = {"fixed_dynamic_pl_la": (40, 20)}
 
 
 @pytest.fixture(scope="module", params=BUNDLE_NAMES)
@@ -47,30 +51,40 @@ def bundle(request) -> str:
 @pytest.fixture(scope="module")
 def trained(bundle, synthetic_3d, tmp_path_factory):
     out = tmp_path_factory.mktemp(bundle) / "run"
+    n, val = ITERS.get(bundle, (60, 30))
     run_bundle(bundle, ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
-               "--num_iterations", "60", "--val_interval", "30", "--learning_rate", "0.05", *TINY,
-               *EXTRA.get(bundle, []))
+               "--num_iterations", str(n), "--val_interval", str(val), "--learning_rate", "0.05", *TINY,
+               *EXTRA.get(bundle, []), timeout=1500)
     return out
 
 
 def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
+    n, val = ITERS.get(bundle, (60, 30))
     losses = [v for _, v in tb_scalars(trained / "logs", LOSS_TAG[bundle])]
-    assert len(losses) == 60
+    assert len(losses) == n
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
     if bundle == "mean_teacher_la":  # every loss term and the unlabelled weight are logged each iteration
         weights = [v for _, v in tb_scalars(trained / "logs", "weight/unlabeled")]
         assert len(weights) == 60 and weights == sorted(weights) and weights[-1] > weights[0]
         assert len(tb_scalars(trained / "logs", "loss/sup")) == 60
+    if bundle == "fixed_dynamic_pl_la":  # both networks' losses are logged separately, and both fall
+        for tag in ("loss/sup1", "loss/sup2"):
+            v = [x for _, x in tb_scalars(trained / "logs", tag)]
+            assert np.mean(v[-10:]) < 0.8 * np.mean(v[:10]), (tag, v)
+        for tag in ("loss/fix1", "loss/fix2", "loss/dyn1", "loss/dyn2", "weight/unlabeled"):
+            assert len(tb_scalars(trained / "logs", tag)) == n, tag
+        ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+        assert any(k.startswith("nets.0.") for k in ckpt) and any(k.startswith("nets.1.") for k in ckpt)
     if bundle == "transmedseg_la":  # self-training terms and TSA diagnostics from iteration 21 on
         for tag in ("loss/graph", "loss/tsa", "tsa/lambda", "tsa/cond_class1", "pseudo/entropy"):
             assert len(tb_scalars(trained / "logs", tag)) == 40, tag
         assert len(tb_scalars(trained / "logs", "loss/bcp")) == 60
     dice = tb_scalars(trained / "logs", "val_mean_dice")
-    assert [s for s, _ in dice] == [30, 60]  # validation every val_interval, x axis in iterations
+    assert [s for s, _ in dice] == [val, n]  # validation every val_interval, x axis in iterations
     ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert list(ckpt) == ["model"]
     state = torch.load(trained / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["trainer"]["iteration"] == 60
+    assert state["trainer"]["iteration"] == n
     assert not list((trained / "models").glob("*.tmp")), "temporary checkpoint left behind"
 
 
@@ -137,7 +151,7 @@ def test_resume_after_kill(synthetic_3d, tmp_path):
     assert final == -(-total // 5) * 5
 
 
-@pytest.mark.parametrize("name", ["supervised_la", "transmedseg_la"])
+@pytest.mark.parametrize("name", ["supervised_la", "transmedseg_la", "fixed_dynamic_pl_la"])
 def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
@@ -159,3 +173,22 @@ def test_tsa_plugs_into_mean_teacher_with_one_override(synthetic_3d, tmp_path):
     assert len(tb_scalars(out / "logs", "loss/tsa")) == 4
     state = torch.load(out / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert "statistics.target.cov" in state["tsa"]  # the memory module is checkpointed
+
+
+def test_co_training_export_holds_both_networks(bundle, trained, tmp_path):
+    if bundle != "fixed_dynamic_pl_la":
+        pytest.skip("ensemble export is specific to the co-training bundle")
+    ts = tmp_path / "model.ts"
+    p = subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network", "--filepath", str(ts),
+                        "--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file",
+                        str(BUNDLES / bundle / "configs" / "metadata.json"), "--config_file",
+                        configs(bundle, "inference.yaml"), "--bundle_root", str(BUNDLES / bundle), "--key_in_ckpt",
+                        "model", *[a for a in TINY if a not in ("--batch_size", "2")]],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    scripted = torch.jit.load(str(ts))
+    names = {n for n, _ in scripted.named_parameters()}
+    assert any(n.startswith("nets.0.") for n in names) and any(n.startswith("nets.1.") for n in names)
+    x = torch.randn(1, 1, 32, 32, 24)
+    prob = torch.softmax(scripted(x), 1)
+    torch.testing.assert_close(prob.sum(1), torch.ones(1, 32, 32, 24), rtol=1e-4, atol=1e-4)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=Path("demo"), help="working folder (default ./demo)")
     p.add_argument("--bundle", default="transmedseg_la", help="bundle under bundles/ (default transmedseg_la)")
-    p.add_argument("--iterations", type=int, default=200, help="training iterations (default 200, ~2 min on 2 cores)")
+    p.add_argument("--iterations", type=int, default=150, help="training iterations (default 150)")
     p.add_argument("--bundles-dir", type=Path, default=ROOT / "bundles", help="folder holding the bundles")
     args = p.parse_args(argv)
 
