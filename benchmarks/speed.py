@@ -11,7 +11,8 @@ Cases:
   same batches; the ratio is taken per repeat (interleaved) and reported as min / median / max.
 - ``supervised``, ``mean_teacher``, ``bcp``, ``graphcl`` (BCP + graph clustering), ``transmedseg`` (GraphCL + TSA):
   one self-training step of each method (batch 2 labelled, + 2 unlabelled); TSA's overhead is
-  transmedseg / graphcl.
+  transmedseg / graphcl. ``cps`` (two networks, fixed pseudo-labels, no CutMix) and ``fixed_dynamic`` (plus four
+  gradient-free shifted crops per network and CUT): the dynamic pseudo-label's overhead is fixed_dynamic / cps.
 - ``inference``: sliding-window inference of one full LA volume (0.625 mm, 183x140x88, V-Net 112x112x80 patch)
   and of the same volume at 1.25 mm with the CPU-protocol network.
 """
@@ -28,8 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "inference"]
-METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg"]
+CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
+METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
 
 
 def build_network(name: str, device):
@@ -64,7 +65,7 @@ def batches(n, batch, patch, device, labeled=True, seed=0):
     return out
 
 
-def time_trainer(strategy_factory, args, device, steps, unlabeled=False):
+def time_trainer(strategy_factory, args, device, steps, unlabeled=False, unlabeled_patch=None):
     """Median step time (s) of SemiSupervisedTrainer over ``steps`` timed iterations after 3 warm-up ones."""
     import torch
     from ignite.engine import Events
@@ -73,7 +74,8 @@ def time_trainer(strategy_factory, args, device, steps, unlabeled=False):
 
     strategy, opts, handlers = strategy_factory()
     lab = batches(4, args.batch, args.patch, device)
-    unl = batches(4, args.batch, args.patch, device, labeled=False, seed=1) if unlabeled else None
+    unl = (batches(4, args.batch, unlabeled_patch or args.patch, device, labeled=False, seed=1)
+           if unlabeled else None)
     trainer = SemiSupervisedTrainer(device=device, max_epochs=1, epoch_length=steps + 3, train_data_loader=_Loop(lab),
                                     unlabeled_data_loader=_Loop(unl) if unl else None, strategy=strategy,
                                     optimizers=opts, train_handlers=handlers, amp=args.amp)
@@ -219,6 +221,37 @@ def case_transmedseg(args, device):
     return _bcp_case(args, device, graph=True, tsa=True)
 
 
+def _co_case(args, device, dynamic: bool, cut: bool):
+    import torch
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import CoTrainingStrategy
+    from ssmis.transforms import context_size
+
+    max_shift = [p // 4 for p in args.patch]
+
+    def factory():
+        torch.manual_seed(0)
+        nets = [build_network(args.network, device) for _ in range(2)]
+        opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for n in nets]
+        strat = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), args.patch, max_shift,
+                                   unlabeled_weight=0.3, use_fixed=True, use_dynamic=dynamic, use_cut=cut,
+                                   input_noise=0.2)
+        return strat, opts, []
+
+    return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True,
+                                   unlabeled_patch=context_size(args.patch, max_shift))}
+
+
+def case_cps(args, device):
+    """Plain two-network cross pseudo supervision: fixed pseudo-labels only, no CutMix."""
+    return _co_case(args, device, dynamic=False, cut=False)
+
+
+def case_fixed_dynamic(args, device):
+    return _co_case(args, device, dynamic=True, cut=True)
+
+
 def case_inference(args, device):
     import torch
     from monai.inferers import SlidingWindowInferer
@@ -314,6 +347,9 @@ def report(r: dict) -> str:
             rel = f"{c[m]['step_s'] / base:.2f}x" if base else "-"
             lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB |")
         lines.append("")
+        if "fixed_dynamic" in c and "cps" in c:
+            lines += [f"Fixed + dynamic pseudo-labels with CUT against plain cross pseudo supervision (same two "
+                      f"networks): {c['fixed_dynamic']['step_s'] / c['cps']['step_s']:.3f}x", ""]
         if "transmedseg" in c and "graphcl" in c:
             lines += [f"TSA overhead (transmedseg step / graphcl step): "
                       f"{c['transmedseg']['step_s'] / c['graphcl']['step_s']:.3f}x", ""]
