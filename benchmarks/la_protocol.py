@@ -99,9 +99,16 @@ def target_iterations(config_file: str, overrides: list[str]) -> int:
     return int(parser.get_parsed_content("max_epochs")) * int(parser.get_parsed_content("val_interval"))
 
 
+def method_name(bundle: str, extra: list[str]) -> str:
+    """Row name of a run: the bundle, plus the stems of extra configs (``transmedseg_la+ablation_no_tsa``)."""
+    return "+".join([bundle] + [Path(f).stem for f in extra])
+
+
 def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
-    out = args.runs_root / f"{bundle}_l{labeled}"
+    extra = [c for c in args.extra_configs.get(bundle, [])]
+    method = method_name(bundle, extra)
+    out = args.runs_root / f"{method}_l{labeled}"
     common = ["--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
               "--seed", str(args.seed)]
     if args.iterations:
@@ -114,7 +121,6 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     if args.sw_overlap:
         common += ["--sw_overlap", args.sw_overlap]
     protocol = ["cpu_protocol.yaml"] if args.protocol == "cpu" else []
-    extra = [c for c in args.extra_configs.get(bundle, [])]
     train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
@@ -133,7 +139,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
     xs, ys = val_curve(out / "logs")
     return {
-        "bundle": bundle, "labeled": labeled, "iterations": target, "seed": args.seed, "protocol": args.protocol,
+        "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
+        "seed": args.seed, "protocol": args.protocol,
         "train_wall_s": train_wall, "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
         "checkpoint": "last", "run_dir": str(out),
@@ -147,16 +154,16 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
         "| method | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) | train wall | peak RSS |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: (r["labeled"], r["bundle"])):
+    for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"]))):
         m = r["metrics"]
         rows.append(
-            f"| {r['bundle']} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} | {100 * m['jaccard']:.2f} "
+            f"| {r.get('method', r['bundle'])} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} | {100 * m['jaccard']:.2f} "
             f"| {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} | {m['asd_vox']:.2f} / {m['asd_mm']:.2f} "
             f"| {r['train_wall_s'] / 60:.1f} min | {r['train_peak_mib'] / 1024:.2f} GiB |"
         )
     md.write_text("\n".join(rows) + "\n")
-    curves = {f"{r['bundle']} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
-              for r in sorted(results, key=lambda r: (r["labeled"], r["bundle"]))}
+    curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
+              for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"])))}
     save_curves(curves, png, title=title)
 
 
@@ -200,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run_one(bundle, labeled, args)
             if r is None:
                 continue
-            results = [x for x in results if not (x["bundle"] == bundle and x["labeled"] == labeled)] + [r]
+            results = [x for x in results
+                       if not (x.get("method", x["bundle"]) == r["method"] and x["labeled"] == labeled)] + [r]
             args.results.write_text(json.dumps(results, indent=2) + "\n")
             print(f"   Dice {r['metrics']['dice']:.4f}, train {r['train_wall_s'] / 60:.1f} min", flush=True)
             write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),

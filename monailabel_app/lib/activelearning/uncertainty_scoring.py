@@ -1,0 +1,80 @@
+"""Scoring task: how unsure a model is about each unlabelled image, cached per image and weights version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Dict
+
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from ssmis.metrics import prediction_disagreement, prediction_entropy
+from ssmis.utils.atomic import atomic_write_text
+from lib.infers.bundle_predictor import BundlePredictor, ImageError
+
+logger = logging.getLogger(__name__)
+
+
+class ScoreCache:
+    """``{image_id: {"score", "kind", "weights_mtime"}}`` in a JSON file, rewritten atomically."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def load(self) -> Dict[str, Dict[str, Any]]:
+        try:
+            return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except json.JSONDecodeError:
+            logger.warning(f"{self.path}: unreadable score cache, ignored")
+            return {}
+
+    def update(self, scores: Dict[str, Dict[str, Any]]) -> None:
+        with self._lock:
+            data = self.load()
+            data.update(scores)
+            atomic_write_text(json.dumps(data, indent=2), self.path)
+
+
+class UncertaintyScoring(ScoringMethod):
+    """Score every unlabelled image with the model's current weights.
+
+    ``kind="entropy"`` (TransMedSeg): mean normalised entropy of the prediction over possibly-foreground voxels.
+    ``kind="disagreement"`` (co-training): 1 − Dice between the two networks' label maps.
+    Images scored with the same weights are skipped (the cache keeps the weights' mtime).
+    """
+
+    def __init__(self, predictor: BundlePredictor, cache: ScoreCache, kind: str, description: str) -> None:
+        super().__init__(description)
+        if kind not in ("entropy", "disagreement"):
+            raise ValueError(f"unknown uncertainty kind {kind!r} (entropy or disagreement)")
+        self.predictor = predictor
+        self.cache = cache
+        self.kind = kind
+
+    def score(self, image_path: str) -> float:
+        prediction = self.predictor.predict(image_path)
+        if self.kind == "disagreement" and len(prediction.per_network) == 2:
+            return prediction_disagreement(*prediction.per_network)
+        return prediction_entropy(prediction.probs)
+
+    def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
+        if not self.predictor.is_trained():
+            return {"scored": 0, "skipped": 0, "reason": "the model has no trained weights yet"}
+        mtime = self.predictor.model_path.stat().st_mtime
+        cached = self.cache.load()
+        scores, skipped, failed = {}, 0, {}
+        for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
+            if cached.get(image_id, {}).get("weights_mtime") == mtime:
+                skipped += 1
+                continue
+            try:
+                scores[image_id] = {"score": self.score(datastore.get_image_uri(image_id)), "kind": self.kind,
+                                    "weights_mtime": mtime}
+            except ImageError as e:
+                failed[image_id] = str(e)
+        self.cache.update(scores)
+        return {"scored": len(scores), "skipped": skipped, "failed": failed}

@@ -1,0 +1,65 @@
+"""What every ssmis bundle model shares in the app: its tasks, built from the bundle's own configs and metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from monailabel.interfaces.config import TaskConfig
+
+from lib.activelearning import ScoreCache, UncertaintyScoring
+from lib.infers import BundlePredictor, BundleSegmentation
+from lib.trainers import SemiSupervisedBundleTrain
+
+logger = logging.getLogger(__name__)
+
+
+class BundleTaskConfig(TaskConfig):
+    """One bundle served and retrained by the app. Subclasses name the bundle and its uncertainty measure.
+
+    Conf keys (``--conf key value``): ``bundles`` (folder of bundles, default the repository's ``bundles/``),
+    ``extra_config`` (a file, or a name in the bundle's ``configs/``, merged on top of both ``train.yaml`` and
+    ``inference.yaml``, e.g. ``cpu_protocol.yaml``), ``device`` (cpu or cuda).
+    """
+
+    bundle: str = ""
+    uncertainty: str = "entropy"
+    train_defaults: Dict[str, Any] = {}
+
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs: Any) -> None:
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.bundle_root = Path(kwargs["bundles_dir"]) / self.bundle
+        meta_file = self.bundle_root / "configs" / "metadata.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"model {name!r}: bundle metadata {meta_file} not found")
+        self.metadata = json.loads(meta_file.read_text())
+        channels = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+        self.labels = {v: int(k) for k, v in channels.items() if int(k) > 0}
+        self.num_classes = len(channels)
+        self.path = str(Path(model_dir) / name / "model.pt")
+        extra = conf.get("extra_config")
+        self.extra_configs = []
+        if extra:
+            p = Path(extra) if Path(extra).is_file() else self.bundle_root / "configs" / extra
+            if not p.is_file():
+                raise FileNotFoundError(f"--conf extra_config {extra!r}: neither a file nor in {p.parent}")
+            self.extra_configs = [str(p.resolve())]
+        self.predictor = BundlePredictor(self.bundle_root, self.path, self.extra_configs, conf.get("device"))
+        self.cache = ScoreCache(Path(model_dir) / name / "scores.json")
+
+    @property
+    def description(self) -> str:
+        return self.metadata.get("description", self.bundle)
+
+    def infer(self) -> BundleSegmentation:
+        return BundleSegmentation(self.predictor, self.labels, self.description)
+
+    def trainer(self) -> Optional[SemiSupervisedBundleTrain]:
+        return SemiSupervisedBundleTrain(self.name, self.bundle_root, self.path, self.extra_configs,
+                                         dict(self.train_defaults), f"Semi-supervised retraining of {self.name}")
+
+    def scoring_method(self) -> UncertaintyScoring:
+        return UncertaintyScoring(self.predictor, self.cache, self.uncertainty,
+                                  f"{self.name}: {self.uncertainty} of the prediction on unlabelled images")

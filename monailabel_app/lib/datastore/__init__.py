@@ -1,0 +1,3 @@
+from .safe_local import SafeLocalDatastore
+
+__all__ = ["SafeLocalDatastore"]

@@ -1,0 +1,103 @@
+"""The local datastore, with validated uploads and labels and atomic writes.
+
+MONAI Label's ``LocalDatastore`` copies files in place (a crash leaves half a label), accepts any bytes as an
+image, any label shape and value, and joins ids and tags into paths unchecked (``../`` escapes the datastore).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import nibabel as nib
+import numpy as np
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from lib.errors import bad_request, check_id, not_found
+from ssmis.utils.atomic import atomic_replace
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = (".nii.gz", ".nii")
+
+
+def _ext(filename: str) -> str:
+    for e in EXTENSIONS:
+        if filename.endswith(e):
+            return e
+    raise bad_request(f"{os.path.basename(filename)}: only NIfTI files (.nii.gz, .nii) are accepted")
+
+
+def _read(path: str, what: str) -> np.ndarray:
+    try:
+        return np.asanyarray(nib.load(path).dataobj)
+    except Exception as e:
+        raise bad_request(f"the uploaded {what} is not a readable NIfTI volume ({e})") from e
+
+
+class SafeLocalDatastore(LocalDatastore):
+    """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``."""
+
+    def __init__(self, datastore_path: str, num_classes: int, **kwargs: Any) -> None:
+        self.num_classes = int(num_classes)
+        super().__init__(datastore_path, **kwargs)
+
+    def _copy_in(self, src: str, dest: str) -> None:
+        atomic_replace(lambda tmp: shutil.copyfile(src, tmp), dest)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        ext = _ext(image_filename)
+        image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
+        arr = _read(image_filename, "image")
+        if arr.ndim < 2 or min(arr.shape) < 1:
+            raise bad_request(f"the uploaded image {image_id!r} has shape {arr.shape}: not a 2D or 3D volume")
+        name = image_id + ext
+        dest = os.path.join(self._datastore.image_path(), name)
+        with FileLock(self._lock_file):
+            self._copy_in(image_filename, dest)
+            info = dict(image_info or {})
+            info.update(ts=int(time.time()), name=name)
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        check_id(image_id, "image id")
+        check_id(label_tag, "label tag")
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise not_found(f"image {image_id!r} is not in the datastore")
+        ext = _ext(label_filename)
+        label = _read(label_filename, "label")
+        image_shape = nib.load(self.get_image_uri(image_id)).shape
+        if tuple(label.shape) != tuple(image_shape):
+            raise bad_request(f"the label for {image_id!r} has shape {tuple(label.shape)} but the image has shape "
+                              f"{tuple(image_shape)}")
+        values = np.unique(np.asarray(label))
+        bad = [v for v in values.tolist() if not float(v).is_integer() or not 0 <= v < self.num_classes]
+        if bad:
+            raise bad_request(f"the label for {image_id!r} holds values {bad[:10]} outside the classes "
+                              f"0..{self.num_classes - 1}")
+        label_path = self._datastore.label_path(label_tag)
+        name = image_id + ext
+        with FileLock(self._lock_file):
+            os.makedirs(label_path, exist_ok=True)
+            self._copy_in(label_filename, os.path.join(label_path, name))
+            info = dict(label_info or {})
+            info.update(ts=int(time.time()), name=name)
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def get_image_uri(self, image_id: str) -> str:
+        if not isinstance(image_id, str) or image_id not in self._datastore.objects:
+            return ""
+        return super().get_image_uri(image_id)
+
+    def image_exists(self, image_id: str) -> bool:
+        return bool(self.get_image_uri(image_id)) and Path(self.get_image_uri(image_id)).is_file()

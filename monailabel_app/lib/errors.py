@@ -1,0 +1,95 @@
+"""HTTP errors for bad requests, and the two ASGI pieces the stock MONAI Label server lacks.
+
+MONAI Label's endpoints turn every exception, ``MONAILabelException`` and a ``json.loads`` failure on a malformed
+``params`` form field included, into a 500. Its FastAPI app has no hook for apps to add exception handlers before it
+starts, so :func:`install` adds them (and the loopback guard) to the running app and has Starlette rebuild its
+middleware stack, which it does lazily on the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+
+
+class RequestError(HTTPException):
+    """A client error (4xx) with a message that says what was wrong."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(status_code=status_code, detail=detail)
+
+
+def bad_request(detail: str) -> RequestError:
+    return RequestError(400, detail)
+
+
+def not_found(detail: str) -> RequestError:
+    return RequestError(404, detail)
+
+
+def check_id(value: Any, what: str) -> str:
+    """``value`` as a safe file-name stem (letters, digits, ``.``, ``_``, ``-``; no ``..``), else a 400."""
+    if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
+        raise bad_request(f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-' only "
+                          "(no path separators or '..')")
+    return value
+
+
+class LoopbackOnly:
+    """ASGI middleware: answer 403 to any client that is not on this machine.
+
+    ``monailabel start_server`` binds 0.0.0.0 unless given ``--host``; this keeps the app local in that case.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            host = (scope.get("client") or ("127.0.0.1", 0))[0]
+            if host not in LOOPBACK:
+                response = JSONResponse({"detail": f"this server answers local clients only (client {host}); "
+                                         "start it with --host 0.0.0.0 or --conf allow_remote true to serve "
+                                         "others"}, status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _json_error(request: Any, exc: json.JSONDecodeError) -> JSONResponse:
+    return JSONResponse({"detail": f"malformed JSON in the request parameters: {exc}"}, status_code=400)
+
+
+def _monailabel_error(request: Any, exc: Exception) -> JSONResponse:
+    from monailabel.interfaces.exception import ImageNotFoundException, MONAILabelError
+
+    msg = getattr(exc, "msg", str(exc))
+    if isinstance(exc, ImageNotFoundException):
+        return JSONResponse({"detail": msg}, status_code=404)
+    error = getattr(exc, "error", None)
+    code = 400 if error in (MONAILabelError.INVALID_INPUT, MONAILabelError.APP_INIT_ERROR) else 500
+    return JSONResponse({"detail": msg}, status_code=code)
+
+
+def install(fastapi_app: Any, loopback_only: bool) -> None:
+    """Add the 4xx exception handlers (and, if asked, :class:`LoopbackOnly`) to a running FastAPI app."""
+    from monailabel.interfaces.exception import MONAILabelException
+    from starlette.middleware import Middleware
+
+    fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
+    fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
+    if loopback_only and not any(m.cls is LoopbackOnly for m in fastapi_app.user_middleware):
+        fastapi_app.user_middleware.insert(0, Middleware(LoopbackOnly))
+        logger.warning("started without --host: answering clients on this machine only "
+                       "(pass --host to choose the interface, or --conf allow_remote true)")
+    fastapi_app.middleware_stack = None  # Starlette rebuilds it, with the above, on the next request

@@ -1,0 +1,146 @@
+"""A bundle's network, pre-processing and sliding-window inferer, built from its own ``inference.yaml``.
+
+Shared by the inference task and the active-learning scoring. The weights are reloaded whenever the published
+``model.pt`` changes, so a finished training is served without a restart. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotTrainedError(RuntimeError):
+    """The model has no published weights yet."""
+
+
+class ImageError(ValueError):
+    """An image that cannot be read, or does not suit the model (message names the file)."""
+
+
+@dataclass
+class Prediction:
+    """``probs`` ``[K, *S]`` (the served prediction), ``per_network`` one ``[K, *S]`` per sub-network (one entry
+    for a single network), ``image`` the nibabel image read, ``weights_mtime`` of the weights used."""
+
+    probs: torch.Tensor
+    per_network: list[torch.Tensor]
+    image: nib.Nifti1Image
+    weights_mtime: float
+    seconds: float
+
+
+class BundlePredictor:
+    """Args:
+        bundle_root: the bundle folder (``configs/inference.yaml`` is read from it).
+        model_path: the published ``model.pt`` (``{"model": state_dict}``).
+        extra_configs: config files merged on top of ``inference.yaml`` (the same ones training used, so the
+            network definitions agree).
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+    """
+
+    def __init__(self, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str] = (),
+                 device: str | None = None) -> None:
+        self.bundle_root = Path(bundle_root)
+        self.model_path = Path(model_path)
+        self.extra_configs = [str(c) for c in extra_configs]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._lock = threading.Lock()
+        self._loaded: tuple | None = None  # (mtime, network, transforms, inferer)
+        parser = self._parser()
+        self.num_classes = int(parser.get_parsed_content("num_classes"))
+        self.spatial_dims = int(parser.get("network_def", {}).get("spatial_dims", 3))
+        self.lcc = bool(parser.get_parsed_content("lcc")) if "lcc" in parser else False
+
+    def _parser(self):
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(self.bundle_root / "configs" / "inference.yaml"), *self.extra_configs])
+        parser["bundle_root"] = str(self.bundle_root)
+        parser["device"] = f"$torch.device('{self.device}')"
+        return parser
+
+    def is_trained(self) -> bool:
+        return self.model_path.is_file()
+
+    def _load(self) -> tuple:
+        if not self.model_path.is_file():
+            raise ModelNotTrainedError(f"model {self.bundle_root.name!r} has no trained weights yet "
+                                       f"({self.model_path} does not exist): train it first (POST /train/"
+                                       f"{self.bundle_root.name}) or copy a trained model.pt there")
+        mtime = self.model_path.stat().st_mtime
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != mtime:
+                from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+                parser = self._parser()
+                network = parser.get_parsed_content("network")
+                state = torch.load(self.model_path, map_location=self.device, weights_only=True)
+                network.load_state_dict(state["model"] if "model" in state else state, strict=True)
+                network.eval()
+                pre = parser.get_parsed_content("preprocessing")
+                # the image is read here with nibabel (exact geometry, clear errors); the rest of the chain applies
+                steps = [t for t in pre.transforms if not isinstance(t, (LoadImaged, EnsureChannelFirstd))]
+                self._loaded = (mtime, network, Compose(steps), parser.get_parsed_content("inferer"))
+                logger.info(f"loaded {self.model_path} (mtime {mtime})")
+            return self._loaded
+
+    def read(self, path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+        """The image and its ``[*S]`` float32 array, with a clear error for unreadable or wrong-dimension files."""
+        try:
+            img = nib.load(str(path))
+            arr = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as e:
+            raise ImageError(f"{Path(path).name}: not a readable NIfTI volume ({e})") from e
+        while arr.ndim > self.spatial_dims and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != self.spatial_dims:
+            raise ImageError(f"{Path(path).name}: a {arr.ndim}D image (shape {arr.shape}) sent to a "
+                             f"{self.spatial_dims}D model")
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{Path(path).name}: the image holds NaN or infinite values")
+        return img, arr
+
+    @torch.no_grad()
+    def predict(self, path: str | Path) -> Prediction:
+        t0 = time.perf_counter()
+        img, arr = self.read(path)
+        mtime, network, transforms, inferer = self._load()
+        x = transforms({"image": torch.from_numpy(arr)[None]})["image"]
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)[None]
+        nets = list(network.nets) if hasattr(network, "nets") else [network]
+        per = [torch.softmax(inferer(inputs=x, network=n), 1)[0].float().cpu() for n in nets]
+        index = getattr(network, "index", -1)
+        probs = per[index] if len(per) > 1 and index >= 0 else torch.stack(per).mean(0)
+        return Prediction(probs, per, img, mtime, time.perf_counter() - t0)
+
+    def segment(self, prediction: Prediction) -> np.ndarray:
+        """``[*S]`` uint8 label map (argmax, then the bundle's largest-connected-component cleaning if it has it)."""
+        seg = prediction.probs.argmax(0)
+        if self.lcc and self.num_classes > 1:
+            from monai.transforms import KeepLargestConnectedComponent
+
+            seg = KeepLargestConnectedComponent(applied_labels=list(range(1, self.num_classes)), is_onehot=False,
+                                                independent=True)(seg[None])[0]
+        return np.asarray(seg, dtype=np.uint8)
+
+
+def write_label(seg: np.ndarray, like: nib.Nifti1Image, path: str | Path) -> Path:
+    """Write ``seg`` as NIfTI with ``like``'s grid (affine, qform and sform), reshaped to its spatial shape."""
+    seg = seg.reshape(like.shape[: seg.ndim] + (1,) * (len(like.shape) - seg.ndim))
+    out = nib.Nifti1Image(seg.astype(np.uint8), like.affine)
+    out.set_qform(like.get_qform(), int(like.header["qform_code"]) or 1)
+    out.set_sform(like.get_sform(), int(like.header["sform_code"]) or 1)
+    nib.save(out, str(path))
+    return Path(path)

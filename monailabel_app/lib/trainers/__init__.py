@@ -1,0 +1,3 @@
+from .semi_supervised_bundle import SemiSupervisedBundleTrain
+
+__all__ = ["SemiSupervisedBundleTrain"]

@@ -1,0 +1,244 @@
+"""The MONAI Label app through a real HTTP server on 127.0.0.1, driven by the Slicer plugin's client and plain HTTP.
+
+Sequence: info, next sample, infer before training (409), save labels, semi-supervised training of both models,
+inference with the new weights, active-learning scoring, a stopped training, concurrent requests and every bad
+request of the issue (each a 4xx, with the server still answering afterwards).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from conftest import ROOT
+
+monailabel_client = pytest.importorskip("monailabel.client.client")
+MONAILabelClient = monailabel_client.MONAILabelClient
+MONAILabelClientException = monailabel_client.MONAILabelClientException
+
+TINY_YAML = """
+network_def:
+  _target_: BasicUNet
+  spatial_dims: 3
+  in_channels: 1
+  out_channels: '@num_classes'
+  features: [4, 4, 8, 8, 16, 4]
+graph_layer: down_4
+graph_channels: 16
+patch_size: [32, 32, 24]
+batch_size: 2
+sw_batch_size: 1
+"""
+TRAIN = {"num_iterations": 6, "val_interval": 3, "pretrain_iterations": 2}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_train(base: str, timeout: float = 300) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        status = requests.get(f"{base}/train/").json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            return status
+        time.sleep(1)
+    raise TimeoutError("training did not finish")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from ssmis.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("label_app")
+    syn = make_synthetic_dataset(root / "syn", dims=3, classes=2, cases=6, labeled=3, val=1, size=32)
+    studies = root / "studies"
+    studies.mkdir()
+    for f in sorted((syn / "imagesTr").glob("*.nii.gz")):
+        shutil.copy(f, studies / f.name)
+    (root / "tiny.yaml").write_text(TINY_YAML)
+    port = _free_port()
+    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(ROOT / "monailabel_app"),
+           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
+           "--conf", "models", "transmedseg_la,fixed_dynamic_pl_la", "--conf", "model_dir", str(root / "model"),
+           "--conf", "extra_config", str(root / "tiny.yaml"), "--conf", "device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{base}/info/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"server exited:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        else:
+            pytest.fail(f"server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        yield {"base": base, "root": root, "syn": syn, "studies": studies}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_annotation_loop(server):
+    base, syn, root = server["base"], server["syn"], server["root"]
+    # its own download folder: the server deletes its result file from /tmp, under the same name, after answering
+    client = MONAILabelClient(base, tmpdir=str(root / "client"))
+
+    info = client.info()
+    assert set(info["models"]) == {"transmedseg_la", "fixed_dynamic_pl_la"}
+    assert info["models"]["transmedseg_la"]["labels"] == {"left atrium": 1}
+    assert set(info["trainers"]) == {"transmedseg_la", "fixed_dynamic_pl_la"}
+    assert {"uncertainty", "random"} <= set(info["strategies"])
+
+    sample = client.next_sample("uncertainty", {})
+    assert sample["id"].startswith("case_") and "random" in sample["selected_by"]
+
+    with pytest.raises(MONAILabelClientException) as e:  # no weights yet: say so, do not return noise
+        client.infer("transmedseg_la", "case_000", {})
+    assert "409" in e.value.msg and "no trained weights" in e.value.msg
+
+    for i in range(3):
+        assert client.save_label(f"case_00{i}", str(syn / "labelsTr" / f"case_00{i}.nii.gz"))["label"] == f"case_00{i}"
+    saved = server["studies"] / "labels" / "final" / "case_000.nii.gz"
+    assert np.array_equal(nib.load(saved).get_fdata(), nib.load(syn / "labelsTr" / "case_000.nii.gz").get_fdata())
+
+    for model in ("transmedseg_la", "fixed_dynamic_pl_la"):
+        client.train_start(model, TRAIN)
+        status = _wait_train(base)
+        assert status["status"] == "DONE", "\n".join(status.get("details", [])[-30:])
+        stats = json.loads((root / "model" / model / "train_stats.json").read_text())
+        assert (stats["labeled"], stats["validation"], stats["unlabeled"]) == (2, 1, 3)
+        assert stats["iterations"] == TRAIN["num_iterations"] and 0.0 <= stats["best_val_dice"] <= 1.0
+
+    # inference with the new weights, on the image's own grid
+    path, params = client.infer("transmedseg_la", "case_001", {})
+    seg, img = nib.load(path), nib.load(server["studies"] / "case_001.nii.gz")
+    assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+    first_mtime = params["weights_mtime"]
+    path2, params2 = client.infer("fixed_dynamic_pl_la", "case_004", {})
+    assert nib.load(path2).shape == nib.load(server["studies"] / "case_004.nii.gz").shape
+
+    # retraining starts from the served weights and publishes new ones, which the next inference uses
+    client.train_start("transmedseg_la", TRAIN)
+    status = _wait_train(base)
+    assert status["status"] == "DONE"
+    assert "model.pt" in json.loads((root / "model" / "transmedseg_la" / "train_stats.json").read_text())[
+        "start_weights"]
+    _, params3 = client.infer("transmedseg_la", "case_001", {})
+    assert params3["weights_mtime"] > first_mtime
+
+    # active learning: cached uncertainty scores pick the next image
+    for method in ("transmedseg_la_uncertainty", "fixed_dynamic_pl_la_uncertainty"):
+        r = requests.post(f"{base}/scoring/{method}?run_sync=true")
+        assert r.status_code == 200 and r.json()["scored"] == 3, r.text
+        assert requests.post(f"{base}/scoring/{method}?run_sync=true").json()["skipped"] == 3  # cached
+    caches = [json.loads((root / "model" / m / "scores.json").read_text()) for m in
+              ("transmedseg_la", "fixed_dynamic_pl_la")]
+    assert all(set(c) == {"case_003", "case_004", "case_005"} for c in caches)
+    sample = client.next_sample("uncertainty", {})
+    means = {i: (caches[0][i]["score"] + caches[1][i]["score"]) / 2 for i in caches[0]}
+    assert sample["selected_by"] == "uncertainty" and sample["id"] == max(means, key=means.get)
+
+
+def test_stop_training_keeps_served_weights(server):
+    base, root = server["base"], server["root"]
+    client = MONAILabelClient(base, tmpdir=str(root / "client"))
+    model = root / "model" / "fixed_dynamic_pl_la" / "model.pt"
+    if not model.is_file():
+        pytest.skip("needs the weights of test_annotation_loop")
+    before = (model.stat().st_mtime, model.read_bytes())
+    client.train_start("fixed_dynamic_pl_la", {"num_iterations": 100000, "val_interval": 50000})
+    for _ in range(120):
+        if requests.get(f"{base}/train/").json().get("status") == "RUNNING":
+            break
+        time.sleep(0.5)
+    time.sleep(5)
+    client.train_stop()
+    status = _wait_train(base, timeout=60)
+    assert status["status"] != "DONE"
+    assert (model.stat().st_mtime, model.read_bytes()) == before
+    assert requests.post(f"{base}/infer/fixed_dynamic_pl_la?image=case_003&output=json").status_code == 200
+
+
+def test_bad_requests_get_4xx_and_server_keeps_serving(server):
+    base, syn, root = server["base"], server["syn"], server["root"]
+    tmp = root / "bad"
+    tmp.mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)), tmp / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), tmp / "small.nii.gz")
+    lab = nib.load(syn / "labelsTr" / "case_003.nii.gz")
+    arr = np.asarray(lab.dataobj).copy()
+    arr[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(arr, lab.affine), tmp / "values.nii.gz")
+    good_label = syn / "labelsTr" / "case_003.nii.gz"
+
+    def put_label(query: str, path: Path | None = None, content: bytes | None = None) -> requests.Response:
+        data = content if content is not None else path.read_bytes()
+        return requests.put(f"{base}/datastore/label?{query}", files={"label": ("label.nii.gz", data)})
+
+    cases = {
+        "unknown model (infer)": lambda: requests.post(f"{base}/infer/nope?image=case_000"),
+        "unknown model (train)": lambda: requests.post(f"{base}/train/nope", json={}),
+        "unknown strategy": lambda: requests.post(f"{base}/activelearning/nope"),
+        "unknown image id": lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_999"),
+        "image id path traversal": lambda: requests.post(f"{base}/infer/transmedseg_la?image=..%2F..%2Fetc%2Fpasswd"),
+        "absolute path as image id": lambda: requests.post(f"{base}/infer/transmedseg_la?image=%2Fetc%2Fpasswd"),
+        "malformed params (infer)": lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_000",
+                                                          data={"params": "{not json"}),
+        "malformed params (upload)": lambda: requests.put(f"{base}/datastore/image?image=x",
+                                                          files={"file": ("x.nii.gz", good_label.read_bytes())},
+                                                          data={"params": "[oops"}),
+        "upload that is not a volume": lambda: requests.put(f"{base}/datastore/image?image=junk",
+                                                            files={"file": ("junk.nii.gz", b"not a volume")}),
+        "upload with a non-NIfTI name": lambda: requests.put(f"{base}/datastore/image?image=junk",
+                                                             files={"file": ("junk.txt", b"text")}),
+        "uploaded image id path traversal": lambda: requests.put(
+            f"{base}/datastore/image?image=..%2Fescape", files={"file": ("x.nii.gz", good_label.read_bytes())}),
+        "2D image to a 3D model": lambda: requests.post(
+            f"{base}/infer/transmedseg_la", files={"file": ("flat.nii.gz", (tmp / "flat.nii.gz").read_bytes())}),
+        "label shape mismatch": lambda: put_label("image=case_003", tmp / "small.nii.gz"),
+        "label values outside the classes": lambda: put_label("image=case_003", tmp / "values.nii.gz"),
+        "label that is not a volume": lambda: put_label("image=case_003", content=b"garbage"),
+        "label for an unknown image": lambda: put_label("image=case_999", good_label),
+        "label tag path traversal": lambda: put_label("image=case_003&tag=..%2F..%2Fevil", good_label),
+        "label image id path traversal": lambda: put_label("image=..%2Fcase_003", good_label),
+    }
+    answers = {name: call() for name, call in cases.items()}
+    for name, r in answers.items():
+        assert 400 <= r.status_code < 500, f"{name}: {r.status_code} {r.text[:300]}"
+        assert r.json().get("detail"), f"{name}: no message"
+    assert not (server["studies"] / "labels" / "final" / "case_003.nii.gz").exists()  # nothing half-written
+    assert not (root / "evil").exists() and not (server["studies"].parent / "escape.nii.gz").exists()
+    (root / "bad_requests.json").write_text(json.dumps({k: v.status_code for k, v in answers.items()}, indent=2))
+
+    # concurrent inference requests are all answered, and the server is still healthy
+    with cf.ThreadPoolExecutor(4) as ex:
+        codes = list(ex.map(lambda i: requests.post(f"{base}/infer/transmedseg_la?image=case_00{i % 6}"
+                                                    "&output=json").status_code, range(8)))
+    assert codes == [200] * 8
+    assert requests.get(f"{base}/info/").status_code == 200
