@@ -242,3 +242,30 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
                                                     "&output=json").status_code, range(8)))
     assert codes == [200] * 8
     assert requests.get(f"{base}/info/").status_code == 200
+
+
+def test_loopback_guard_refuses_remote_clients():
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.errors import LoopbackOnly
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(host: str) -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "client": (host, 5000), "method": "GET", "path": "/info/", "headers": []}
+        asyncio.run(LoopbackOnly(app)(scope, receive, send))
+        return sent[0]["status"]
+
+    assert call("127.0.0.1") == 200 and call("::1") == 200
+    assert call("10.1.2.3") == 403

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 logger = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 class RequestError(HTTPException):

@@ -1,0 +1,186 @@
+"""MONAI Label app timings: inference latency on a full-resolution LA volume, and train-to-served time.
+
+    python benchmarks/monailabel_app.py --weights transmedseg_la=runs/la_1.25mm/transmedseg_la_l8/models/model.pt
+
+1. **Infer latency.** One LA training volume at its native 0.625 mm goes into a fresh datastore; the app is
+   started with ``--conf extra_config cpu_protocol.yaml`` and the given weights; ``/infer/<model>`` is called
+   ``--repeats`` times through ``MONAILabelClient`` (median, min, max). Beside it: the bundle's own
+   ``inference.yaml`` (+ ``cpu_protocol.yaml``) on the same volume, timed around its evaluator run (the weights
+   are loaded before the clock starts, as the server has them loaded).
+2. **Train to served.** ``--train-labeled`` volumes at 1.25 mm get labels through ``PUT /datastore/label``, the rest
+   stay unlabelled; the clock runs from ``POST /train/<model>`` (``--train-iterations`` iterations) to the first
+   inference answered with the new weights.
+
+The weights only set the network's values; latency does not depend on them. Results: ``docs/results/monailabel_app.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
+    import requests
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(ROOT / "monailabel_app"),
+           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", models,
+           "--conf", "model_dir", str(model_dir), "--conf", "extra_config", "cpu_protocol.yaml",
+           "--conf", "device", "cpu"]
+    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(180):
+        try:
+            if requests.get(f"{base}/info/", timeout=2).status_code == 200:
+                return proc, base
+        except requests.ConnectionError:
+            time.sleep(1)
+    raise RuntimeError(f"server did not start, see {log}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def la_volume(source: Path, case: str, out: Path) -> Path:
+    """One LA case at its native 0.625 mm as NIfTI (image only)."""
+    from ssmis.data.la import read_la_case
+    from ssmis.data.nifti import save_image, spacing_affine
+
+    image, _ = read_la_case(source / "volumes" / case / "mri_norm2.h5")
+    return save_image(image, spacing_affine(0.625), out / f"{case}.nii.gz")
+
+
+def bundle_inference_seconds(bundle: str, image: Path, weights: Path, out: Path) -> float:
+    """Time of the bundle's own inference workflow (evaluator run only) on ``image``."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = [str(ROOT / "bundles" / bundle / "configs" / n) for n in ("inference.yaml", "cpu_protocol.yaml")]
+    wf = ConfigWorkflow(config_file=configs, workflow_type="infer", bundle_root=str(ROOT / "bundles" / bundle),
+                        datalist=[{"image": str(image)}], output_dir=str(out), ckpt_path=str(weights),
+                        device="$torch.device('cpu')", amp=False)
+    wf.initialize()
+    evaluator = wf.parser.get_parsed_content("evaluator")
+    t0 = time.perf_counter()
+    evaluator.run()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", action="append", required=True, metavar="MODEL=PATH",
+                   help="trained model.pt (CPU-protocol network) per model; repeatable")
+    p.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "LA")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "la_1.25mm_l8", help="1.25 mm LA for the train run")
+    p.add_argument("--case", help="LA case for the latency test (default: the last of train.list)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--train-labeled", type=int, default=4)
+    p.add_argument("--train-unlabeled", type=int, default=4)
+    p.add_argument("--train-iterations", type=int, default=20)
+    p.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "monailabel_app.json")
+    args = p.parse_args(argv)
+
+    import nibabel as nib
+    import requests
+    from monailabel.client.client import MONAILabelClient
+
+    weights = dict(w.split("=", 1) for w in args.weights)
+    case = args.case or (args.source / "train.list").read_text().split()[-1]
+    work = Path(tempfile.mkdtemp(prefix="ssmis_label_bench_"))
+    results: dict = {"case": case, "repeats": args.repeats, "models": {}}
+    try:
+        studies, model_dir = work / "studies", work / "model"
+        studies.mkdir()
+        image = la_volume(args.source, case, studies)
+        results["shape"] = list(nib.load(image).shape)
+        for name, path in weights.items():
+            (model_dir / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, model_dir / name / "model.pt")
+        proc, base = start_server(studies, model_dir, ",".join(weights), work / "server.log")
+        try:
+            client = MONAILabelClient(base, tmpdir=str(work / "client"))
+            for name, path in weights.items():
+                client.infer(name, case, {})  # warm-up: loads the weights
+                times = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    out, params = client.infer(name, case, {})
+                    times.append(time.perf_counter() - t0)
+                    assert nib.load(out).shape == tuple(results["shape"])
+                own = [bundle_inference_seconds(name, image, Path(path), work / "bundle_out")
+                       for _ in range(max(1, args.repeats // 2))]
+                results["models"][name] = {
+                    "app_infer_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
+                    "app_infer_server_s": params["latencies"]["infer"],
+                    "bundle_inference_s": {"median": statistics.median(own), "min": min(own), "max": max(own)},
+                }
+                print(name, json.dumps(results["models"][name]), flush=True)
+        finally:
+            stop_server(proc)
+
+        # train -> served, on 1.25 mm volumes
+        from ssmis.data import load_datalist
+
+        studies2 = work / "studies_train"
+        studies2.mkdir()
+        labeled = load_datalist(args.data, "labeled")[: args.train_labeled]
+        unlabeled = load_datalist(args.data, "unlabeled")[: args.train_unlabeled]
+        for rec in labeled + unlabeled:
+            shutil.copyfile(rec["image"], studies2 / Path(rec["image"]).name)
+        name = next(iter(weights))
+        proc, base = start_server(studies2, work / "model_train", name, work / "server_train.log")
+        try:
+            client = MONAILabelClient(base, tmpdir=str(work / "client"))
+            for rec in labeled:
+                client.save_label(Path(rec["image"]).name[: -len(".nii.gz")], rec["label"])
+            probe = Path(unlabeled[0]["image"]).name[: -len(".nii.gz")]
+            t0 = time.perf_counter()
+            client.train_start(name, {"num_iterations": args.train_iterations,
+                                      "val_interval": max(1, args.train_iterations // 2)})
+            while True:
+                status = requests.get(f"{base}/train/").json()
+                if status.get("status") not in ("SUBMITTED", "RUNNING"):
+                    break
+                time.sleep(0.5)
+            if status["status"] != "DONE":
+                raise RuntimeError("\n".join(status.get("details", [])[-20:]))
+            client.infer(name, probe, {})
+            results["train_to_served"] = {"model": name, "iterations": args.train_iterations,
+                                          "labeled": len(labeled), "unlabeled": len(unlabeled),
+                                          "seconds": time.perf_counter() - t0}
+            print("train to served", json.dumps(results["train_to_served"]), flush=True)
+        finally:
+            stop_server(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
