@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 time.sleep(0.5)
             if status["status"] != "DONE":
-                raise RuntimeError("\n".join(status.get("details", [])[-20:]))
+                raise RuntimeError("\n".join(status.get("details", [])[-80:]))
             client.infer(name, probe, {})
             results["train_to_served"] = {"model": name, "iterations": args.train_iterations,
                                           "labeled": len(labeled), "unlabeled": len(unlabeled),

@@ -116,6 +116,11 @@ class SemiSupervisedBundleTrain(TrainTask):
         workflow = ConfigWorkflow(config_file=configs, workflow_type="train",
                                   logging_file=str(self.bundle_root / "configs" / "logging.conf"), **overrides)
         workflow.initialize()
+        batch = int(workflow.parser.get_parsed_content("batch_size"))
+        if len(datalist["labeled"]) < batch:
+            raise ValueError(f"{self.name}: {len(datalist['labeled'])} labelled training image(s) after holding out "
+                             f"{len(datalist['validation'])} for validation, but a batch takes {batch}: save more "
+                             "labels or lower batch_size")
         start = "random initialisation"
         if self.model_path.is_file():  # continue from the served weights (the EMA teacher is copied from them)
             network = workflow.parser.get_parsed_content("network")
