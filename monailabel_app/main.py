@@ -103,12 +103,22 @@ class SSMISApp(MONAILabelApp):
         image = request.get("image")
         if not isinstance(image, str) or not image:
             raise errors.bad_request("no image given")
-        uploaded = Path(image).parent == Path(tempfile.gettempdir()) and Path(image).name.startswith("tmp")
-        if not (uploaded and os.path.isfile(image)):  # else a datastore id; an uploaded file is a temporary path
+        if not self._is_request_file(image):  # else a datastore id
             errors.check_id(image, "image id")
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise errors.not_found(f"image {image!r} is not in the datastore")
         return super().infer(request, datastore)
+
+    def _is_request_file(self, image: str) -> bool:
+        """Whether ``image`` is a file the server itself made for this request: an upload (a temporary file) or
+        the volume of a Slicer session. Any other path is refused, so a client cannot read arbitrary files."""
+        path = Path(image).resolve()
+        if not path.is_file():
+            return False
+        if path.parent == Path(tempfile.gettempdir()).resolve() and path.name.startswith("tmp"):
+            return True
+        sessions = self.sessions()
+        return bool(sessions) and Path(sessions.store_path).resolve() in path.parents
 
     def train(self, request: Dict[str, Any]) -> Dict[str, Any]:
         model = request.get("model")

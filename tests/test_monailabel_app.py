@@ -77,7 +77,8 @@ def server(tmp_path_factory):
            "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
            "--conf", "models", "transmedseg_la,fixed_dynamic_pl_la", "--conf", "model_dir", str(root / "model"),
            "--conf", "extra_config", str(root / "tiny.yaml"), "--conf", "device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+           "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -142,6 +143,10 @@ def test_annotation_loop(server):
     first_mtime = params["weights_mtime"]
     path2, params2 = client.infer("fixed_dynamic_pl_la", "case_004", {})
     assert nib.load(path2).shape == nib.load(server["studies"] / "case_004.nii.gz").shape
+    # a volume that is not in the datastore, sent as Slicer does: a session, then inference on it
+    session = client.create_session(str(server["studies"] / "case_005.nii.gz"))
+    path3, _ = client.infer("transmedseg_la", "", {}, session_id=session["session_id"])
+    assert nib.load(path3).shape == nib.load(server["studies"] / "case_005.nii.gz").shape
 
     # retraining starts from the served weights and publishes new ones, which the next inference uses
     client.train_start("transmedseg_la", TRAIN)
