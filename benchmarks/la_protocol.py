@@ -29,6 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
+# (TraCoCo's w0 of the unlabelled weight: 0.3 with 8 labelled, the bundle default, and 1.0 with 16)
+PER_LABEL_OVERRIDES = {"fixed_dynamic_pl_la": {16: ["--unlabeled_w0", "1.0"]}}
+
 
 def run_cmd(cmd: list[str], log: Path) -> tuple[float, float]:
     """Run ``cmd`` with output to ``log``; return (wall seconds, peak RSS in MiB). Raises on failure."""
@@ -120,6 +124,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         train_extra += ["--max_wall_s", str(args.max_wall_s)]
     if args.sw_overlap:
         common += ["--sw_overlap", args.sw_overlap]
+    common += PER_LABEL_OVERRIDES.get(bundle, {}).get(labeled, [])
     protocol = ["cpu_protocol.yaml"] if args.protocol == "cpu" else []
     train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")

@@ -42,11 +42,14 @@ def start_server(studies: Path, model_dir: Path, models: str, log: Path) -> tupl
     import requests
 
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(ROOT / "monailabel_app"),
+    # `python -m monailabel.main`, not the `monailabel` script: that script runs whichever `python` is first
+    # on PATH, which is not this environment's unless it is activated
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monailabel_app"),
            "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", models,
            "--conf", "model_dir", str(model_dir), "--conf", "extra_config", "cpu_protocol.yaml",
            "--conf", "device", "cpu"]
-    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(180):
@@ -54,6 +57,8 @@ def start_server(studies: Path, model_dir: Path, models: str, log: Path) -> tupl
             if requests.get(f"{base}/info/", timeout=2).status_code == 200:
                 return proc, base
         except requests.ConnectionError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with status {proc.returncode}, see {log}")
             time.sleep(1)
     raise RuntimeError(f"server did not start, see {log}")
 

@@ -73,11 +73,14 @@ def server(tmp_path_factory):
         shutil.copy(f, studies / f.name)
     (root / "tiny.yaml").write_text(TINY_YAML)
     port = _free_port()
-    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(ROOT / "monailabel_app"),
+    # `python -m monailabel.main`, not the `monailabel` script: that script runs whichever `python` is first
+    # on PATH, which is not this environment's unless it is activated
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monailabel_app"),
            "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
            "--conf", "models", "transmedseg_la,fixed_dynamic_pl_la", "--conf", "model_dir", str(root / "model"),
            "--conf", "extra_config", str(root / "tiny.yaml"), "--conf", "device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
            "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -96,9 +99,11 @@ def server(tmp_path_factory):
             pytest.fail(f"server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
         yield {"base": base, "root": root, "syn": syn, "studies": studies}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
+        except ProcessLookupError:  # the server had already exited (its log is in the failure above)
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
