@@ -108,11 +108,16 @@ def method_name(bundle: str, extra: list[str]) -> str:
     return "+".join([bundle] + [Path(f).stem for f in extra])
 
 
+def run_dir(bundle: str, labeled: int, args: argparse.Namespace) -> Path:
+    """Where a (bundle + extra configs, label count) run keeps its models, logs and evaluation."""
+    return args.runs_root / f"{method_name(bundle, args.extra_configs.get(bundle, []))}_l{labeled}"
+
+
 def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
     extra = [c for c in args.extra_configs.get(bundle, [])]
     method = method_name(bundle, extra)
-    out = args.runs_root / f"{method}_l{labeled}"
+    out = run_dir(bundle, labeled, args)
     common = ["--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
               "--seed", str(args.seed)]
     if args.iterations:
@@ -190,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, help="default docs/results/la_1.25mm.json or docs/results/la_full.json")
     p.add_argument("--config", action="append", default=[], metavar="BUNDLE=FILE",
                    help="extra config file (in the bundle's configs/) merged for BUNDLE; repeatable")
+    p.add_argument("--curves-only", action="store_true",
+                   help="train nothing: print the validation-Dice curve logged so far by each run (an unfinished "
+                        "run too), to compare methods at equal iterations")
     args = p.parse_args(argv)
     name = "la_1.25mm" if args.protocol == "cpu" else "la_full"
     args.spacing = 1.25 if args.protocol == "cpu" else 0.625
@@ -204,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.config:
         b, f = item.split("=", 1)
         args.extra_configs.setdefault(b, []).append(f)
+    if args.curves_only:
+        for labeled in args.labeled:
+            for bundle in args.bundles:
+                out = run_dir(bundle, labeled, args)
+                xs, ys = val_curve(out / "logs") if (out / "logs").is_dir() else ([], [])
+                points = ", ".join(f"{x}: {y:.4f}" for x, y in zip(xs, ys)) or "no validation logged"
+                print(f"{out.name}: {points}")
+        return 0
     args.results.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.results.read_text()) if args.results.is_file() else []
     for labeled in args.labeled:
