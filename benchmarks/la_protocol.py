@@ -28,23 +28,27 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cpu_steal import StealMeter  # noqa: E402
 
 # settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
 # (TraCoCo's w0 of the unlabelled weight: 0.3 with 8 labelled, the bundle default, and 1.0 with 16)
 PER_LABEL_OVERRIDES = {"fixed_dynamic_pl_la": {16: ["--unlabeled_w0", "1.0"]}}
 
 
-def run_cmd(cmd: list[str], log: Path) -> tuple[float, float]:
-    """Run ``cmd`` with output to ``log``; return (wall seconds, peak RSS in MiB). Raises on failure."""
+def run_cmd(cmd: list[str], log: Path) -> tuple[float, float, dict]:
+    """Run ``cmd`` with output to ``log``; return (wall seconds, peak RSS in MiB, ``{"cpu_s", "steal"}``): the
+    process's user + system CPU seconds and the host's steal fraction meanwhile. Raises on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(log, "w") as f:
+    with open(log, "w") as f, StealMeter() as steal:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
         _, status, usage = os.wait4(p.pid, 0)
     wall = time.time() - t0
     if status != 0:
         raise RuntimeError(f"command failed (status {status}), see {log}: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, usage.ru_maxrss / 1024.0, {"cpu_s": usage.ru_utime + usage.ru_stime, "steal": steal.fraction}
 
 
 def val_curve(log_dir: Path) -> tuple[list[int], list[float]]:
@@ -135,41 +139,57 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
     log = out / f"train_{time.strftime('%Y%m%d-%H%M%S')}.log" if args.max_wall_s else out / "train.log"
-    train_wall, train_mem = run_cmd(py + ["--config_file", train_cfg] + common + train_extra, log)
-    progress = out / "progress.json"  # wall time summed over the pieces of a run trained in several calls
-    total = json.loads(progress.read_text()) if progress.is_file() and args.max_wall_s else {"wall_s": 0.0}
-    total["wall_s"] += train_wall
+    train_wall, train_mem, usage = run_cmd(py + ["--config_file", train_cfg] + common + train_extra, log)
+    progress = out / "progress.json"  # wall and CPU time summed over the pieces of a run trained in several calls
+    total = json.loads(progress.read_text()) if progress.is_file() and args.max_wall_s else {}
+    total["wall_s"] = total.get("wall_s", 0.0) + train_wall
+    total["cpu_s"] = total.get("cpu_s", 0.0) + usage["cpu_s"]
+    if usage["steal"] is not None:  # steal averaged over the pieces, weighted by their wall time
+        total["steal_wall_s"] = total.get("steal_wall_s", 0.0) + usage["steal"] * train_wall
+        total["measured_wall_s"] = total.get("measured_wall_s", 0.0) + train_wall
     progress.write_text(json.dumps(total))
     done, target = trained_iterations(out), target_iterations(train_cfg, common)
     if done < target:
         print(f"   {done} of {target} iterations done; run the same command again to continue", flush=True)
         return None
     train_wall = total["wall_s"]
-    eval_wall, eval_mem = run_cmd(py + ["--config_file", eval_cfg] + common, out / "evaluate.log")
+    steal = total["steal_wall_s"] / total["measured_wall_s"] if total.get("measured_wall_s") else None
+    eval_wall, eval_mem, _ = run_cmd(py + ["--config_file", eval_cfg] + common, out / "evaluate.log")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
     xs, ys = val_curve(out / "logs")
     return {
         "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
         "seed": args.seed, "protocol": args.protocol,
-        "train_wall_s": train_wall, "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
+        "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "host_steal": steal,
+        "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
         "checkpoint": "last", "run_dir": str(out),
     }
+
+
+def _minutes(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.0f} %"
 
 
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     from ssmis.visualize import save_curves
 
     rows = [
-        "| method | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) | train wall | peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) | train wall "
+        "| train CPU | host steal | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"]))):
         m = r["metrics"]
         rows.append(
             f"| {r.get('method', r['bundle'])} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} | {100 * m['jaccard']:.2f} "
             f"| {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} | {m['asd_vox']:.2f} / {m['asd_mm']:.2f} "
-            f"| {r['train_wall_s'] / 60:.1f} min | {r['train_peak_mib'] / 1024:.2f} GiB |"
+            f"| {r['train_wall_s'] / 60:.1f} min | {_minutes(r.get('train_cpu_s'))} | {_percent(r.get('host_steal'))} "
+            f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )
     md.write_text("\n".join(rows) + "\n")
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])

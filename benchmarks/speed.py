@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cpu_steal import StealMeter  # noqa: E402
 CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
 METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
 
@@ -311,14 +314,16 @@ def main(argv=None) -> int:
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for case in args.cases:
         print(f"== {case}", flush=True)
-        proc = subprocess.Popen([sys.executable, __file__, *passthrough, "--_case", case], stdout=subprocess.PIPE,
-                                text=True, cwd=ROOT)
-        stdout = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        with StealMeter() as steal:
+            proc = subprocess.Popen([sys.executable, __file__, *passthrough, "--_case", case], stdout=subprocess.PIPE,
+                                    text=True, cwd=ROOT)
+            stdout = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
             raise SystemExit(f"case {case} failed")
         res = json.loads(stdout.strip().splitlines()[-1])
         res["peak_rss_mib"] = usage.ru_maxrss / 1024
+        res["host_steal"] = steal.fraction
         results["cases"][case] = res
         print(json.dumps(res), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -342,10 +347,12 @@ def report(r: dict) -> str:
     methods = [m for m in METHODS if m in c]
     if methods:
         base = c.get("supervised", {}).get("step_s")
-        lines += ["| method | step | vs supervised | peak RSS |", "|---|---|---|---|"]
+        lines += ["| method | step | vs supervised | peak RSS | host steal |", "|---|---|---|---|---|"]
         for m in methods:
             rel = f"{c[m]['step_s'] / base:.2f}x" if base else "-"
-            lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB |")
+            st = c[m].get("host_steal")
+            lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB | "
+                         f"{'–' if st is None else f'{100 * st:.0f} %'} |")
         lines.append("")
         if "fixed_dynamic" in c and "cps" in c:
             lines += [f"Fixed + dynamic pseudo-labels with CUT against plain cross pseudo supervision (same two "
