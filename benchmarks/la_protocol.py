@@ -1,7 +1,7 @@
 """LA accuracy protocols: train and evaluate bundles at several label counts, then tabulate and plot.
 
     python benchmarks/la_protocol.py --bundles supervised_la --labeled 8 16 --iterations 1200
-    python benchmarks/la_protocol.py --protocol full --bundles supervised_la --labeled 8 --max-wall-s 480
+    python benchmarks/la_protocol.py --device cuda --bundles supervised_la --labeled 8 --max-wall-s 480
 
 ``--protocol cpu`` (default, "LA-1.25mm"):
 For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cpu_protocol.yaml) on
@@ -10,7 +10,7 @@ then evaluate.yaml on the validation split with the last checkpoint. Each run's 
 are measured around its subprocess. Results accumulate in ``docs/results/la_1.25mm.json``; the markdown table goes
 to ``docs/results/la_1.25mm.md`` and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``.
 
-``--protocol full``: the standard setting for a GPU: 0.625 mm data, the literature V-Net, 112x112x80 patches, the
+``--protocol full`` (the default with ``--device cuda``): the standard setting for a GPU: 0.625 mm data, the literature V-Net, 112x112x80 patches, the
 bundle's own iteration count (``--iterations`` overrides), sliding windows with stride 18 in-plane and 4 along z.
 With ``--max-wall-s`` each call trains at most that long, saves and exits; call it again to continue (the
 bundle resumes from its checkpoint). Evaluation runs once training has finished. Results go to
@@ -124,6 +124,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     out = run_dir(bundle, labeled, args)
     common = ["--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
               "--seed", str(args.seed)]
+    if args.device:  # after cpu_protocol.yaml, which pins the CPU: a command-line override wins
+        common += ["--device", f"$torch.device({args.device!r})"]
     if args.iterations:
         common += ["--num_iterations", str(args.iterations)]
     if args.val_interval:
@@ -199,8 +201,12 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=["cpu", "full"], default="cpu",
-                   help="cpu: LA-1.25mm on 2 cores (default); full: the standard setting, for a GPU")
+    p.add_argument("--protocol", choices=["cpu", "full"],
+                   help="cpu: LA-1.25mm on 2 cores; full: the standard setting, for a GPU (default: full with "
+                        "--device cuda, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device for training and evaluation, e.g. cuda or cuda:1 (default: cpu for the cpu "
+                        "protocol, the bundle's choice otherwise); --device cuda selects the full protocol")
     p.add_argument("--bundles", nargs="+", default=["supervised_la"], help="bundle names under bundles/")
     p.add_argument("--labeled", nargs="+", type=int, default=[8, 16], help="labelled-volume counts")
     p.add_argument("--iterations", type=int, help="training iterations per run (cpu default 1200; full: the bundle's)")
@@ -219,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: print the validation-Dice curve logged so far by each run (an unfinished "
                         "run too), to compare methods at equal iterations")
     args = p.parse_args(argv)
+    if args.protocol is None:
+        args.protocol = "full" if (args.device or "").startswith("cuda") else "cpu"
     name = "la_1.25mm" if args.protocol == "cpu" else "la_full"
     args.spacing = 1.25 if args.protocol == "cpu" else 0.625
     if args.protocol == "cpu":
