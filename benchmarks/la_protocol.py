@@ -177,6 +177,19 @@ def _percent(fraction: float | None) -> str:
     return "–" if fraction is None else f"{100 * fraction:.0f} %"
 
 
+def update_doc_table(doc: Path, name: str, table: str) -> bool:
+    """Replace the text between ``<!-- begin <name> table -->`` and ``<!-- end <name> table -->`` in ``doc`` with
+    ``table``, so ``docs/benchmarks.md`` always shows the latest results; False if the markers are absent."""
+    begin, end = f"<!-- begin {name} table -->", f"<!-- end {name} table -->"
+    text = doc.read_text() if doc.is_file() else ""
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    doc.write_text(f"{head}{begin}\n{table}{end}{tail}")
+    return True
+
+
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     from ssmis.visualize import save_curves
 
@@ -193,7 +206,9 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
             f"| {r['train_wall_s'] / 60:.1f} min | {_minutes(r.get('train_cpu_s'))} | {_percent(r.get('host_steal'))} "
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )
-    md.write_text("\n".join(rows) + "\n")
+    table = "\n".join(rows) + "\n"
+    md.write_text(table)
+    update_doc_table(ROOT / "docs" / "benchmarks.md", md.stem, table)
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
               for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"])))}
     save_curves(curves, png, title=title)
@@ -224,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curves-only", action="store_true",
                    help="train nothing: print the validation-Dice curve logged so far by each run (an unfinished "
                         "run too), to compare methods at equal iterations")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite the table, the plot and the table in docs/benchmarks.md from the "
+                        "results file")
     args = p.parse_args(argv)
     if args.protocol is None:
         args.protocol = "full" if (args.device or "").startswith("cuda") else "cpu"
@@ -240,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.config:
         b, f = item.split("=", 1)
         args.extra_configs.setdefault(b, []).append(f)
+    if args.report_only:
+        results = json.loads(args.results.read_text()) if args.results.is_file() else []
+        write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
+                     title=f"{name}: validation Dice (8 validation volumes)")
+        print(args.results.with_suffix(".md").read_text())
+        return 0
     if args.curves_only:
         for labeled in args.labeled:
             for bundle in args.bundles:
