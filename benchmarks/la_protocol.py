@@ -6,15 +6,16 @@
 ``--protocol cpu`` (default, "LA-1.25mm"):
 For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cpu_protocol.yaml) on
 ``data/la_1.25mm_l<N>`` (made by ``python -m ssmis.data prepare-la --spacing 1.25 --labeled N --val 8`` when missing),
-then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time and peak resident memory
-are measured around its subprocess. Results accumulate in ``docs/results/la_1.25mm.json``; the markdown table goes
-to ``docs/results/la_1.25mm.md`` and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``.
+then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time, CPU time and peak
+resident memory are measured around its subprocess, with the host's steal fraction meanwhile. Results accumulate in
+``docs/results/la_1.25mm.json``; the markdown table goes to ``docs/results/la_1.25mm.md`` (and between the markers
+in ``docs/benchmarks.md``) and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``.
 
-``--protocol full`` (the default with ``--device cuda``): the standard setting for a GPU: 0.625 mm data, the literature V-Net, 112x112x80 patches, the
-bundle's own iteration count (``--iterations`` overrides), sliding windows with stride 18 in-plane and 4 along z.
-With ``--max-wall-s`` each call trains at most that long, saves and exits; call it again to continue (the
-bundle resumes from its checkpoint). Evaluation runs once training has finished. Results go to
-``docs/results/la_full.*``.
+``--protocol full`` (the default with ``--device cuda``): the standard setting for a GPU: 0.625 mm data, the
+literature V-Net, 112x112x80 patches, the bundle's own iteration count (``--iterations`` overrides), sliding
+windows with stride 18 in-plane and 4 along z. With ``--max-wall-s`` each call trains at most that long, saves and
+exits; call it again to continue (the bundle resumes from its checkpoint). Evaluation runs once training has
+finished. Results go to ``docs/results/la_full.*``.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         results = json.loads(args.results.read_text()) if args.results.is_file() else []
         write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
-                     title=f"{name}: validation Dice (8 validation volumes)")
+                     title=f"{name}: validation Dice ({args.val} validation volumes)")
         print(args.results.with_suffix(".md").read_text())
         return 0
     if args.curves_only:
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             args.results.write_text(json.dumps(results, indent=2) + "\n")
             print(f"   Dice {r['metrics']['dice']:.4f}, train {r['train_wall_s'] / 60:.1f} min", flush=True)
             write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
-                         title=f"{name}: validation Dice (8 validation volumes)")
+                         title=f"{name}: validation Dice ({args.val} validation volumes)")
     return 0
 
 
