@@ -1,0 +1,41 @@
+"""Helpers of the benchmark scripts: the results table kept in docs/benchmarks.md, and the host-steal meter."""
+
+from __future__ import annotations
+
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cpu_steal import StealMeter, _cpu_jiffies  # noqa: E402
+from benchmarks.la_protocol import update_doc_table  # noqa: E402
+
+
+def test_doc_table_replaced_between_markers_only(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("intro\n<!-- begin la_x table -->\nold | row\n<!-- end la_x table -->\nafter\n")
+    assert update_doc_table(doc, "la_x", "| new |\n")
+    assert doc.read_text() == "intro\n<!-- begin la_x table -->\n| new |\n<!-- end la_x table -->\nafter\n"
+    assert update_doc_table(doc, "la_x", "| newer |\n")  # idempotent markers: a second update works too
+    assert "| newer |" in doc.read_text() and "| new |\n" not in doc.read_text()
+
+
+def test_doc_without_markers_is_left_alone(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("no markers here\n")
+    assert not update_doc_table(doc, "la_x", "| new |\n")
+    assert doc.read_text() == "no markers here\n"
+
+
+def test_steal_jiffies_parsed_from_proc_stat_line(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 20 800 10 1 2 62 0 0\ncpu0 50 2 10 400 5 0 1 31 0 0\n")
+    assert _cpu_jiffies(stat) == (100 + 5 + 20 + 800 + 10 + 1 + 2 + 62, 62)
+    assert _cpu_jiffies(tmp_path / "missing") is None
+
+
+def test_steal_meter_gives_a_fraction_or_none():
+    with StealMeter() as m:
+        sum(range(200000))
+    assert m.fraction is None or 0.0 <= m.fraction <= 1.0
