@@ -70,7 +70,6 @@ def batches(n, batch, patch, device, labeled=True, seed=0):
 
 def time_trainer(strategy_factory, args, device, steps, unlabeled=False, unlabeled_patch=None):
     """Median step time (s) of SemiSupervisedTrainer over ``steps`` timed iterations after 3 warm-up ones."""
-    import torch
     from ignite.engine import Events
 
     from ssmis.engines import SemiSupervisedTrainer
