@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["StealMeter"]
+__all__ = ["StealMeter", "format_steal"]
 
 
 def _cpu_jiffies(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
@@ -40,3 +40,8 @@ class StealMeter:
         end = _cpu_jiffies()
         if self._start is not None and end is not None and end[0] > self._start[0]:
             self.fraction = (end[1] - self._start[1]) / (end[0] - self._start[0])
+
+
+def format_steal(fraction: float | None) -> str:
+    """A steal fraction (0..1) as a table cell: ``"12 %"``, or ``"–"`` where it could not be measured."""
+    return "–" if fraction is None else f"{100 * fraction:.0f} %"

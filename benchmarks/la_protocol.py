@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cpu_steal import StealMeter  # noqa: E402
+from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 
 # settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
 # (TraCoCo's w0 of the unlabelled weight: 0.3 with 8 labelled, the bundle default, and 1.0 with 16)
@@ -174,10 +174,6 @@ def _minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _percent(fraction: float | None) -> str:
-    return "–" if fraction is None else f"{100 * fraction:.0f} %"
-
-
 def update_doc_table(doc: Path, name: str, table: str) -> bool:
     """Replace the text between ``<!-- begin <name> table -->`` and ``<!-- end <name> table -->`` in ``doc`` with
     ``table``, so ``docs/benchmarks.md`` always shows the latest results; False if the markers are absent."""
@@ -202,9 +198,10 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"]))):
         m = r["metrics"]
         rows.append(
-            f"| {r.get('method', r['bundle'])} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} | {100 * m['jaccard']:.2f} "
-            f"| {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} | {m['asd_vox']:.2f} / {m['asd_mm']:.2f} "
-            f"| {r['train_wall_s'] / 60:.1f} min | {_minutes(r.get('train_cpu_s'))} | {_percent(r.get('host_steal'))} "
+            f"| {r.get('method', r['bundle'])} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
+            f"| {100 * m['jaccard']:.2f} | {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} "
+            f"| {m['asd_vox']:.2f} / {m['asd_mm']:.2f} | {r['train_wall_s'] / 60:.1f} min "
+            f"| {_minutes(r.get('train_cpu_s'))} | {format_steal(r.get('host_steal'))} "
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )
     table = "\n".join(rows) + "\n"

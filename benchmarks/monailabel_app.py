@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,45 +27,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
-    import requests
-
-    port = free_port()
-    # `python -m monailabel.main`, not the `monailabel` script: that script runs whichever `python` is first
-    # on PATH, which is not this environment's unless it is activated
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monailabel_app"),
-           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", models,
-           "--conf", "model_dir", str(model_dir), "--conf", "extra_config", "cpu_protocol.yaml",
-           "--conf", "device", "cpu"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(180):
-        try:
-            if requests.get(f"{base}/info/", timeout=2).status_code == 200:
-                return proc, base
-        except requests.ConnectionError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {proc.returncode}, see {log}")
-            time.sleep(1)
-    raise RuntimeError(f"server did not start, see {log}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+def app_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """The app serving ``models`` from ``model_dir`` under the CPU protocol (see ``monailabel_server.start_server``)."""
+    conf = {"models": models, "model_dir": str(model_dir), "extra_config": "cpu_protocol.yaml", "device": "cpu"}
+    return start_server(studies, conf, log)
 
 
 def la_volume(source: Path, case: str, out: Path) -> Path:
@@ -125,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, path in weights.items():
             (model_dir / name).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, model_dir / name / "model.pt")
-        proc, base = start_server(studies, model_dir, ",".join(weights), work / "server.log")
+        proc, base = app_server(studies, model_dir, ",".join(weights), work / "server.log")
         try:
             client = MONAILabelClient(base, tmpdir=str(work / "client"))
             for name, path in weights.items():
@@ -157,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for rec in labeled + unlabeled:
             shutil.copyfile(rec["image"], studies2 / Path(rec["image"]).name)
         name = next(iter(weights))
-        proc, base = start_server(studies2, work / "model_train", name, work / "server_train.log")
+        proc, base = app_server(studies2, work / "model_train", name, work / "server_train.log")
         try:
             client = MONAILabelClient(base, tmpdir=str(work / "client"))
             for rec in labeled:

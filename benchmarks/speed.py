@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cpu_steal import StealMeter  # noqa: E402
+from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
 METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
 
@@ -349,9 +349,8 @@ def report(r: dict) -> str:
         lines += ["| method | step | vs supervised | peak RSS | host steal |", "|---|---|---|---|---|"]
         for m in methods:
             rel = f"{c[m]['step_s'] / base:.2f}x" if base else "-"
-            st = c[m].get("host_steal")
             lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB | "
-                         f"{'–' if st is None else f'{100 * st:.0f} %'} |")
+                         f"{format_steal(c[m].get('host_steal'))} |")
         lines.append("")
         if "fixed_dynamic" in c and "cps" in c:
             lines += [f"Fixed + dynamic pseudo-labels with CUT against plain cross pseudo supervision (same two "

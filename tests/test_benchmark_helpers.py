@@ -1,4 +1,5 @@
-"""Helpers of the benchmark scripts: the results table kept in docs/benchmarks.md, and the host-steal meter."""
+"""Helpers of the benchmark scripts: the results table kept in docs/benchmarks.md, the host-steal meter and the
+MONAI Label server command."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cpu_steal import StealMeter, _cpu_jiffies  # noqa: E402
+from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
 from benchmarks.la_protocol import update_doc_table  # noqa: E402
+from benchmarks.monailabel_server import server_command  # noqa: E402
 
 
 def test_doc_table_replaced_between_markers_only(tmp_path):
@@ -39,3 +41,19 @@ def test_steal_meter_gives_a_fraction_or_none():
     with StealMeter() as m:
         sum(range(200000))
     assert m.fraction is None or 0.0 <= m.fraction <= 1.0
+
+
+def test_steal_cell_rounds_to_percent_or_dash():
+    assert format_steal(0.334) == "33 %"
+    assert format_steal(0.0) == "0 %"
+    assert format_steal(None) == "–"
+
+
+def test_server_command_uses_this_interpreter_and_passes_each_conf(tmp_path):
+    cmd = server_command(tmp_path, 8123, {"models": "a,b", "device": "cpu"})
+    assert cmd[:3] == [sys.executable, "-m", "monailabel.main"]  # not the PATH-dependent `monailabel` script
+    assert cmd[cmd.index("--app") + 1] == str(ROOT / "monailabel_app")
+    assert cmd[cmd.index("--studies") + 1] == str(tmp_path)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
+    confs = [tuple(cmd[i + 1:i + 3]) for i, a in enumerate(cmd) if a == "--conf"]
+    assert confs == [("models", "a,b"), ("device", "cpu")]

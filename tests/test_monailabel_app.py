@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +20,10 @@ import pytest
 import requests
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
 
 monailabel_client = pytest.importorskip("monailabel.client.client")
 MONAILabelClient = monailabel_client.MONAILabelClient
@@ -43,12 +43,6 @@ batch_size: 2
 sw_batch_size: 1
 """
 TRAIN = {"num_iterations": 6, "val_interval": 3, "pretrain_iterations": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_train(base: str, timeout: float = 300) -> dict:
@@ -72,41 +66,17 @@ def server(tmp_path_factory):
     for f in sorted((syn / "imagesTr").glob("*.nii.gz")):
         shutil.copy(f, studies / f.name)
     (root / "tiny.yaml").write_text(TINY_YAML)
-    port = _free_port()
-    # `python -m monailabel.main`, not the `monailabel` script: that script runs whichever `python` is first
-    # on PATH, which is not this environment's unless it is activated
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monailabel_app"),
-           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-           "--conf", "models", "transmedseg_la,fixed_dynamic_pl_la", "--conf", "model_dir", str(root / "model"),
-           "--conf", "extra_config", str(root / "tiny.yaml"), "--conf", "device", "cpu"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-           "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    conf = {"models": "transmedseg_la,fixed_dynamic_pl_la", "model_dir": str(root / "model"),
+            "extra_config": str(root / "tiny.yaml"), "device": "cpu"}
+    env = {"OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{base}/info/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"server exited:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        else:
-            pytest.fail(f"server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        proc, base = start_server(studies, conf, root / "server.log", env=env, timeout_s=120)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
         yield {"base": base, "root": root, "syn": syn, "studies": studies}
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
-        except ProcessLookupError:  # the server had already exited (its log is in the failure above)
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_server(proc, timeout_s=20)
 
 
 def test_annotation_loop(server):
