@@ -61,11 +61,37 @@ def test_co_training_ablations(extra, fixed, dynamic, cut):
     assert not torch.equal(next(n1.parameters()), next(n2.parameters()))  # different initialisations
 
 
+def _lr_changes(scheduler, iterations: int) -> list[tuple[int, float]]:
+    """(iteration, new learning rate) wherever the rate used at an iteration differs from the one before."""
+    opt = scheduler.optimizer
+    opt.step()  # no gradients: a no-op that keeps the scheduler from warning about the call order
+    lrs = []
+    for _ in range(iterations):
+        lrs.append(opt.param_groups[0]["lr"])
+        scheduler.step()
+    return [(i + 1, lrs[i]) for i in range(1, iterations) if lrs[i] != lrs[i - 1]]
+
+
+@pytest.mark.parametrize("origin, changes", [("self_training", [4501, 7001, 9501, 12001, 14501]),
+                                             ("run", [2501, 5001, 7501, 10001, 12501, 15001])])
+def test_bcp_step_schedule_counts_from_self_training(origin, changes):
+    """BCP restarts its iteration counter after the 2,000 pre-training iterations: x0.1 every 2,500 of the 15,000
+    self-training iterations. ``lr_step_origin: run`` counts from the first iteration instead."""
+    parser = ConfigParser()
+    parser.read_config(str(CFG / "train.yaml"))
+    parser["lr_step_origin"] = origin
+    parser["network_def"] = {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}
+    parser["use_graph"] = False
+    got = _lr_changes(parser.get_parsed_content("lr_scheduler"), 17000)
+    assert [i for i, _ in got] == changes
+    assert [lr for _, lr in got] == pytest.approx([0.01 * 0.1**k for k in range(1, len(changes) + 1)])
+
+
 def test_schedule_switch():
-    """Default: BCP's step schedule; ``schedule_poly.yaml``: poly decay over the whole run, as the other bundles."""
+    """CPU protocol: BCP's steps scaled to 7/24, 14/24 and 21/24 of the run; ``schedule_poly.yaml``: poly decay over the
+    whole run, as the other bundles."""
     _, parser = strategy()
-    step = parser.get_parsed_content("lr_scheduler")
-    assert isinstance(step, torch.optim.lr_scheduler.StepLR) and step.step_size == 1200 * 7 // 24
+    assert [i for i, _ in _lr_changes(parser.get_parsed_content("lr_scheduler"), 1200)] == [351, 701, 1051]
     _, parser = strategy("schedule_poly.yaml")
     poly = parser.get_parsed_content("lr_scheduler")
     assert isinstance(poly, torch.optim.lr_scheduler.PolynomialLR) and poly.total_iters == 1200

@@ -136,3 +136,20 @@ def test_bcp_rejects_odd_batches():
 
     with pytest.raises(ValueError, match="even labelled batch"):
         s(E, {"image": torch.zeros(3, 1, 4, 4), "label": torch.zeros(3, 1, 4, 4)}, None)
+
+
+def test_bcp_reduction_sums_the_two_mixed_images_by_default():
+    """BCP adds the losses of x_in and x_out; ``bcp_reduction="mean"`` halves that, everything else equal."""
+    losses = {}
+    for reduction in ("sum", "mean"):
+        torch.manual_seed(0)
+        net = BasicUNet(3, 1, 2, features=(4, 4, 8, 8, 16, 4))
+        strategy = BCPStrategy(net, net, 2, pretrain_iterations=0, largest_component=False, bcp_reduction=reduction)
+        engine = type("E", (), {"state": type("S", (), {"iteration": 5})()})()
+        x = torch.rand(2, 1, 32, 32, 32)
+        y = (x > 0.5).long()
+        torch.manual_seed(1)  # the same cuboid mask for both
+        losses[reduction] = float(strategy(engine, {"image": x, "label": y}, {"image": x.flip(2)})["loss/bcp"])
+    assert losses["mean"] == pytest.approx(0.5 * losses["sum"], rel=1e-5)
+    with pytest.raises(ValueError, match="bcp_reduction"):
+        BCPStrategy(net, net, 2, bcp_reduction="max")

@@ -136,3 +136,59 @@ def test_softmax_average_is_scriptable():
     torch.testing.assert_close(torch.softmax(ens(x), 1), expected)
     torch.testing.assert_close(torch.softmax(torch.jit.script(ens)(x), 1), expected)
     torch.testing.assert_close(torch.softmax(SoftmaxAverage(a, b, index=1)(x), 1), torch.softmax(b(x), 1))
+
+
+def test_bundle_fixed_crop_is_random_over_every_position():
+    """The bundle's unlabelled pipeline (pad, context crop) puts the fixed crop, the context's centre, at every
+    position a crop can take, on axes longer than, equal to and shorter than the crop."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import BorderPadd, RandSpatialCropd, SpatialPadd
+
+    from conftest import BUNDLES
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "fixed_dynamic_pl_la" / "configs" / "train.yaml"))
+    parser["patch_size"] = [8, 8, 6]  # max_shift = patch // 4 = [2, 2, 1]
+    crop, shift = parser.get_parsed_content("patch_size"), parser.get_parsed_content("max_shift")
+    kinds = (BorderPadd, SpatialPadd, RandSpatialCropd)
+    chain = [t for t in parser.get_parsed_content("train#unlabeled_transforms") if isinstance(t, kinds)]
+    assert [type(t) for t in chain] == list(kinds)
+    shape = (12, 8, 5)  # longer than the crop (4 + 1 start positions), equal to it, shorter than it
+    volume = ramps(1, shape)[0] + 1  # +1: padding (0) is told apart from the volume
+    starts = set()
+    for seed in range(60):
+        data = {"image": volume.clone()}
+        for t in chain:
+            if isinstance(t, RandSpatialCropd):
+                t.set_random_state(seed)
+            data = t(data)
+        ctx = torch.as_tensor(data["image"])
+        assert list(ctx.shape[1:]) == context_size(crop, shift)
+        fixed = ctx[0, shift[0]:shift[0] + crop[0], shift[1]:shift[1] + crop[1], shift[2]:shift[2] + crop[2]]
+        code = fixed[fixed > 0] - 1
+        i, j, k = code // 10000, (code // 100) % 100, code % 100
+        assert i.max() - i.min() == crop[0] - 1  # a full-length window on the long axis
+        starts.add(int(i.min()))
+        assert set(j.tolist()) == set(range(8)) and set(k.tolist()) == set(range(5))  # the whole of the others
+    assert starts == set(range(shape[0] - crop[0] + 1))
+
+
+def test_cut_with_one_unlabelled_volume_warns():
+    """CutMix needs two unlabelled volumes; with one, training goes on without CUT and says so (once)."""
+    import warnings
+
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import CoTrainingStrategy
+
+    nets = [torch.nn.Conv3d(1, 2, 1) for _ in range(2)]
+    strategy = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2],
+                                  unlabeled_weight=1.0, use_cut=True)
+    labeled = {"image": torch.rand(1, 1, 8, 8, 8), "label": torch.randint(0, 2, (1, 1, 8, 8, 8))}
+    unlabeled = {"image": torch.rand(1, 1, 12, 12, 12)}
+    with pytest.warns(UserWarning, match="CUT needs two unlabelled volumes"):
+        out = strategy(None, labeled, unlabeled)
+    assert torch.isfinite(out["loss"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strategy(None, labeled, unlabeled)  # warned once only

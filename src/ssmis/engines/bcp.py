@@ -28,7 +28,8 @@ class BCPStrategy(Strategy):
       the largest connected component of each class). The student sees
       ``x_in = x_l^a⊙M + x_u^a⊙(1−M)`` and ``x_out = x_u^b⊙M + x_l^b⊙(1−M)``, with targets mixed the same way, and
       the loss ``(Dice + CE)/2`` weighs ground-truth regions 1 and pseudo-labelled regions ``pseudo_weight``
-      (0.5). At the first self-training iteration the teacher is reset to the pre-trained student.
+      (0.5). The two images' losses are summed, as in BCP (``bcp_reduction="sum"``), or averaged (``"mean"``).
+      At the first self-training iteration the teacher is reset to the pre-trained student.
 
     Optional terms on the self-training stage:
 
@@ -53,7 +54,11 @@ class BCPStrategy(Strategy):
         graph_layer: str | None = None,
         graph_weight: float = 0.01,
         tsa: Any = None,
+        bcp_reduction: str = "sum",
     ) -> None:
+        if bcp_reduction not in ("sum", "mean"):
+            raise ValueError(f"bcp_reduction must be 'sum' (BCP) or 'mean', got {bcp_reduction!r}")
+        self.bcp_scale = 1.0 if bcp_reduction == "sum" else 0.5
         self.network, self.teacher = network, teacher
         self.networks = (network,)
         self.num_classes = num_classes
@@ -113,7 +118,7 @@ class BCPStrategy(Strategy):
         # x_in: ground truth inside M, pseudo-label outside; x_out: pseudo-label inside M, ground truth outside
         l_in = region_weighted_dice_ce(logits[:h], y_in, y_in, mask, 1.0, self.pseudo_weight)
         l_out = region_weighted_dice_ce(logits[h:], y_out, y_out, mask, self.pseudo_weight, 1.0)
-        bcp = 0.5 * (l_in + l_out)
+        bcp = self.bcp_scale * (l_in + l_out)
         out = {"loss/bcp": bcp, "pseudo/entropy": entropy, "stage": torch.tensor(1.0)}
         loss = bcp
         if self.graph_loss is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -83,6 +84,7 @@ class CoTrainingStrategy(Strategy):
         self.use_fixed, self.use_dynamic, self.use_cut = use_fixed, use_dynamic, use_cut
         self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
         self.input_noise = float(input_noise)
+        self._warned_cut = False
 
     def _fixed_crop(self, context: torch.Tensor) -> torch.Tensor:
         idx = [slice(m, m + c) for m, c in zip(self.max_shift, self.crop)]
@@ -118,6 +120,10 @@ class CoTrainingStrategy(Strategy):
         p1_dyn = self.dynamic_prob(sn1, ctx, p1_fix) if self.use_dynamic else None
         p2_dyn = self.dynamic_prob(sn2, ctx, p2_fix) if self.use_dynamic else None
         x_u2, t1_fix, t1_dyn = x_u, p1_fix, p1_dyn
+        if self.use_cut and x_u.shape[0] == 1 and not self._warned_cut:
+            warnings.warn("CUT needs two unlabelled volumes per batch to mix; with unlabeled_batch_size 1 SN2 learns "
+                          "on the original crops", stacklevel=2)
+            self._warned_cut = True
         if self.use_cut and x_u.shape[0] > 1:
             box = cutmix_box(x_u.shape[2:]).to(x_u.device)
             perm = torch.roll(torch.arange(x_u.shape[0], device=x_u.device), 1)

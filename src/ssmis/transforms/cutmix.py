@@ -12,7 +12,10 @@ __all__ = ["cutmix_box", "apply_cutmix"]
 def cutmix_box(
     spatial_shape: Sequence[int], alpha: float = 4.0, beta: float = 4.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A ``[1, 1, *S]`` float box mask: λ ~ Beta(α, β), each side ``√(1 − λ)`` of the axis, at a random position."""
+    """A ``[1, 1, *S]`` float box mask: λ ~ Beta(α, β), each side ``√(1 − λ)`` of the axis, at a random position.
+
+    ``generator`` draws the position; λ comes from torch's global generator (``torch.distributions.Beta`` takes no
+    generator), so seed that too for a reproducible box."""
     lam = float(torch.distributions.Beta(alpha, beta).sample())
     ratio = (1.0 - lam) ** 0.5
     mask = torch.zeros(1, 1, *spatial_shape)
