@@ -68,6 +68,25 @@ def test_graph_clustering_gradient_is_finite():
     assert all(torch.isfinite(p.grad).all() for p in loss_fn.parameters())
 
 
+def test_graph_clustering_switches():
+    """``pair_mean`` divides the plain trace by n²; ``normalize`` makes the loss blind to the features' scale."""
+    feats = torch.randn(1, 8, 3, 2, 2)  # n = 12 nodes, fewer than max_nodes: no subsample
+    torch.manual_seed(0)
+    plain = GraphClusteringLoss(8, clusters=2, pair_mean=False, normalize=False)
+    torch.manual_seed(0)
+    mean = GraphClusteringLoss(8, clusters=2, pair_mean=True, normalize=False)
+    torch.testing.assert_close(mean(feats) * 144, plain(feats))
+    # the hand formula: W = (F Fᵀ − max)/τ, S = softmax(MLP(relu(GCN(softmax(W) F)))), −Tr(W S Sᵀ)
+    f = feats.movedim(1, -1).reshape(-1, 8)
+    w = (f @ f.t() - (f @ f.t()).max()) / 2.0
+    s = torch.softmax(plain.mlp(torch.relu(plain.gcn(torch.softmax(w, 1) @ f))), 1)
+    torch.testing.assert_close(plain(feats), -(w * (s @ s.t())).sum())
+    torch.manual_seed(0)
+    unit = GraphClusteringLoss(8, clusters=2)
+    torch.testing.assert_close(unit(feats), unit(3.0 * feats))
+    assert not torch.allclose(plain(feats), plain(3.0 * feats))
+
+
 def test_pseudo_labels_keep_largest_component():
     class TwoBlobs(torch.nn.Module):
         def forward(self, x):
