@@ -170,6 +170,20 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     }
 
 
+def merge_result(path: Path, row: dict) -> list[dict]:
+    """Add ``row`` to the results file, replacing the row of the same method and label count, and return all rows.
+
+    The file is read now, not when the script started, so rows written meanwhile by another run (or by hand) are
+    kept; it is replaced atomically."""
+    from ssmis.utils import atomic_write_text
+
+    results = json.loads(path.read_text()) if path.is_file() else []
+    results = [x for x in results
+               if not (x.get("method", x["bundle"]) == row["method"] and x["labeled"] == row["labeled"])] + [row]
+    atomic_write_text(json.dumps(results, indent=2) + "\n", path)
+    return results
+
+
 def _minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f} min"
 
@@ -271,16 +285,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{out.name}: {points}")
         return 0
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(args.results.read_text()) if args.results.is_file() else []
     for labeled in args.labeled:
         for bundle in args.bundles:
             print(f"== {bundle}, {labeled} labelled, protocol {args.protocol}", flush=True)
             r = run_one(bundle, labeled, args)
             if r is None:
                 continue
-            results = [x for x in results
-                       if not (x.get("method", x["bundle"]) == r["method"] and x["labeled"] == labeled)] + [r]
-            args.results.write_text(json.dumps(results, indent=2) + "\n")
+            results = merge_result(args.results, r)
             print(f"   Dice {r['metrics']['dice']:.4f}, train {r['train_wall_s'] / 60:.1f} min", flush=True)
             write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
                          title=f"{name}: validation Dice ({args.val} validation volumes)")

@@ -3,6 +3,7 @@ MONAI Label server command."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from conftest import ROOT
@@ -10,7 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
-from benchmarks.la_protocol import update_doc_table  # noqa: E402
+from benchmarks.la_protocol import merge_result, update_doc_table  # noqa: E402
 from benchmarks.monailabel_server import server_command  # noqa: E402
 
 
@@ -57,3 +58,15 @@ def test_server_command_uses_this_interpreter_and_passes_each_conf(tmp_path):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     confs = [tuple(cmd[i + 1:i + 3]) for i, a in enumerate(cmd) if a == "--conf"]
     assert confs == [("models", "a,b"), ("device", "cpu")]
+
+
+def test_results_merge_rereads_the_file_and_replaces_one_row(tmp_path):
+    path = tmp_path / "la.json"
+    merge_result(path, {"bundle": "a", "method": "a", "labeled": 8, "dice": 1})
+    path.write_text(json.dumps(json.loads(path.read_text()) + [{"bundle": "b", "method": "b", "labeled": 8}]))
+    rows = merge_result(path, {"bundle": "a", "method": "a", "labeled": 8, "dice": 2})  # written meanwhile: kept
+    merge_result(path, {"bundle": "a", "method": "a", "labeled": 16, "dice": 3})
+    saved = json.loads(path.read_text())
+    assert [(r["method"], r["labeled"]) for r in rows] == [("b", 8), ("a", 8)]
+    assert sorted((r["method"], r["labeled"], r.get("dice")) for r in saved) == [("a", 8, 2), ("a", 16, 3),
+                                                                                    ("b", 8, None)]
