@@ -70,3 +70,14 @@ def test_results_merge_rereads_the_file_and_replaces_one_row(tmp_path):
     assert [(r["method"], r["labeled"]) for r in rows] == [("b", 8), ("a", 8)]
     assert sorted((r["method"], r["labeled"], r.get("dice")) for r in saved) == [("a", 8, 2), ("a", 16, 3),
                                                                                     ("b", 8, None)]
+
+
+def test_curves_png_is_written_with_the_legend_beside_the_plot(tmp_path):
+    from PIL import Image
+
+    from ssmis.visualize import save_curves
+
+    out = save_curves({f"method {i} (8 lab.)": ([200, 400], [0.7, 0.8 + i / 100]) for i in range(9)},
+                      tmp_path / "curves.png", title="t")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 1.5 * im.height  # the legend sits to the right, not over curves

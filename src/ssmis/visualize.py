@@ -70,7 +70,7 @@ def save_curves(
 
     from .utils.atomic import atomic_replace
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(9.5, 4), dpi=100)
     for name, (x, y) in curves.items():
         ax.plot(x, y, marker="o", markersize=3, label=name)
     ax.set_xlabel(xlabel)
@@ -78,8 +78,8 @@ def save_curves(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plot: never over a curve
     fig.tight_layout()
-    out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png"), path)
+    out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), path)
     plt.close(fig)
     return out
