@@ -195,9 +195,11 @@ def update_doc_table(doc: Path, name: str, table: str) -> bool:
     text = doc.read_text() if doc.is_file() else ""
     if begin not in text or end not in text:
         return False
+    from ssmis.utils import atomic_write_text
+
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
-    doc.write_text(f"{head}{begin}\n{table}{end}{tail}")
+    atomic_write_text(f"{head}{begin}\n{table}{end}{tail}", doc)
     return True
 
 
@@ -209,7 +211,8 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
         "| train CPU | host steal | peak RSS |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"]))):
+    ordered = sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"])))
+    for r in ordered:
         m = r["metrics"]
         rows.append(
             f"| {r.get('method', r['bundle'])} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
@@ -222,7 +225,7 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     md.write_text(table)
     update_doc_table(ROOT / "docs" / "benchmarks.md", md.stem, table)
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
-              for r in sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"])))}
+              for r in ordered}
     save_curves(curves, png, title=title)
 
 
@@ -270,10 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.config:
         b, f = item.split("=", 1)
         args.extra_configs.setdefault(b, []).append(f)
-    if args.report_only:
-        results = json.loads(args.results.read_text()) if args.results.is_file() else []
+
+    def report(results: list[dict]) -> None:
         write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
                      title=f"{name}: validation Dice ({args.val} validation volumes)")
+
+    if args.report_only:
+        report(json.loads(args.results.read_text()) if args.results.is_file() else [])
         print(args.results.with_suffix(".md").read_text())
         return 0
     if args.curves_only:
@@ -293,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results = merge_result(args.results, r)
             print(f"   Dice {r['metrics']['dice']:.4f}, train {r['train_wall_s'] / 60:.1f} min", flush=True)
-            write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
-                         title=f"{name}: validation Dice ({args.val} validation volumes)")
+            report(results)
     return 0
 
 
