@@ -118,6 +118,11 @@ def run_dir(bundle: str, labeled: int, args: argparse.Namespace) -> Path:
     return args.runs_root / f"{method_name(bundle, args.extra_configs.get(bundle, []))}_l{labeled}"
 
 
+def bundle_version(bundle: str) -> str:
+    """The ``version`` in the bundle's ``configs/metadata.json``, recorded with each result row."""
+    return json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())["version"]
+
+
 def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
     extra = [c for c in args.extra_configs.get(bundle, [])]
@@ -166,7 +171,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
-        "checkpoint": "last", "run_dir": str(out),
+        "checkpoint": "last", "run_dir": str(out), "bundle_version": bundle_version(bundle),
     }
 
 

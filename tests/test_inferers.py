@@ -1,0 +1,77 @@
+"""SoftmaxSlidingWindowInferer: windows blended as probabilities, checked against a hand-built blend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from ssmis.inferers import SoftmaxSlidingWindowInferer
+from ssmis.networks import SoftmaxAverage
+
+
+def _net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    # zero padding makes a voxel's logits depend on where its window lies, so overlapping windows disagree
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(3, 3, 3, padding=1))
+
+
+def _hand_blend(net: torch.nn.Module, x: torch.Tensor, roi: int, starts: list[int], probabilities: bool) -> torch.Tensor:
+    """Uniform blend of windows along the first spatial axis (the others are one window wide)."""
+    acc = torch.zeros(1, 3, *x.shape[2:])
+    count = torch.zeros(1, 1, *x.shape[2:])
+    for s in starts:
+        out = net(x[:, :, s : s + roi])
+        acc[:, :, s : s + roi] += torch.softmax(out, 1) if probabilities else out
+        count[:, :, s : s + roi] += 1
+    return acc / count
+
+
+@torch.no_grad()
+def test_blends_window_softmax_like_a_hand_computation() -> None:
+    net, x = _net(), torch.randn(1, 1, 12, 5, 4) * 3
+    # roi 8 along an axis of 12 with overlap 0.5: windows start at 0 and 4; the other axes are one window
+    inferer = SoftmaxSlidingWindowInferer(roi_size=(8, 5, 4), overlap=0.5)
+    out = inferer(x, net)
+    expected = _hand_blend(net, x, 8, [0, 4], probabilities=True)
+    torch.testing.assert_close(out.exp(), expected, atol=1e-5, rtol=1e-5)
+    # the usual post-processing softmax recovers the blended probabilities
+    torch.testing.assert_close(torch.softmax(out, 1), expected, atol=1e-5, rtol=1e-5)
+    # and it is not what blending logits gives (so the check above can fail)
+    logits_blend = torch.softmax(_hand_blend(net, x, 8, [0, 4], probabilities=False), 1)
+    assert (logits_blend - expected).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_logits_switch_is_monai_blending() -> None:
+    net, x = _net(1), torch.randn(1, 1, 12, 5, 4)
+    kw = dict(roi_size=(8, 5, 4), overlap=0.5)
+    a = SoftmaxSlidingWindowInferer(average="logits", **kw)(x, net)
+    b = SlidingWindowInferer(**kw)(x, net)
+    torch.testing.assert_close(a, b)
+
+
+@torch.no_grad()
+def test_ensemble_log_probabilities_pass_through() -> None:
+    """Both co-trained networks: each window's softmax of log(mean softmax) is the mean softmax itself."""
+    ens, x = SoftmaxAverage(_net(2), _net(3)), torch.randn(1, 1, 12, 5, 4)
+    out = SoftmaxSlidingWindowInferer(roi_size=(8, 5, 4), overlap=0.5)(x, ens)
+    acc = torch.zeros(1, 3, 12, 5, 4)
+    count = torch.zeros(1, 1, 12, 5, 4)
+    for s in (0, 4):
+        w = x[:, :, s : s + 8]
+        acc[:, :, s : s + 8] += (torch.softmax(ens.nets[0](w), 1) + torch.softmax(ens.nets[1](w), 1)) / 2
+        count[:, :, s : s + 8] += 1
+    torch.testing.assert_close(out.exp(), acc / count, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_average_names_the_field() -> None:
+    with pytest.raises(ValueError, match="average"):
+        SoftmaxSlidingWindowInferer(roi_size=(8, 8, 8), average="mean")
+
+
+def test_network_returning_a_tuple_is_refused() -> None:
+    net = _net()
+    inferer = SoftmaxSlidingWindowInferer(roi_size=(8, 5, 4))
+    with pytest.raises(TypeError, match="one tensor"):
+        inferer(torch.randn(1, 1, 8, 5, 4), lambda x: (net(x), net(x)))
