@@ -100,3 +100,45 @@ def test_schedule_switch():
     for _ in range(600):
         poly.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**0.9, rel=1e-6)
+
+
+def _lambdas(tsa, iterations: int) -> list[float]:
+    """λ at iterations 1..``iterations`` as the attached handler sets it (ignite counts from 1)."""
+    from types import SimpleNamespace
+
+    out = []
+    for i in range(1, iterations + 1):
+        tsa._ramp(SimpleNamespace(state=SimpleNamespace(iteration=i)))
+        out.append(tsa.lam)
+    return out
+
+
+@pytest.mark.parametrize("origin", ["self_training", "run"])
+def test_tsa_lambda_ramp_origin(origin):
+    """Full protocol: λ is 0 through the 2,000 pre-training iterations and at the first self-training one, then
+    ramps linearly to λ0 = 0.25 at the end of the 17,000; ``tsa_ramp_origin: run`` ramps from iteration 1."""
+    parser = ConfigParser()
+    parser.read_config(str(CFG / "train.yaml"))
+    parser["tsa_ramp_origin"] = origin
+    parser["network_def"] = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
+    lam = _lambdas(parser.get_parsed_content("tsa"), 17001)
+    start = 2000 if origin == "self_training" else 0
+    assert lam[start] == 0.0 and max(lam[:start + 1]) == 0.0  # iteration start+1: the first TSA iteration
+    assert lam[start + 1] == pytest.approx(0.25 / (17000 - start))
+    assert lam[9999] == pytest.approx(0.25 * (9999 - start) / (17000 - start))
+    assert lam[16999] == pytest.approx(0.25 * 16999 / 17000) if origin == "run" else lam[16999] < 0.25
+    assert lam[17000] == pytest.approx(0.25)
+
+
+def test_cpu_protocol_keeps_the_run_ramp():
+    """The LA-1.25mm rows were made with λ ramping from the first iteration: cpu_protocol.yaml keeps that."""
+    _, parser = strategy()
+    assert parser.get_parsed_content("tsa").ramp_start == 0
+
+
+def test_tsa_ramp_start_outside_the_ramp_is_refused():
+    from ssmis.handlers import TransferableSemanticAugmentation
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    with pytest.raises(ValueError, match="ramp_start"):
+        TransferableSemanticAugmentation(net, num_classes=2, ramp_iterations=10, ramp_start=11)

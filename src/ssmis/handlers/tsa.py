@@ -28,27 +28,32 @@ class TransferableSemanticAugmentation(torch.nn.Module):
        (``Δμ = μ_t − μ_s``, ``Σ_t``); with ``bidirectional`` also on the pseudo-labelled voxels towards the source
        statistics (``μ_s − μ_t``, ``Σ_s``), averaged with the first,
 
-    plus diagnostics: the condition number of each ``Σ_t^c``. λ ramps linearly from 0 to ``lam0`` over
-    ``ramp_iterations``; ``attach(engine)`` updates it each iteration.
+    plus diagnostics: the condition number of each ``Σ_t^c``. λ is 0 until iteration ``ramp_start``, then ramps
+    linearly to ``lam0`` at iteration ``ramp_iterations``; ``attach(engine)`` updates it each iteration.
 
     Args:
         network: the student.
         num_classes: C.
         beta: loss weight β (0.4).
         lam0: final λ (0.25).
-        ramp_iterations: λ ramp length.
+        ramp_iterations: the iteration at which λ reaches ``lam0`` (counted from the start of the run).
+        ramp_start: the iteration at which the ramp starts from 0; BCP's self-training passes its first TSA
+            iteration, so λ starts from 0 there rather than part-way up.
         estimator, momentum, max_per_class: of ``ClassFeatureStatistics``.
         bidirectional: also augment the pseudo-labelled voxels in the reverse direction.
     """
 
     def __init__(self, network: torch.nn.Module, num_classes: int, beta: float = 0.4, lam0: float = 0.25,
                  ramp_iterations: int = 1000, estimator: str = "count", momentum: float = 0.1,
-                 max_per_class: int = 4096, bidirectional: bool = False) -> None:
+                 max_per_class: int = 4096, bidirectional: bool = False, ramp_start: int = 0) -> None:
         super().__init__()
         self.tap = ClassifierFeatures(network)
         feature_dim = self.tap.weight.shape[1]
         self.statistics = ClassFeatureStatistics(num_classes, feature_dim, estimator, momentum, max_per_class)
         self.beta, self.lam0, self.ramp_iterations = float(beta), float(lam0), int(ramp_iterations)
+        if not 0 <= int(ramp_start) <= max(int(ramp_iterations), 0):
+            raise ValueError(f"ramp_start must lie in [0, ramp_iterations={ramp_iterations}], got {ramp_start}")
+        self.ramp_start = int(ramp_start)
         self.bidirectional = bidirectional
         self.lam = 0.0
         self.loss_function = TSALoss()
@@ -57,7 +62,8 @@ class TransferableSemanticAugmentation(torch.nn.Module):
         engine.add_event_handler(Events.ITERATION_STARTED, self._ramp)
 
     def _ramp(self, engine: Engine) -> None:
-        self.lam = self.lam0 * linear_rampup(engine.state.iteration - 1, self.ramp_iterations)
+        t = engine.state.iteration - 1 - self.ramp_start  # iteration 1 is the first step
+        self.lam = self.lam0 * linear_rampup(t, self.ramp_iterations - self.ramp_start) if t >= 0 else 0.0
 
     def loss(self, targets: torch.Tensor, source_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"loss/tsa", "tsa/lambda", "tsa/cond_class<c>"}`` for the student's last forward pass.
