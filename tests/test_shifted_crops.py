@@ -192,3 +192,38 @@ def test_cut_with_one_unlabelled_volume_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         strategy(None, labeled, unlabeled)  # warned once only
+
+
+@pytest.mark.parametrize("mode, sn1_passes, sn2_passes", [("train", 2, 3), ("eval", 1, 1)])
+def test_co_training_teacher_mode(mode, sn1_passes, sn2_passes):
+    """BatchNorm counts its train-mode passes. With ``teacher_mode: train`` the teacher passes are train-mode
+    passes (SN1: training + dynamic, its fixed label shared with its training pass; SN2: fixed + dynamic +
+    training); with ``eval`` only the two training passes are, and SN2's fixed pseudo-label is its eval output."""
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import CoTrainingStrategy
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.BatchNorm3d(4), torch.nn.Conv3d(4, 2, 1))
+            for _ in range(2)]
+    strategy = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2],
+                                  unlabeled_weight=1.0, use_cut=False, teacher_mode=mode)
+    labeled = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
+    unlabeled = {"image": torch.rand(2, 1, 12, 12, 12) * 3}
+    fixed = unlabeled["image"][:, :, 2:10, 2:10, 2:10]
+    with torch.no_grad():  # SN2 in eval mode with the running statistics it has before the step
+        expected = torch.softmax(nets[1].eval()(fixed), 1)
+    nets[1].train()
+    seen = []
+    nets[1].register_forward_hook(lambda m, i, o: seen.append((m.training, torch.softmax(o.detach(), 1))))
+    out = strategy(None, labeled, unlabeled)
+    out["loss"].backward()
+    assert [int(n[1].num_batches_tracked) for n in nets] == [sn1_passes, sn2_passes]
+    assert all(n.training for n in nets)  # modes restored
+    assert seen[0][0] is (mode == "train")  # SN2's fixed pseudo-label pass comes first
+    if mode == "eval":
+        torch.testing.assert_close(seen[0][1], expected)
+    else:
+        assert (seen[0][1] - expected).abs().max() > 1e-3  # batch statistics: the check above could fail
+    with pytest.raises(ValueError, match="teacher_mode"):
+        CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2], teacher_mode="x")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,6 +58,10 @@ class CoTrainingStrategy(Strategy):
         n_shifts: shifted crops per iteration (4).
         confidence_weighted: weight the pseudo-label CE by the teacher's confidence.
         input_noise: uniform noise ``U(−input_noise, input_noise)`` added to the unlabelled context (TraCoCo: 0.2).
+        teacher_mode: ``"train"`` (default) makes the pseudo-labels in training mode, SN1's fixed one from its own
+            training forward pass; ``"eval"`` makes every pseudo-label in a separate gradient-free pass in eval
+            mode, so batch-normalised networks (the V-Net) use their running statistics and the teacher passes do
+            not update them. The method leaves this open; with instance norm (the CPU protocol) the two agree.
     """
 
     def __init__(
@@ -72,7 +77,10 @@ class CoTrainingStrategy(Strategy):
         n_shifts: int = 4,
         confidence_weighted: bool = False,
         input_noise: float = 0.0,
+        teacher_mode: str = "train",
     ) -> None:
+        if teacher_mode not in ("train", "eval"):
+            raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
         if len(networks) != 2:
             raise ValueError(f"co-training needs exactly two networks, got {len(networks)}")
         if not (use_fixed or use_dynamic):
@@ -84,7 +92,20 @@ class CoTrainingStrategy(Strategy):
         self.use_fixed, self.use_dynamic, self.use_cut = use_fixed, use_dynamic, use_cut
         self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
         self.input_noise = float(input_noise)
+        self.teacher_mode = teacher_mode
         self._warned_cut = False
+
+    @contextmanager
+    def _teacher(self, net: nn.Module) -> Iterator[nn.Module]:
+        """``net`` without gradients, in eval mode when ``teacher_mode`` is ``"eval"`` (its mode is restored)."""
+        was_training = net.training
+        if self.teacher_mode == "eval":
+            net.eval()
+        try:
+            with torch.no_grad():
+                yield net
+        finally:
+            net.train(was_training)
 
     def _fixed_crop(self, context: torch.Tensor) -> torch.Tensor:
         idx = [slice(m, m + c) for m, c in zip(self.max_shift, self.crop)]
@@ -98,7 +119,8 @@ class CoTrainingStrategy(Strategy):
         """COM of ``net``'s fixed-crop probabilities and its mapped-back predictions on shifted crops."""
         offsets = sample_shifts(self.n_shifts, self.max_shift)
         crops = crop_at(context, offsets, self.crop, self.max_shift)
-        temp, cover = map_back(torch.softmax(net(crops).float(), 1), offsets, context.shape[0])
+        with self._teacher(net) as teacher:
+            temp, cover = map_back(torch.softmax(teacher(crops).float(), 1), offsets, context.shape[0])
         return combine_fixed_dynamic(fixed_prob, temp, cover)
 
     def __call__(self, engine, labeled, unlabeled):
@@ -114,9 +136,13 @@ class CoTrainingStrategy(Strategy):
         x_u = self._fixed_crop(ctx)
         # SN1 trains on the original crops; its own prediction (detached) is SN2's fixed pseudo-label
         out1 = sn1(torch.cat([x_l, x_u]))
-        p1_fix = torch.softmax(out1[b_l:].detach().float(), 1)
-        with torch.no_grad():
-            p2_fix = torch.softmax(sn2(x_u).float(), 1)
+        if self.teacher_mode == "eval":
+            with self._teacher(sn1) as teacher:
+                p1_fix = torch.softmax(teacher(x_u).float(), 1)
+        else:
+            p1_fix = torch.softmax(out1[b_l:].detach().float(), 1)
+        with self._teacher(sn2) as teacher:
+            p2_fix = torch.softmax(teacher(x_u).float(), 1)
         p1_dyn = self.dynamic_prob(sn1, ctx, p1_fix) if self.use_dynamic else None
         p2_dyn = self.dynamic_prob(sn2, ctx, p2_fix) if self.use_dynamic else None
         x_u2, t1_fix, t1_dyn = x_u, p1_fix, p1_dyn
