@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -208,19 +209,25 @@ def update_doc_table(doc: Path, name: str, table: str) -> bool:
     return True
 
 
+def _version_cell(version: str | None) -> str:
+    """The bundle versions named in a row's ``bundle_version`` ("0.1.1 (trained), 0.1.2 (evaluated)" → "0.1.1/0.1.2")."""
+    found = re.findall(r"\d+\.\d+\.[0-9x]+", version or "")
+    return "/".join(dict.fromkeys(found)) or "–"
+
+
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     from ssmis.visualize import save_curves
 
     rows = [
-        "| method | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) | train wall "
-        "| train CPU | host steal | peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | bundle | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) "
+        "| train wall | train CPU | host steal | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ordered = sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"])))
     for r in ordered:
         m = r["metrics"]
         rows.append(
-            f"| {r.get('method', r['bundle'])} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
+            f"| {r.get('method', r['bundle'])} | {_version_cell(r.get('bundle_version'))} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
             f"| {100 * m['jaccard']:.2f} | {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} "
             f"| {m['asd_vox']:.2f} / {m['asd_mm']:.2f} | {r['train_wall_s'] / 60:.1f} min "
             f"| {_minutes(r.get('train_cpu_s'))} | {format_steal(r.get('host_steal'))} "

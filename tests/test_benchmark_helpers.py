@@ -11,7 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
-from benchmarks.la_protocol import merge_result, update_doc_table  # noqa: E402
+from benchmarks.la_protocol import _version_cell, bundle_version, merge_result, update_doc_table  # noqa: E402
 from benchmarks.monailabel_server import server_command  # noqa: E402
 
 
@@ -81,3 +81,16 @@ def test_curves_png_is_written_with_the_legend_beside_the_plot(tmp_path):
                       tmp_path / "curves.png", title="t")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 1.5 * im.height  # the legend sits to the right, not over curves
+
+
+def test_version_cell_names_every_version_once():
+    assert _version_cell("0.1.1 (trained), 0.1.2 (evaluated)") == "0.1.1/0.1.2"
+    assert _version_cell("0.1.x (copy-paste loss averaged over the two mixed images)") == "0.1.x"
+    assert _version_cell("0.2.2") == "0.2.2"
+    assert _version_cell(None) == "–"
+
+
+def test_bundle_version_is_the_metadata_version():
+    for bundle in ("supervised_la", "transmedseg_la"):
+        meta = json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+        assert bundle_version(bundle) == meta["version"]
