@@ -256,7 +256,8 @@ def case_fixed_dynamic(args, device):
 
 def case_inference(args, device):
     import torch
-    from monai.inferers import SlidingWindowInferer
+
+    from ssmis.inferers import SoftmaxSlidingWindowInferer
 
     out = {}
     for label, net_name, shape, patch in (
@@ -264,7 +265,7 @@ def case_inference(args, device):
         ("basicunet8_1.25mm", "basicunet8", (92, 70, 44), (56, 56, 40)),
     ):
         net = build_network(net_name, device).eval()
-        inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=4, overlap=0.5)
+        inferer = SoftmaxSlidingWindowInferer(roi_size=patch, sw_batch_size=4, overlap=0.5)  # as the bundles
         x = torch.randn(1, 1, *shape, device=device)
         times = []
         with torch.no_grad():
