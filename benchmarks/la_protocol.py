@@ -124,6 +124,13 @@ def bundle_version(bundle: str) -> str:
     return json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())["version"]
 
 
+def version_label(trained_by: list[str], evaluated_by: str) -> str:
+    """``"0.2.2"`` when one version trained and evaluated a run, else ``"0.2.0, 0.2.1 (trained), 0.2.2 (evaluated)"``."""
+    if trained_by == [evaluated_by]:
+        return evaluated_by
+    return f"{', '.join(trained_by)} (trained), {evaluated_by} (evaluated)"
+
+
 def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
     extra = [c for c in args.extra_configs.get(bundle, [])]
@@ -148,11 +155,15 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
     log = out / f"train_{time.strftime('%Y%m%d-%H%M%S')}.log" if args.max_wall_s else out / "train.log"
+    version = bundle_version(bundle)  # read before training: the configs the training process parses
     train_wall, train_mem, usage = run_cmd(py + ["--config_file", train_cfg] + common + train_extra, log)
     progress = out / "progress.json"  # wall and CPU time summed over the pieces of a run trained in several calls
     total = json.loads(progress.read_text()) if progress.is_file() and args.max_wall_s else {}
     total["wall_s"] = total.get("wall_s", 0.0) + train_wall
     total["cpu_s"] = total.get("cpu_s", 0.0) + usage["cpu_s"]
+    trained_by = total.setdefault("trained_by", [])  # the bundle versions that trained the pieces of this run
+    if version not in trained_by:
+        trained_by.append(version)
     if usage["steal"] is not None:  # steal averaged over the pieces, weighted by their wall time
         total["steal_wall_s"] = total.get("steal_wall_s", 0.0) + usage["steal"] * train_wall
         total["measured_wall_s"] = total.get("measured_wall_s", 0.0) + train_wall
@@ -172,7 +183,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
-        "checkpoint": "last", "run_dir": str(out), "bundle_version": bundle_version(bundle),
+        "checkpoint": "last", "run_dir": str(out),
+        "bundle_version": version_label(total["trained_by"], bundle_version(bundle)),
     }
 
 

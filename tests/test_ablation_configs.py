@@ -116,7 +116,8 @@ def _lambdas(tsa, iterations: int) -> list[float]:
 @pytest.mark.parametrize("origin", ["self_training", "run"])
 def test_tsa_lambda_ramp_origin(origin):
     """Full protocol: λ is 0 through the 2,000 pre-training iterations and at the first self-training one, then
-    ramps linearly to λ0 = 0.25 at the end of the 17,000; ``tsa_ramp_origin: run`` ramps from iteration 1."""
+    grows by λ0 / 15,000 per iteration (one step short of λ0 = 0.25 at iteration 17,000, as before this switch);
+    ``tsa_ramp_origin: run`` ramps from iteration 1."""
     parser = ConfigParser()
     parser.read_config(str(CFG / "train.yaml"))
     parser["tsa_ramp_origin"] = origin
@@ -126,8 +127,7 @@ def test_tsa_lambda_ramp_origin(origin):
     assert lam[start] == 0.0 and max(lam[:start + 1]) == 0.0  # iteration start+1: the first TSA iteration
     assert lam[start + 1] == pytest.approx(0.25 / (17000 - start))
     assert lam[9999] == pytest.approx(0.25 * (9999 - start) / (17000 - start))
-    assert lam[16999] == pytest.approx(0.25 * 16999 / 17000) if origin == "run" else lam[16999] < 0.25
-    assert lam[17000] == pytest.approx(0.25)
+    assert lam[16999] == pytest.approx(0.25 * (16999 - start) / (17000 - start))  # iteration 17,000: the last
 
 
 def test_cpu_protocol_keeps_the_run_ramp():
@@ -136,9 +136,17 @@ def test_cpu_protocol_keeps_the_run_ramp():
     assert parser.get_parsed_content("tsa").ramp_start == 0
 
 
-def test_tsa_ramp_start_outside_the_ramp_is_refused():
+def test_run_shorter_than_pre_training_keeps_lambda_at_zero():
+    """``--num_iterations`` below ``pretrain_iterations`` (a short test run, a small MONAI Label retrain) builds, and
+    TSA's λ stays 0 through it; a negative start is refused."""
     from ssmis.handlers import TransferableSemanticAugmentation
 
-    net = torch.nn.Conv3d(1, 2, 1)
+    parser = ConfigParser()
+    parser.read_config(str(CFG / "train.yaml"))
+    parser["network_def"] = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
+    parser["num_iterations"], parser["val_interval"] = 50, 10
+    tsa = parser.get_parsed_content("tsa")
+    assert tsa.ramp_iterations == 50 and tsa.ramp_start == 50
+    assert max(_lambdas(tsa, 50)) == 0.0
     with pytest.raises(ValueError, match="ramp_start"):
-        TransferableSemanticAugmentation(net, num_classes=2, ramp_iterations=10, ramp_start=11)
+        TransferableSemanticAugmentation(torch.nn.Conv3d(1, 2, 1), num_classes=2, ramp_start=-1)

@@ -11,7 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
-from benchmarks.la_protocol import _version_cell, bundle_version, merge_result, update_doc_table  # noqa: E402
+from benchmarks.la_protocol import _version_cell, merge_result, update_doc_table, version_label  # noqa: E402
 from benchmarks.monailabel_server import server_command  # noqa: E402
 
 
@@ -90,7 +90,20 @@ def test_version_cell_names_every_version_once():
     assert _version_cell(None) == "–"
 
 
-def test_bundle_version_is_the_metadata_version():
-    for bundle in ("supervised_la", "transmedseg_la"):
-        meta = json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
-        assert bundle_version(bundle) == meta["version"]
+def test_version_label_says_which_versions_trained_and_evaluated():
+    assert version_label(["0.2.2"], "0.2.2") == "0.2.2"
+    assert version_label(["0.2.0", "0.2.1"], "0.2.2") == "0.2.0, 0.2.1 (trained), 0.2.2 (evaluated)"
+    assert _version_cell(version_label(["0.2.0"], "0.2.2")) == "0.2.0/0.2.2"
+
+
+def test_every_bundle_metadata_names_its_version_first_in_the_changelog():
+    """The version a result row records is the newest changelog entry, a semantic version, for every bundle."""
+    import re
+
+    for meta_path in sorted((ROOT / "bundles").glob("*/configs/metadata.json")):
+        meta = json.loads(meta_path.read_text())
+        versions = list(meta["changelog"])
+        assert meta["version"] == versions[0], meta_path
+        assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in versions), meta_path
+        as_tuples = [tuple(map(int, v.split("."))) for v in versions]
+        assert as_tuples == sorted(as_tuples, reverse=True) and len(set(as_tuples)) == len(as_tuples), meta_path

@@ -75,3 +75,17 @@ def test_network_returning_a_tuple_is_refused() -> None:
     inferer = SoftmaxSlidingWindowInferer(roi_size=(8, 5, 4))
     with pytest.raises(TypeError, match="one tensor"):
         inferer(torch.randn(1, 1, 8, 5, 4), lambda x: (net(x), net(x)))
+
+
+@torch.no_grad()
+def test_metatensor_input_keeps_its_metadata() -> None:
+    """The bundles feed ``MetaTensor`` volumes: the blended output is one too, with the input's affine."""
+    from monai.data import MetaTensor
+
+    affine = torch.diag(torch.tensor([1.25, 1.25, 1.25, 1.0], dtype=torch.float64))
+    x = MetaTensor(torch.randn(1, 1, 12, 5, 4), affine=affine, meta={"filename_or_obj": "case.nii.gz"})
+    out = SoftmaxSlidingWindowInferer(roi_size=(8, 5, 4), overlap=0.5)(x, _net())
+    assert isinstance(out, MetaTensor)
+    torch.testing.assert_close(out.affine, affine)
+    assert out.meta["filename_or_obj"] == "case.nii.gz"
+    torch.testing.assert_close(out.exp().as_tensor().sum(1), torch.ones(1, 12, 5, 4))

@@ -28,17 +28,19 @@ class TransferableSemanticAugmentation(torch.nn.Module):
        (``Δμ = μ_t − μ_s``, ``Σ_t``); with ``bidirectional`` also on the pseudo-labelled voxels towards the source
        statistics (``μ_s − μ_t``, ``Σ_s``), averaged with the first,
 
-    plus diagnostics: the condition number of each ``Σ_t^c``. λ is 0 until iteration ``ramp_start``, then ramps
-    linearly to ``lam0`` at iteration ``ramp_iterations``; ``attach(engine)`` updates it each iteration.
+    plus diagnostics: the condition number of each ``Σ_t^c``. λ is 0 through iteration ``ramp_start + 1`` (ignite
+    counts iterations from 1), then grows by ``lam0 / (ramp_iterations − ramp_start)`` per iteration, so a run of
+    ``ramp_iterations`` iterations ends one step short of ``lam0``; ``attach(engine)`` updates it each iteration.
 
     Args:
         network: the student.
         num_classes: C.
         beta: loss weight β (0.4).
         lam0: final λ (0.25).
-        ramp_iterations: the iteration at which λ reaches ``lam0`` (counted from the start of the run).
-        ramp_start: the iteration at which the ramp starts from 0; BCP's self-training passes its first TSA
-            iteration, so λ starts from 0 there rather than part-way up.
+        ramp_iterations: the end of the ramp, counted from the start of the run (the run's length).
+        ramp_start: iterations before the ramp starts; BCP's self-training passes its pre-training length, so λ is
+            0 at its first TSA iteration rather than part-way up. Clamped to ``ramp_iterations`` (λ then stays 0,
+            as in a run shorter than its pre-training).
         estimator, momentum, max_per_class: of ``ClassFeatureStatistics``.
         bidirectional: also augment the pseudo-labelled voxels in the reverse direction.
     """
@@ -51,9 +53,9 @@ class TransferableSemanticAugmentation(torch.nn.Module):
         feature_dim = self.tap.weight.shape[1]
         self.statistics = ClassFeatureStatistics(num_classes, feature_dim, estimator, momentum, max_per_class)
         self.beta, self.lam0, self.ramp_iterations = float(beta), float(lam0), int(ramp_iterations)
-        if not 0 <= int(ramp_start) <= max(int(ramp_iterations), 0):
-            raise ValueError(f"ramp_start must lie in [0, ramp_iterations={ramp_iterations}], got {ramp_start}")
-        self.ramp_start = int(ramp_start)
+        if int(ramp_start) < 0:
+            raise ValueError(f"ramp_start must be >= 0, got {ramp_start}")
+        self.ramp_start = min(int(ramp_start), max(self.ramp_iterations, 0))
         self.bidirectional = bidirectional
         self.lam = 0.0
         self.loss_function = TSALoss()
