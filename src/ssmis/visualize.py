@@ -71,8 +71,11 @@ def save_curves(
     from .utils.atomic import atomic_replace
 
     fig, ax = plt.subplots(figsize=(9.5, 4), dpi=100)
-    for name, (x, y) in curves.items():
-        ax.plot(x, y, marker="o", markersize=3, label=name)
+    # the default cycle repeats after 10 colours; beyond that, 20 colours and a second line style keep lines apart
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for i, (name, (x, y)) in enumerate(curves.items()):
+        style = "-" if i < len(colours) else "--"
+        ax.plot(x, y, marker="o", markersize=3, label=name, color=colours[i % len(colours)], linestyle=style)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
