@@ -174,6 +174,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         return None
     train_wall = total["wall_s"]
     steal = total["steal_wall_s"] / total["measured_wall_s"] if total.get("measured_wall_s") else None
+    eval_version = bundle_version(bundle)  # read before evaluating, as the training version is before training
     eval_wall, eval_mem, _ = run_cmd(py + ["--config_file", eval_cfg] + common, out / "evaluate.log")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
     xs, ys = val_curve(out / "logs")
@@ -184,7 +185,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
         "checkpoint": "last", "run_dir": str(out),
-        "bundle_version": version_label(total["trained_by"], bundle_version(bundle)),
+        "bundle_version": version_label(total["trained_by"], eval_version),
     }
 
 
@@ -228,6 +229,7 @@ def _version_cell(version: str | None) -> str:
 
 
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
+    from ssmis.utils import atomic_write_text
     from ssmis.visualize import save_curves
 
     rows = [
@@ -246,7 +248,7 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )
     table = "\n".join(rows) + "\n"
-    md.write_text(table)
+    atomic_write_text(table, md)  # as the JSON and the doc table: a killed run leaves no half-written table
     update_doc_table(ROOT / "docs" / "benchmarks.md", md.stem, table)
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
               for r in ordered}
