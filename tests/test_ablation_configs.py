@@ -61,6 +61,24 @@ def test_co_training_ablations(extra, fixed, dynamic, cut):
     assert not torch.equal(next(n1.parameters()), next(n2.parameters()))  # different initialisations
 
 
+def test_co_training_control_has_no_unlabeled_data(tmp_path):
+    """``control_no_unlabeled.yaml`` keeps the method's strategy and gives it an empty unlabelled loader."""
+    import json
+
+    rec = {"image": "x.nii.gz", "label": "y.nii.gz"}
+    (tmp_path / "datalist.json").write_text(json.dumps({"labeled": [rec], "unlabeled": [{"image": "u.nii.gz"}] * 3,
+                                                        "validation": [rec]}))
+    counts = {}
+    for extra in ([], ["control_no_unlabeled.yaml"]):
+        parser = ConfigParser()
+        parser.read_config([str(FD / "train.yaml"), str(FD / "cpu_protocol.yaml"), *[str(FD / e) for e in extra]])
+        parser["bundle_root"] = str(BUNDLES / "fixed_dynamic_pl_la")
+        parser["dataset_dir"] = str(tmp_path)
+        counts[bool(extra)] = len(parser.get_parsed_content("train#unlabeled_dataset#data"))
+        assert parser.get_parsed_content("train#strategy").use_dynamic
+    assert counts == {False: 3, True: 0}
+
+
 def _lr_changes(scheduler, iterations: int) -> list[tuple[int, float]]:
     """(iteration, new learning rate) wherever the rate used at an iteration differs from the one before."""
     opt = scheduler.optimizer

@@ -137,8 +137,16 @@ def test_annotation_loop(server):
         r = requests.post(f"{base}/scoring/{method}?run_sync=true")
         assert r.status_code == 200 and r.json()["scored"] == 3, r.text
         assert requests.post(f"{base}/scoring/{method}?run_sync=true").json()["skipped"] == 3  # cached
+    # a score made under another key (older weights, bundle version or blending) is stale: only it is redone
+    cache_file = root / "model" / "transmedseg_la" / "scores.json"
+    stale = json.loads(cache_file.read_text())
+    stale["case_004"]["key"] = "0.0|0.0.1|000000000000"
+    cache_file.write_text(json.dumps(stale))
+    r = requests.post(f"{base}/scoring/transmedseg_la_uncertainty?run_sync=true").json()
+    assert (r["scored"], r["skipped"]) == (1, 2), r
     caches = [json.loads((root / "model" / m / "scores.json").read_text()) for m in
               ("transmedseg_la", "fixed_dynamic_pl_la")]
+    assert caches[0]["case_004"]["key"] == caches[0]["case_003"]["key"] != stale["case_004"]["key"]
     assert all(set(c) == {"case_003", "case_004", "case_005"} for c in caches)
     sample = client.next_sample("uncertainty", {})
     means = {i: (caches[0][i]["score"] + caches[1][i]["score"]) / 2 for i in caches[0]}

@@ -12,6 +12,7 @@ from ssmis.transforms import (
     crop_at,
     cutmix_box,
     map_back,
+    sample_beta,
     sample_shifts,
 )
 
@@ -84,6 +85,33 @@ def test_cutmix_identical_on_image_and_labels():
     assert torch.equal(xm[inside], x[perm][inside]) and torch.equal(xm[~inside], x[~inside])
     assert torch.equal(ym, xm.long() % 3)  # the label of every mixed voxel is the label of the voxel it came from
     assert 0 < int(box.sum()) < box.numel()
+
+
+@pytest.mark.parametrize("alpha, beta", [(4.0, 4.0), (0.5, 2.0), (1.0, 1.0)])
+def test_sample_beta_with_a_generator_matches_beta_moments(alpha, beta):
+    """20,000 draws from a seeded generator: mean and variance within 4 standard errors of Beta(α, β)'s."""
+    g = torch.Generator().manual_seed(7)
+    draws = torch.tensor([sample_beta(alpha, beta, g) for _ in range(20000)], dtype=torch.float64)
+    assert bool(((draws > 0) & (draws < 1)).all())
+    n, s = alpha + beta, draws.numel()
+    mean, var = alpha / n, alpha * beta / (n * n * (n + 1))
+    assert abs(float(draws.mean()) - mean) < 4 * (var / s) ** 0.5
+    # the sample variance's standard error, from the fourth central moment of the draws themselves
+    m4 = float(((draws - draws.mean()) ** 4).mean())
+    assert abs(float(draws.var()) - var) < 4 * ((m4 - var**2) / s) ** 0.5
+
+
+def test_cutmix_box_is_reproducible_from_its_generator():
+    """λ and the position both come from the generator: the global generator's state does not change the box."""
+    boxes = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        boxes.append(cutmix_box([20, 20, 12], generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(boxes[0], boxes[1])
+    sizes = {int(cutmix_box([20, 20, 12], generator=torch.Generator().manual_seed(k)).sum()) for k in range(8)}
+    assert len(sizes) > 1  # λ does vary between seeds
+    with pytest.raises(ValueError, match="alpha=0"):
+        sample_beta(0, 1.0)
 
 
 def test_co_training_lowers_both_losses():

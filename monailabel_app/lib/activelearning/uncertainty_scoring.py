@@ -1,4 +1,5 @@
-"""Scoring task: how unsure a model is about each unlabelled image, cached per image and weights version."""
+"""Scoring task: how unsure a model is about each unlabelled image, cached per image and prediction key (weights,
+bundle version, inference configs)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class ScoreCache:
-    """``{image_id: {"score", "kind", "weights_mtime"}}`` in a JSON file, rewritten atomically."""
+    """``{image_id: {"score", "kind", "key"}}`` in a JSON file, rewritten atomically."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -44,7 +45,8 @@ class UncertaintyScoring(ScoringMethod):
 
     ``kind="entropy"`` (TransMedSeg): mean normalised entropy of the prediction over possibly-foreground voxels.
     ``kind="disagreement"`` (co-training): 1 − Dice between the two networks' label maps.
-    Images scored with the same weights are skipped (the cache keeps the weights' mtime).
+    Images already scored under the same prediction key are skipped: the same weights (mtime), bundle version and
+    inference configs. A new key (new weights, or a bundle whose blending changed) rescores them.
     """
 
     def __init__(self, predictor: BundlePredictor, cache: ScoreCache, kind: str, description: str) -> None:
@@ -64,16 +66,16 @@ class UncertaintyScoring(ScoringMethod):
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
         if not self.predictor.is_trained():
             return {"scored": 0, "skipped": 0, "reason": "the model has no trained weights yet"}
-        mtime = self.predictor.model_path.stat().st_mtime
+        key = self.predictor.prediction_key()
         cached = self.cache.load()
         scores, skipped, failed = {}, 0, {}
         for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
-            if cached.get(image_id, {}).get("weights_mtime") == mtime:
+            if cached.get(image_id, {}).get("key") == key:
                 skipped += 1
                 continue
             try:
                 scores[image_id] = {"score": self.score(datastore.get_image_uri(image_id)), "kind": self.kind,
-                                    "weights_mtime": mtime}
+                                    "key": key}
             except ImageError as e:
                 failed[image_id] = str(e)
         self.cache.update(scores)

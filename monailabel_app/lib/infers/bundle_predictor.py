@@ -6,6 +6,8 @@ Shared by the inference task and the active-learning scoring. The weights are re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -73,6 +75,18 @@ class BundlePredictor:
 
     def is_trained(self) -> bool:
         return self.model_path.is_file()
+
+    def prediction_key(self) -> str:
+        """What a prediction depends on besides the image: the weights (their mtime), the bundle version and the
+        content of the inference configs (sliding-window blending, overlap, post-processing). Cached scores made
+        under another key are stale."""
+        configs = self.bundle_root / "configs"
+        digest = hashlib.sha1()
+        for path in [configs / "inference.yaml", *map(Path, self.extra_configs)]:
+            digest.update(path.read_bytes() if path.is_file() else str(path).encode())
+        meta = configs / "metadata.json"
+        version = json.loads(meta.read_text()).get("version") if meta.is_file() else None
+        return f"{self.model_path.stat().st_mtime}|{version}|{digest.hexdigest()[:12]}"
 
     def _load(self) -> tuple:
         if not self.model_path.is_file():

@@ -1,7 +1,7 @@
 """Batch-level transforms of the semi-supervised methods (tensor ops on ``[B, C, *S]`` batches)."""
 
 from .copy_paste import bidirectional_copy_paste, cuboid_mask
-from .cutmix import apply_cutmix, cutmix_box
+from .cutmix import apply_cutmix, cutmix_box, sample_beta
 from .shifted_crops import combine_fixed_dynamic, context_size, crop_at, map_back, sample_shifts
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "cuboid_mask",
     "cutmix_box",
     "map_back",
+    "sample_beta",
     "sample_shifts",
 ]

@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
-__all__ = ["cutmix_box", "apply_cutmix"]
+__all__ = ["sample_beta", "cutmix_box", "apply_cutmix"]
+
+
+def _sample_gamma(shape: float, generator: torch.Generator) -> float:
+    """One Gamma(``shape``, 1) draw from ``generator`` (Marsaglia and Tsang's squeeze; shape < 1 via the U^(1/a)
+    boost)."""
+    if shape < 1.0:
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        return _sample_gamma(shape + 1.0, generator) * u ** (1.0 / shape)
+    d = shape - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    while True:
+        x = float(torch.randn((), generator=generator, dtype=torch.float64))
+        v = (1.0 + c * x) ** 3
+        if v <= 0.0:
+            continue
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        if u <= 0.0:
+            continue
+        if math.log(u) < 0.5 * x * x + d - d * v + d * math.log(v):
+            return d * v
+
+
+def sample_beta(alpha: float, beta: float, generator: torch.Generator | None = None) -> float:
+    """One λ ~ Beta(α, β). Without ``generator`` it is ``torch.distributions.Beta`` on torch's global generator;
+    with one, every draw comes from that generator (``torch.distributions`` takes none, hence the two Gamma draws
+    written out here: λ = X / (X + Y), X ~ Gamma(α), Y ~ Gamma(β))."""
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(f"Beta parameters must be positive, got alpha={alpha}, beta={beta}.")
+    if generator is None:
+        return float(torch.distributions.Beta(alpha, beta).sample())
+    x, y = _sample_gamma(alpha, generator), _sample_gamma(beta, generator)
+    return x / (x + y)
 
 
 def cutmix_box(
@@ -14,9 +47,9 @@ def cutmix_box(
 ) -> torch.Tensor:
     """A ``[1, 1, *S]`` float box mask: λ ~ Beta(α, β), each side ``√(1 − λ)`` of the axis, at a random position.
 
-    ``generator`` draws the position; λ comes from torch's global generator (``torch.distributions.Beta`` takes no
-    generator), so seed that too for a reproducible box."""
-    lam = float(torch.distributions.Beta(alpha, beta).sample())
+    With ``generator``, λ and the position both come from it, so a seeded generator gives the same box every time;
+    without, both come from torch's global generator."""
+    lam = sample_beta(alpha, beta, generator)
     ratio = (1.0 - lam) ** 0.5
     mask = torch.zeros(1, 1, *spatial_shape)
     idx = []
