@@ -257,3 +257,36 @@ def test_loopback_guard_refuses_remote_clients():
 
     assert call("127.0.0.1") == 200 and call("::1") == 200
     assert call("10.1.2.3") == 403
+
+
+def test_prediction_key_follows_weights_version_and_configs(tmp_path):
+    """The uncertainty cache key changes with the weights, the bundle version, inference.yaml and an extra config,
+    and with nothing else."""
+    import os
+
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.infers.bundle_predictor import BundlePredictor
+
+    bundle = tmp_path / "transmedseg_la"
+    shutil.copytree(ROOT / "bundles" / "transmedseg_la" / "configs", bundle / "configs")
+    extra, model = tmp_path / "tiny.yaml", tmp_path / "model.pt"
+    extra.write_text(TINY_YAML)
+    model.write_bytes(b"weights")
+    predictor = BundlePredictor(bundle, model, extra_configs=[extra], device="cpu")
+    key = predictor.prediction_key()
+    assert predictor.prediction_key() == key
+
+    def changed(edit) -> bool:
+        nonlocal key
+        edit()
+        new = predictor.prediction_key()
+        was, key = key, new
+        return new != was
+
+    meta = bundle / "configs" / "metadata.json"
+    assert changed(lambda: os.utime(model, (1e9, 1e9)))
+    assert changed(lambda: meta.write_text(json.dumps({**json.loads(meta.read_text()), "version": "9.9.9"})))
+    inference = bundle / "configs" / "inference.yaml"
+    assert changed(lambda: inference.write_text(inference.read_text() + "\nsw_average: logits\n"))
+    assert changed(lambda: extra.write_text(TINY_YAML + "sw_overlap: 0.25\n"))
+    assert not changed(lambda: (bundle / "configs" / "train.yaml").write_text("# not read at inference\n"))

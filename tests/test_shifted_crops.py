@@ -103,15 +103,21 @@ def test_sample_beta_with_a_generator_matches_beta_moments(alpha, beta):
 
 def test_cutmix_box_is_reproducible_from_its_generator():
     """λ and the position both come from the generator: the global generator's state does not change the box."""
-    boxes = []
+    boxes, state = [], torch.get_rng_state()
     for global_seed in (0, 1):
         torch.manual_seed(global_seed)
         boxes.append(cutmix_box([20, 20, 12], generator=torch.Generator().manual_seed(3)))
+    torch.set_rng_state(state)
     assert torch.equal(boxes[0], boxes[1])
     sizes = {int(cutmix_box([20, 20, 12], generator=torch.Generator().manual_seed(k)).sum()) for k in range(8)}
     assert len(sizes) > 1  # λ does vary between seeds
-    with pytest.raises(ValueError, match="alpha=0"):
-        sample_beta(0, 1.0)
+    for bad in ((0, 1.0), (float("nan"), 1.0), (1.0, float("inf"))):
+        with pytest.raises(ValueError, match="positive and finite"):
+            sample_beta(*bad)
+    # tiny shapes: the draws pile up at 0 and 1 without dividing 0 by 0 (P(λ > 1/2) = 1/2 by symmetry)
+    g = torch.Generator().manual_seed(5)
+    tiny = [sample_beta(1e-3, 1e-3, g) for _ in range(2000)]
+    assert all(0.0 <= t <= 1.0 for t in tiny) and 900 < sum(t > 0.5 for t in tiny) < 1100
 
 
 def test_co_training_lowers_both_losses():

@@ -10,12 +10,14 @@ import torch
 __all__ = ["sample_beta", "cutmix_box", "apply_cutmix"]
 
 
-def _sample_gamma(shape: float, generator: torch.Generator) -> float:
-    """One Gamma(``shape``, 1) draw from ``generator`` (Marsaglia and Tsang's squeeze; shape < 1 via the U^(1/a)
-    boost)."""
+def _log_gamma_draw(shape: float, generator: torch.Generator) -> float:
+    """log of one Gamma(``shape``, 1) draw from ``generator`` (Marsaglia and Tsang's squeeze; shape < 1 via the
+    U^(1/a) boost, kept in log space so that tiny shapes do not underflow to 0)."""
     if shape < 1.0:
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        return _sample_gamma(shape + 1.0, generator) * u ** (1.0 / shape)
+        u = 0.0
+        while u <= 0.0:
+            u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        return _log_gamma_draw(shape + 1.0, generator) + math.log(u) / shape
     d = shape - 1.0 / 3.0
     c = 1.0 / (9.0 * d) ** 0.5
     while True:
@@ -24,22 +26,20 @@ def _sample_gamma(shape: float, generator: torch.Generator) -> float:
         if v <= 0.0:
             continue
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        if u <= 0.0:
-            continue
-        if math.log(u) < 0.5 * x * x + d - d * v + d * math.log(v):
-            return d * v
+        if u > 0.0 and math.log(u) < 0.5 * x * x + d - d * v + d * math.log(v):
+            return math.log(d * v)
 
 
 def sample_beta(alpha: float, beta: float, generator: torch.Generator | None = None) -> float:
     """One λ ~ Beta(α, β). Without ``generator`` it is ``torch.distributions.Beta`` on torch's global generator;
     with one, every draw comes from that generator (``torch.distributions`` takes none, hence the two Gamma draws
-    written out here: λ = X / (X + Y), X ~ Gamma(α), Y ~ Gamma(β))."""
-    if alpha <= 0 or beta <= 0:
-        raise ValueError(f"Beta parameters must be positive, got alpha={alpha}, beta={beta}.")
+    written out here: λ = X / (X + Y), X ~ Gamma(α), Y ~ Gamma(β), as a sigmoid of log X − log Y)."""
+    if not (math.isfinite(alpha) and math.isfinite(beta) and alpha > 0 and beta > 0):
+        raise ValueError(f"Beta parameters must be positive and finite, got alpha={alpha}, beta={beta}.")
     if generator is None:
         return float(torch.distributions.Beta(alpha, beta).sample())
-    x, y = _sample_gamma(alpha, generator), _sample_gamma(beta, generator)
-    return x / (x + y)
+    t = _log_gamma_draw(beta, generator) - _log_gamma_draw(alpha, generator)  # log(Y / X)
+    return 1.0 / (1.0 + math.exp(t)) if t < 700 else 0.0
 
 
 def cutmix_box(
