@@ -168,3 +168,13 @@ def test_run_shorter_than_pre_training_keeps_lambda_at_zero():
     assert max(_lambdas(tsa, 50)) == 0.0
     with pytest.raises(ValueError, match="ramp_start"):
         TransferableSemanticAugmentation(torch.nn.Conv3d(1, 2, 1), num_classes=2, ramp_start=-1)
+
+
+def test_graph_head_lives_on_the_training_device():
+    # the GCN/MLP head is trained with the network, so it must be on @device (on a GPU run, CPU weights would crash)
+    parser = ConfigParser()
+    parser.read_config([str(CFG / "train.yaml"), str(CFG / "cpu_protocol.yaml")])
+    parser["bundle_root"] = str(BUNDLES / "transmedseg_la")
+    parser["device"] = "$torch.device('meta')"
+    head = parser.get_parsed_content("graph_loss")
+    assert {p.device.type for p in head.parameters()} == {"meta"}

@@ -125,11 +125,12 @@ def test_prepare_la_bad_input(tmp_path, capsys, breaker, words):
     out = tmp_path / "out"
     # an earlier, good output must survive the failed run
     out.mkdir()
+    (out / "datalist.json").write_text("{}")
     (out / "keep.txt").write_text("earlier result")
     assert main(["prepare-la", "--source", str(src), "--output", str(out), "--labeled", "2", "--val", "1"]) == 2
     err = capsys.readouterr().err
     assert named in err and words in err
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["datalist.json", "keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "temporary output left behind"
 
 
@@ -181,6 +182,52 @@ def test_prepare_images_bad_input(tmp_path, capsys, what):
     assert rc == 2
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("what", ["truncated", "nan"])
+def test_prepare_images_refuses_bad_images(tmp_path, capsys, what):
+    # an unlabelled image is read in full too: a truncated file fails here, naming it, not later in training
+    _nifti(tmp_path / "img" / "a.nii.gz", np.zeros((8, 8, 4), np.float32))
+    _nifti(tmp_path / "lab" / "a.nii.gz", np.zeros((8, 8, 4), np.uint8))
+    bad = tmp_path / "img" / "b.nii.gz"
+    _nifti(bad, np.random.rand(32, 32, 16).astype(np.float32) if what == "truncated"
+           else np.full((8, 8, 4), np.nan, np.float32))
+    if what == "truncated":
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    rc = main(["prepare-images", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+               "--output", str(tmp_path / "out"), "--labeled", "1", "--classes", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(bad) in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_output_that_would_delete_the_input_is_refused(tmp_path, capsys, where):
+    ds = tmp_path / "ds"
+    _nifti(ds / "imagesTr" / "a.nii.gz", np.zeros((8, 8, 4), np.float32))
+    _nifti(ds / "labelsTr" / "a.nii.gz", np.zeros((8, 8, 4), np.uint8))
+    out = ds / "imagesTr" if where == "same" else ds
+    rc = main(["prepare-images", "--images", str(ds / "imagesTr"), "--labels", str(ds / "labelsTr"),
+               "--output", str(out), "--labeled", "1"])
+    assert rc == 2 and "would delete the input" in capsys.readouterr().err
+    assert (ds / "imagesTr" / "a.nii.gz").is_file() and (ds / "labelsTr" / "a.nii.gz").is_file()
+    (tmp_path / "LA").mkdir()
+    assert main(["prepare-la", "--source", str(tmp_path / "LA"), "--output", str(tmp_path)]) == 2
+    assert "--source" in capsys.readouterr().err and (tmp_path / "LA").is_dir()
+
+
+def test_output_holding_other_files_is_refused(tmp_path, capsys):
+    keep = tmp_path / "data" / "other_dataset" / "notes.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("mine")
+    assert main(["demo", "--output", str(tmp_path / "data"), "--cases", "3", "--labeled", "1", "--val", "1"]) == 2
+    assert "holds no datalist.json" in capsys.readouterr().err and keep.read_text() == "mine"
+    # a folder prepared before is replaced as usual
+    args = ["demo", "--cases", "3", "--labeled", "1", "--val", "1", "--size", "16"]
+    assert main(args + ["--output", str(tmp_path / "d")]) == 0
+    assert main(args + ["--output", str(tmp_path / "d")]) == 0
+    assert main(args + ["--classes", "1", "--output", str(tmp_path / "e")]) == 2
+    assert "--classes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dims, classes", [(3, 2), (2, 4)])

@@ -97,3 +97,38 @@ def test_tsa_on_mean_teacher_2d_multiclass_trains(bidirectional):
     assert tsa.statistics.source.count.min() > 0  # every class reached the memory module
     # the statistics travel with the module's state_dict, i.e. with the checkpoint
     assert any(k.startswith("statistics.target.cov") for k in tsa.state_dict())
+
+
+def _two_rank_statistics(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        gen = torch.Generator().manual_seed(rank)
+        est = OnlineClassStatistics(num_classes=3, feature_dim=2, estimator="count")
+        for it in range(4):
+            # rank 1 never sees class 2, and its batch at iteration 2 is empty; class counts differ per rank
+            n = 0 if (rank == 1 and it == 2) else 7 + 5 * rank + it
+            labels = torch.randint(0, 2 if rank else 3, (n,), generator=gen)
+            feats = torch.randn(n, 2, generator=gen, dtype=torch.float64) * (1 + rank) + labels.unsqueeze(1)
+            est.update(feats, labels)
+            torch.save((feats, labels), f"{out_dir}/batch_{rank}_{it}.pt")
+        torch.save(est.state_dict(), f"{out_dir}/state_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_statistics_are_synchronised_across_processes(tmp_path):
+    # two gloo processes with different batches must both end with the statistics of the union of all batches
+    torch.multiprocessing.spawn(_two_rank_statistics, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    states = [torch.load(tmp_path / f"state_{r}.pt") for r in range(2)]
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=1e-12)
+    batches = [torch.load(tmp_path / f"batch_{r}_{it}.pt") for r in range(2) for it in range(4)]
+    feats = torch.cat([b[0] for b in batches]).numpy()
+    labels = torch.cat([b[1] for b in batches]).numpy()
+    for c in range(3):
+        x = feats[labels == c]
+        np.testing.assert_allclose(states[0]["mean"][c].numpy(), x.mean(0), atol=1e-10)
+        np.testing.assert_allclose(states[0]["cov"][c].numpy(), np.cov(x.T, bias=True), atol=1e-10)
+        assert states[0]["count"][c] == len(x)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ..utils.atomic import atomic_output_dir
 from .datalist import write_datalist
 from .errors import DataError
+from .output import check_output_dir
 from .nifti import check_label
 
 __all__ = ["case_name", "prepare_images"]
@@ -45,6 +46,23 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: cannot read as NIfTI ({type(e).__name__}: {e})") from e
 
 
+def _voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as e:  # truncated gzip streams raise EOFError/OSError/zlib.error only when the data is read
+        raise DataError(f"{path}: cannot read the voxel data ({type(e).__name__}: {e})") from e
+
+
+def _check_image(path: Path) -> nib.Nifti1Image:
+    """Load ``path`` with all its voxels (a truncated file fails here, not in training) and refuse NaN/inf."""
+    img = _load(path)
+    data = _voxels(img, path)
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise DataError(f"{path}: image holds NaN or infinite values")
+    img.uncache()
+    return img
+
+
 def prepare_images(
     images: str | os.PathLike,
     output: str | os.PathLike,
@@ -60,6 +78,7 @@ def prepare_images(
     and the rest join the images without a label as unlabelled. Every label is checked against its image (shape,
     integer values below ``classes``; ``classes`` defaults to the largest value found plus one).
     """
+    check_output_dir(output, {"--images": images, "--labels": labels})
     images = Path(images).absolute()
     imgs = _scan(images, "images")
     labs = _scan(Path(labels).absolute(), "labels") if labels is not None else {}
@@ -74,13 +93,12 @@ def prepare_images(
     used = with_label[:labeled] + (with_label[len(with_label) - val :] if val else [])
     max_value = 0
     for name in tqdm(used, desc="checking labels", disable=not progress, unit="case"):
-        img, lab = _load(imgs[name]), _load(labs[name])
-        data = np.asanyarray(lab.dataobj)
+        img, lab = _check_image(imgs[name]), _load(labs[name])
+        data = _voxels(lab, labs[name])
         check_label(data, img.shape[:3] if data.ndim == 3 else img.shape, classes or 256, str(labs[name]))
         max_value = max(max_value, int(data.max()))
-    for name in imgs:
-        if name not in used:
-            _load(imgs[name])
+    for name in tqdm([n for n in imgs if n not in used], desc="checking images", disable=not progress, unit="case"):
+        _check_image(imgs[name])
     val_names = with_label[len(with_label) - val :] if val else []
     unl = [n for n in imgs if n not in with_label[:labeled] and n not in val_names]
     with atomic_output_dir(output) as tmp:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..utils.atomic import atomic_output_dir
 from .datalist import split_cases, write_datalist
 from .errors import DataError
+from .output import check_output_dir
 from .nifti import check_label, save_image, save_label, spacing_affine
 
 __all__ = ["LA_SPACING", "read_la_case", "resample", "prepare_la"]
@@ -79,6 +80,7 @@ def prepare_la(
     The whole output folder is written to a temporary sibling and renamed at the end, so bad input leaves an
     existing ``output`` untouched and never leaves a partial one.
     """
+    check_output_dir(output, {"--source": source})
     source = Path(source)
     list_file = source / "train.list"
     if not list_file.is_file():

@@ -9,7 +9,9 @@ import numpy as np
 
 from ..utils.atomic import atomic_output_dir
 from .datalist import split_cases, write_datalist
+from .errors import DataError
 from .nifti import save_image, save_label, spacing_affine
+from .output import check_output_dir
 
 __all__ = ["synthetic_case", "make_synthetic_dataset"]
 
@@ -56,9 +58,10 @@ def make_synthetic_dataset(
     The default size is 64×64×48 in 3D (one CPU-protocol patch of 56×56×40 fits) and 96×96 in 2D.
     """
     if dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3, got {dims}")
+        raise DataError(f"--dims must be 2 or 3, got {dims}")
     if classes < 2:
-        raise ValueError(f"classes must be at least 2, got {classes}")
+        raise DataError(f"--classes must be at least 2 (background and one class), got {classes}")
+    check_output_dir(output)
     shape = ((size,) * 2 + (max(size * 3 // 4, 8),) if size else (64, 64, 48)) if dims == 3 else ((size or 96),) * 2
     ids = [f"case_{i:03d}" for i in range(cases)]
     split = split_cases(ids, labeled, val)

@@ -18,16 +18,22 @@ class OnlineClassStatistics(torch.nn.Module):
             moving average with ``momentum`` (a class's first batch initialises it).
         momentum: EMA weight of the new batch.
         with_covariance: also track covariances.
+        sync_distributed: when ``torch.distributed`` is initialised with more than one process, sum each batch's
+            per-class counts, sums and scatter over all processes before folding them in, so every process holds
+            the statistics of the union of their batches (the same as one process seeing all of them). Every
+            process must then call ``update`` the same number of times.
 
-    Buffers (saved in ``state_dict``): ``mean``, ``cov``, ``count`` ``[C]``.
+    Buffers (saved in ``state_dict``): ``mean``, ``cov``, ``count`` ``[C]``. They move to the device of the
+    features on the first ``update`` from another device, so the module need not be placed by hand.
     """
 
     def __init__(self, num_classes: int, feature_dim: int, estimator: str = "count", momentum: float = 0.1,
-                 with_covariance: bool = True) -> None:
+                 with_covariance: bool = True, sync_distributed: bool = True) -> None:
         super().__init__()
         if estimator not in ("count", "ema"):
             raise ValueError(f"estimator must be 'count' or 'ema', got {estimator!r}")
         self.estimator, self.momentum, self.with_covariance = estimator, float(momentum), with_covariance
+        self.sync_distributed = bool(sync_distributed)
         self.register_buffer("mean", torch.zeros(num_classes, feature_dim, dtype=torch.float64))
         self.register_buffer("cov", torch.zeros(num_classes, feature_dim, feature_dim, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
@@ -35,19 +41,30 @@ class OnlineClassStatistics(torch.nn.Module):
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Fold in ``features`` ``[N, A]`` with class ``labels`` ``[N]``; classes absent from the batch are unchanged."""
+        if self.mean.device != features.device:
+            self.to(features.device)  # follow the features (e.g. onto the GPU); the dtype stays float64
         x = features.detach().to(self.mean.dtype)
         y = labels.detach().long().to(x.device)
         c = self.mean.shape[0]
         onehot = torch.nn.functional.one_hot(y, c).to(x.dtype)  # [N, C]
         m = onehot.sum(0)  # [C]
+        sums = onehot.t() @ x  # [C, A]
+        if self._distributed():
+            # one buffer, one collective: counts and sums of every process (all processes reach this call)
+            packed = torch.cat([m.unsqueeze(1), sums], dim=1)
+            torch.distributed.all_reduce(packed)
+            m, sums = packed[:, 0], packed[:, 1:]
         present = m > 0
-        if not bool(present.any()):
-            return
-        mean_b = (onehot.t() @ x) / m.clamp_min(1).unsqueeze(1)  # [C, A]
+        mean_b = sums / m.clamp_min(1).unsqueeze(1)  # [C, A], the mean over the whole (global) batch
         if self.with_covariance:
             centred = x.unsqueeze(0) - mean_b.unsqueeze(1)  # [C, N, A]
             centred = centred * onehot.t().unsqueeze(2)
-            cov_b = centred.transpose(1, 2) @ centred / m.clamp_min(1).view(-1, 1, 1)  # population covariance
+            scatter = centred.transpose(1, 2) @ centred  # [C, A, A], around the global batch mean
+            if self._distributed():
+                torch.distributed.all_reduce(scatter)
+            cov_b = scatter / m.clamp_min(1).view(-1, 1, 1)  # population covariance
+        if not bool(present.any()):
+            return
         if self.estimator == "count":
             f = (m / (self.count + m).clamp_min(1)).view(-1, 1)  # weight of the new batch, 0 for absent classes
         else:
@@ -60,6 +77,11 @@ class OnlineClassStatistics(torch.nn.Module):
             between = (f3 * (1 - f3)) * diff.unsqueeze(2) * diff.unsqueeze(1) if self.estimator == "count" else 0.0
             self.cov.copy_((1 - f3) * self.cov + f3 * cov_b + between)
         self.count.add_(m)
+
+    def _distributed(self) -> bool:
+        import torch.distributed as dist
+
+        return self.sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ClassFeatureStatistics(torch.nn.Module):
