@@ -201,6 +201,14 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
         "malformed params (upload)": lambda: requests.put(f"{base}/datastore/image?image=x",
                                                           files={"file": ("x.nii.gz", good_label.read_bytes())},
                                                           data={"params": "[oops"}),
+        "params not a JSON object (infer)": lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_000",
+                                                                  data={"params": "[1]"}),
+        "params not a JSON object (upload over case_000)": lambda: requests.put(
+            f"{base}/datastore/image?image=case_000", files={"file": ("x.nii.gz", good_label.read_bytes())},
+            data={"params": "[1]"}),
+        "params not a JSON object (label)": lambda: requests.put(
+            f"{base}/datastore/label?image=case_003", files={"label": ("label.nii.gz", good_label.read_bytes())},
+            data={"params": "7"}),
         "upload that is not a volume": lambda: requests.put(f"{base}/datastore/image?image=junk",
                                                             files={"file": ("junk.nii.gz", b"not a volume")}),
         "upload with a non-NIfTI name": lambda: requests.put(f"{base}/datastore/image?image=junk",
@@ -216,7 +224,9 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
         "label tag path traversal": lambda: put_label("image=case_003&tag=..%2F..%2Fevil", good_label),
         "label image id path traversal": lambda: put_label("image=..%2Fcase_003", good_label),
     }
+    image_before = (server["studies"] / "case_000.nii.gz").read_bytes()
     answers = {name: call() for name, call in cases.items()}
+    assert (server["studies"] / "case_000.nii.gz").read_bytes() == image_before  # a refused upload writes nothing
     for name, r in answers.items():
         assert 400 <= r.status_code < 500, f"{name}: {r.status_code} {r.text[:300]}"
         assert r.json().get("detail"), f"{name}: no message"
@@ -230,6 +240,30 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
                                                     "&output=json").status_code, range(8)))
     assert codes == [200] * 8
     assert requests.get(f"{base}/info/").status_code == 200
+
+
+def test_reupload_keeps_labels_and_refuses_a_new_shape(server):
+    base, syn, studies = server["base"], server["syn"], server["studies"]
+
+    def upload(path: Path) -> requests.Response:
+        return requests.put(f"{base}/datastore/image?image=reup", files={"file": ("reup.nii.gz", path.read_bytes())})
+
+    def labels_of_reup() -> list:
+        return sorted(requests.get(f"{base}/datastore/?output=all").json()["objects"]["reup"]["labels"])
+
+    assert upload(syn / "imagesTr" / "case_005.nii.gz").status_code == 200
+    r = requests.put(f"{base}/datastore/label?image=reup",
+                     files={"label": ("label.nii.gz", (syn / "labelsTr" / "case_005.nii.gz").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert labels_of_reup() == ["final"]
+    small = server["root"] / "reup_small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 8), np.float32), np.eye(4)), small)
+    before = (studies / "reup.nii.gz").read_bytes()
+    r = upload(small)  # the stored label would no longer fit this image
+    assert r.status_code == 409 and "delete the image first" in r.json()["detail"], r.text
+    assert (studies / "reup.nii.gz").read_bytes() == before and labels_of_reup() == ["final"]
+    assert upload(syn / "imagesTr" / "case_004.nii.gz").status_code == 200  # same shape: replaced, label kept
+    assert (studies / "reup.nii.gz").read_bytes() != before and labels_of_reup() == ["final"]
 
 
 def test_loopback_guard_refuses_remote_clients():

@@ -37,6 +37,10 @@ def not_found(detail: str) -> RequestError:
     return RequestError(404, detail)
 
 
+def conflict(detail: str) -> RequestError:
+    return RequestError(409, detail)
+
+
 def check_id(value: Any, what: str) -> str:
     """``value`` as a safe file-name stem (letters, digits, ``.``, ``_``, ``-``; no ``..``), else a 400."""
     if not isinstance(value, str) or not _SAFE_ID.match(value) or ".." in value:
@@ -81,6 +85,27 @@ def _monailabel_error(request: Any, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": msg}, status_code=code)
 
 
+def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
+    """400 for a ``params`` form field that is valid JSON but not an object: MONAI Label's endpoints use it as a
+    dict (``request.update(p)``, ``save_params["user"] = …``) and fail with a ``TypeError``. Every other
+    ``TypeError`` is re-raised, a server error as before."""
+    tb, frame = exc.__traceback__, None
+    while tb is not None:  # the innermost MONAI Label endpoint frame
+        if "monailabel/endpoints/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            frame = tb.tb_frame
+        tb = tb.tb_next
+    raw = frame.f_locals.get("params") if frame is not None else None
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {}
+        if not isinstance(parsed, dict):
+            return JSONResponse({"detail": f"the params field must be a JSON object, got {type(parsed).__name__}: "
+                                 f"{raw:.80}"}, status_code=400)
+    raise exc
+
+
 def install(fastapi_app: Any, loopback_only: bool) -> None:
     """Add the 4xx exception handlers (and, if asked, :class:`LoopbackOnly`) to a running FastAPI app."""
     from monailabel.interfaces.exception import MONAILabelException
@@ -88,6 +113,7 @@ def install(fastapi_app: Any, loopback_only: bool) -> None:
 
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
+    fastapi_app.exception_handlers[TypeError] = _params_type_error
     if loopback_only and not any(m.cls is LoopbackOnly for m in fastapi_app.user_middleware):
         fastapi_app.user_middleware.insert(0, Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "

@@ -18,7 +18,7 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
-from lib.errors import bad_request, check_id, not_found
+from lib.errors import bad_request, check_id, conflict, not_found
 from ssmis.utils.atomic import atomic_replace
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,15 @@ def _read(path: str, what: str) -> np.ndarray:
         raise bad_request(f"the uploaded {what} is not a readable NIfTI volume ({e})") from e
 
 
+def _params(info: Any) -> Dict[str, Any]:
+    """The request's ``params`` as a new dict; anything but a JSON object (or nothing) is a 400, before any write."""
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        raise bad_request(f"the params field must be a JSON object, got {type(info).__name__}: {info!r:.80}")
+    return dict(info)
+
+
 class SafeLocalDatastore(LocalDatastore):
     """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``."""
 
@@ -53,22 +62,34 @@ class SafeLocalDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         ext = _ext(image_filename)
         image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
+        info = _params(image_info)
         arr = _read(image_filename, "image")
         if arr.ndim < 2 or min(arr.shape) < 1:
             raise bad_request(f"the uploaded image {image_id!r} has shape {arr.shape}: not a 2D or 3D volume")
         name = image_id + ext
         dest = os.path.join(self._datastore.image_path(), name)
         with FileLock(self._lock_file):
+            old = self._datastore.objects.get(image_id)
+            labels = dict(old.labels) if old else {}
+            if labels and old.image.ext != ext:
+                raise conflict(f"image {image_id!r} is stored as {old.image.ext} with labels; re-upload it as "
+                               f"{old.image.ext}, or delete it first")
+            if labels:
+                previous = tuple(nib.load(self.get_image_uri(image_id)).shape)
+                if previous != tuple(arr.shape):
+                    raise conflict(f"image {image_id!r} already has labels {sorted(labels)} of shape {previous}, and "
+                                   f"the new upload has shape {tuple(arr.shape)}; delete the image first to replace it")
             self._copy_in(image_filename, dest)
-            info = dict(image_info or {})
             info.update(ts=int(time.time()), name=name)
-            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            # a same-shape re-upload keeps its labels (they still fit); before, the entry was rebuilt without them
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext), labels=labels)
             self._update_datastore_file(lock=False)
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         check_id(image_id, "image id")
         check_id(label_tag, "label tag")
+        info = _params(label_info)
         obj = self._datastore.objects.get(image_id)
         if not obj:
             raise not_found(f"image {image_id!r} is not in the datastore")
@@ -88,7 +109,6 @@ class SafeLocalDatastore(LocalDatastore):
         with FileLock(self._lock_file):
             os.makedirs(label_path, exist_ok=True)
             self._copy_in(label_filename, os.path.join(label_path, name))
-            info = dict(label_info or {})
             info.update(ts=int(time.time()), name=name)
             obj.labels[label_tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
