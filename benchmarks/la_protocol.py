@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
+from ssmis.utils import atomic_write_text  # noqa: E402
 
 # settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
 # (TraCoCo's w0 of the unlabelled weight: 0.3 with 8 labelled, the bundle default, and 1.0 with 16)
@@ -167,7 +168,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     if usage["steal"] is not None:  # steal averaged over the pieces, weighted by their wall time
         total["steal_wall_s"] = total.get("steal_wall_s", 0.0) + usage["steal"] * train_wall
         total["measured_wall_s"] = total.get("measured_wall_s", 0.0) + train_wall
-    progress.write_text(json.dumps(total))
+    atomic_write_text(json.dumps(total), progress)
     done, target = trained_iterations(out), target_iterations(train_cfg, common)
     if done < target:
         print(f"   {done} of {target} iterations done; run the same command again to continue", flush=True)
@@ -194,8 +195,6 @@ def merge_result(path: Path, row: dict) -> list[dict]:
 
     The file is read now, not when the script started, so rows written meanwhile by another run (or by hand) are
     kept; it is replaced atomically."""
-    from ssmis.utils import atomic_write_text
-
     results = json.loads(path.read_text()) if path.is_file() else []
     results = [x for x in results
                if not (x.get("method", x["bundle"]) == row["method"] and x["labeled"] == row["labeled"])] + [row]
@@ -214,8 +213,6 @@ def update_doc_table(doc: Path, name: str, table: str) -> bool:
     text = doc.read_text() if doc.is_file() else ""
     if begin not in text or end not in text:
         return False
-    from ssmis.utils import atomic_write_text
-
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     atomic_write_text(f"{head}{begin}\n{table}{end}{tail}", doc)
@@ -229,7 +226,6 @@ def _version_cell(version: str | None) -> str:
 
 
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
-    from ssmis.utils import atomic_write_text
     from ssmis.visualize import save_curves
 
     rows = [
@@ -297,8 +293,24 @@ def main(argv: list[str] | None = None) -> int:
     args.results = args.results or ROOT / "docs" / "results" / f"{name}.json"
     args.extra_configs = {}
     for item in args.config:
-        b, f = item.split("=", 1)
+        b, _, f = item.partition("=")
+        if not b or not f:
+            p.error(f"--config {item!r}: expected BUNDLE=FILE, e.g. transmedseg_la=ablation_no_tsa.yaml")
+        if b not in args.bundles:
+            p.error(f"--config {item!r}: bundle {b!r} is not among --bundles {args.bundles}")
+        if not (ROOT / "bundles" / b / "configs" / f).is_file():
+            p.error(f"--config {item!r}: bundles/{b}/configs/{f} does not exist")
         args.extra_configs.setdefault(b, []).append(f)
+    for b in args.bundles:
+        if not (ROOT / "bundles" / b / "configs" / "train.yaml").is_file():
+            p.error(f"--bundles: unknown bundle {b!r} (no bundles/{b}/configs/train.yaml)")
+    if args.results.is_file():  # a malformed results file fails now, not after hours of training
+        try:
+            rows = json.loads(args.results.read_text())
+        except ValueError as e:
+            p.error(f"--results {args.results}: not valid JSON ({e})")
+        if not isinstance(rows, list):
+            p.error(f"--results {args.results}: expected a JSON list of result rows, got {type(rows).__name__}")
 
     def report(results: list[dict]) -> None:
         write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),

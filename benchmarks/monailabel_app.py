@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+from ssmis.utils import atomic_write_text  # noqa: E402
+
 
 
 def app_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -75,12 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-iterations", type=int, default=20)
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "monailabel_app.json")
     args = p.parse_args(argv)
+    weights = {}
+    for item in args.weights:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            p.error(f"--weights {item!r}: expected MODEL=PATH, e.g. transmedseg_la=runs/.../models/model.pt")
+        if not (ROOT / "bundles" / name / "configs").is_dir():
+            p.error(f"--weights {item!r}: unknown model {name!r} (no bundles/{name})")
+        if not Path(path).is_file():
+            p.error(f"--weights {item!r}: {path} does not exist")
+        weights[name] = path
 
     import nibabel as nib
     import requests
     from monailabel.client.client import MONAILabelClient
 
-    weights = dict(w.split("=", 1) for w in args.weights)
     case = args.case or (args.source / "train.list").read_text().split()[-1]
     work = Path(tempfile.mkdtemp(prefix="ssmis_label_bench_"))
     results: dict = {"case": case, "repeats": args.repeats, "models": {}}
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(json.dumps(results, indent=2) + "\n", args.output)
     return 0
 
 

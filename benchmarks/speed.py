@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
+from ssmis.utils import atomic_write_text  # noqa: E402
+
 CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
 METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
+
 
 
 def build_network(name: str, device):
@@ -327,8 +330,8 @@ def main(argv=None) -> int:
         results["cases"][case] = res
         print(json.dumps(res), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(report(results))
+    atomic_write_text(json.dumps(results, indent=2) + "\n", args.output)
+    atomic_write_text(report(results), args.output.with_suffix(".md"))
     print(report(results))
     return 0
 

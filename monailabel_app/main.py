@@ -88,7 +88,13 @@ class SSMISApp(MONAILabelApp):
             from monailabel.app import app as fastapi_app
 
             told = any(a in ("--host", "-i") or a.startswith("--host=") for a in sys.argv)
-            errors.install(fastapi_app, loopback_only=not told and not _true(self.conf.get("allow_remote")))
+            errors.install(fastapi_app, loopback_only=not told and not _true(self.conf.get("allow_remote")),
+                           check_train=self._check_train_request)
+
+    def _check_train_request(self, model: str, params: Dict[str, Any]) -> None:
+        """``ValueError`` if ``params`` would make ``model``'s training fail (unknown models are answered later)."""
+        if model in self._trainers:
+            self._trainers[model].parse(params)
 
     def bundle_path(self, model: str) -> str | None:
         # called by the /train/ and /scoring/ endpoints before they start a task: reject unknown models there

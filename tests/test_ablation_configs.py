@@ -178,3 +178,13 @@ def test_graph_head_lives_on_the_training_device():
     parser["device"] = "$torch.device('meta')"
     head = parser.get_parsed_content("graph_loss")
     assert {p.device.type for p in head.parameters()} == {"meta"}
+
+
+def test_graph_loss_switches_are_reachable_by_override():
+    parser = ConfigParser()
+    parser.read_config([str(CFG / "train.yaml"), str(CFG / "cpu_protocol.yaml")])
+    parser["bundle_root"] = str(BUNDLES / "transmedseg_la")
+    parser["graph_loss_def#normalize"] = False
+    parser["graph_loss_def#pair_mean"] = False
+    head = parser.get_parsed_content("graph_loss")
+    assert head.normalize is False and head.pair_mean is False

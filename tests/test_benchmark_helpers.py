@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
@@ -107,3 +109,20 @@ def test_every_bundle_metadata_names_its_version_first_in_the_changelog():
         assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in versions), meta_path
         as_tuples = [tuple(map(int, v.split("."))) for v in versions]
         assert as_tuples == sorted(as_tuples, reverse=True) and len(set(as_tuples)) == len(as_tuples), meta_path
+
+
+def test_protocol_arguments_are_checked_before_any_work(tmp_path, capsys):
+    from benchmarks.la_protocol import main
+
+    bad_results = tmp_path / "results.json"
+    bad_results.write_text("{not json")
+    for argv, words in ((["--config", "transmedseg_la"], "expected BUNDLE=FILE"),
+                        (["--bundles", "nope"], "unknown bundle 'nope'"),
+                        (["--bundles", "transmedseg_la", "--config", "transmedseg_la=nope.yaml"], "does not exist"),
+                        (["--bundles", "supervised_la", "--config", "transmedseg_la=ablation_no_tsa.yaml"],
+                         "not among --bundles"),
+                        (["--results", str(bad_results)], "not valid JSON")):
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--data-root", str(tmp_path / "no_data"), "--runs-root", str(tmp_path / "runs")])
+        assert e.value.code == 2 and words in capsys.readouterr().err, argv
+    assert not (tmp_path / "no_data").exists() and not (tmp_path / "runs").exists()

@@ -81,10 +81,13 @@ def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
         assert len(tb_scalars(trained / "logs", "loss/bcp")) == 60
     dice = tb_scalars(trained / "logs", "val_mean_dice")
     assert [s for s, _ in dice] == [val, n]  # validation every val_interval, x axis in iterations
+    best = torch.load(trained / "models" / "model_best.pt", map_location="cpu", weights_only=True)
+    assert "model" in best and best["best_metric"] == pytest.approx(max(v for _, v in dice), abs=1e-6)
     ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert list(ckpt) == ["model"]
     state = torch.load(trained / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == n
+    assert state["best_model"]["best_metric"] == pytest.approx(best["best_metric"])  # resumable with the run
     assert not list((trained / "models").glob("*.tmp")), "temporary checkpoint left behind"
 
 

@@ -68,6 +68,19 @@ def test_corrupt_checkpoint_is_named(tmp_path):
         e.run([torch.randn(2, 3)], max_epochs=1)
 
 
+def test_checkpoint_of_another_network_is_named(tmp_path):
+    net = torch.nn.Linear(3, 1)
+    e = make_engine(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    ResumableCheckpoint(tmp_path, {"model": net}).attach(e)
+    e.run([torch.randn(2, 3)], max_epochs=1)
+    wider = torch.nn.Linear(3, 2)  # e.g. num_classes changed since the checkpoint was written
+    e2 = make_engine(wider, torch.optim.SGD(wider.parameters(), lr=0.1))
+    ResumableCheckpoint(tmp_path, {"model": wider}).attach(e2)
+    with pytest.raises(RuntimeError, match=r"checkpoint.pt: entry 'model' does not fit") as err:
+        e2.run([torch.randn(2, 3)], max_epochs=2)
+    assert "size mismatch" in str(err.value)
+
+
 def test_bad_configuration():
     net = torch.nn.Linear(3, 1)
     with pytest.raises(ValueError, match="model_keys"):
@@ -103,3 +116,79 @@ def test_atomic_output_dir(tmp_path):
         (tmp / "c.txt").write_text("3")
     assert [p.name for p in out.iterdir()] == ["c.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _evaluator(scores):
+    """An engine whose key metric at epoch k is ``scores[k-1]`` (one iteration per epoch)."""
+    e = Engine(lambda engine, batch: None)
+    e.state.key_metric_name = "dice"
+
+    @e.on(Events.EPOCH_COMPLETED)
+    def _metric(engine):
+        engine.state.metrics["dice"] = scores[engine.state.epoch - 1]
+
+    return e
+
+
+def test_best_model_saver_keeps_the_best_across_a_resume(tmp_path):
+    from ssmis.handlers import BestModelSaver
+
+    net = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(tmp_path, {"model": net})
+    ev = _evaluator([0.5, 0.8, 0.7, float("nan")])
+    saver.attach(ev)
+    weights_at = {}
+
+    @ev.on(Events.EPOCH_COMPLETED)
+    def _change_weights(engine):  # after the saver: the saved weights are those validated
+        weights_at[engine.state.epoch] = net.weight.detach().clone()
+        with torch.no_grad():
+            net.weight.add_(1.0)
+
+    ev.run([0], max_epochs=4)
+    best = torch.load(tmp_path / "model_best.pt", weights_only=True)
+    assert (best["best_metric"], best["best_epoch"]) == (0.8, 2)  # 0.7 and NaN do not replace it
+    torch.testing.assert_close(best["model"]["weight"], weights_at[2])
+
+    # a resumed run restores the best score: a worse first validation leaves the file alone
+    state = saver.state_dict()
+    resumed = BestModelSaver(tmp_path, {"model": torch.nn.Linear(2, 1)})
+    resumed.load_state_dict(state)
+    ev2 = _evaluator([0.6, 0.9])
+    resumed.attach(ev2)
+    ev2.run([0], max_epochs=1)
+    assert torch.load(tmp_path / "model_best.pt", weights_only=True)["best_metric"] == 0.8
+    ev2.run([0], max_epochs=2)
+    assert torch.load(tmp_path / "model_best.pt", weights_only=True)["best_metric"] == 0.9
+
+    # the file can be newer than the checkpoint (validated after the last save): its score is adopted
+    lagging = BestModelSaver(tmp_path, {"model": torch.nn.Linear(2, 1)})
+    lagging.load_state_dict({"best_metric": 0.5, "best_epoch": 1})
+    ev3 = _evaluator([None, None, 0.85])
+    lagging.attach(ev3)
+    ev3.state.epoch, ev3.state.max_epochs, ev3.state.iteration = 2, 2, 2  # resumed after epoch 2
+    ev3.run([0], max_epochs=3)
+    assert torch.load(tmp_path / "model_best.pt", weights_only=True)["best_metric"] == 0.9
+    assert lagging.best_metric == 0.9 and lagging.best_epoch == 2
+
+
+def test_checkpoint_without_an_optional_entry_still_resumes(tmp_path):
+    from ssmis.handlers import BestModelSaver
+
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    e = make_engine(net, opt)
+    ResumableCheckpoint(tmp_path, {"model": net}, save_interval=2).attach(e)
+    e.run([torch.randn(4, 3)] * 2, max_epochs=1)
+    e2 = make_engine(net, opt)
+    saver = BestModelSaver(tmp_path, {"model": net})
+    ResumableCheckpoint(tmp_path, {"model": net, "best_model": saver}, save_interval=2).attach(e2)
+    e2.run([torch.randn(4, 3)] * 2, max_epochs=2)
+    assert e2.state.iteration == 4 and saver.best_metric == float("-inf")
+    with pytest.raises(KeyError, match="no entry 'optimizer'"):
+        e3 = make_engine(net, opt)
+        ResumableCheckpoint(tmp_path / "x", {"model": net}, save_interval=2).attach(e3)
+        e3.run([torch.randn(4, 3)] * 2, max_epochs=1)
+        ResumableCheckpoint(tmp_path / "x", {"model": net, "optimizer": opt}, save_interval=2).attach(
+            e4 := make_engine(net, opt))
+        e4.run([torch.randn(4, 3)] * 2, max_epochs=2)

@@ -262,3 +262,13 @@ def test_load_datalist_errors(tmp_path):
     (tmp_path / "datalist.json").write_text('{"labeled": []}')
     with pytest.raises(DataError, match="no key 'validation'"):
         load_datalist(tmp_path, "validation")
+    for text, words in (('[1, 2]', "expected a JSON object"), ('{"validation": null}', "'validation' must be a list"),
+                        ('{"validation": [{"image": 5}]}', r"validation\[0\].image must be a file path"),
+                        ('{"validation": [{"image": "a.nii.gz", "label": null}]}', r"validation\[0\].label")):
+        (tmp_path / "datalist.json").write_text(text)
+        with pytest.raises(DataError, match=words) as e:
+            load_datalist(tmp_path, "validation")
+        assert str(tmp_path / "datalist.json") in str(e.value)
+    (tmp_path / "datalist.json").write_text('{"validation": []}')
+    with pytest.raises(DataError, match="non-negative integer"):
+        load_datalist(tmp_path, "validation", limit=-1)

@@ -78,6 +78,21 @@ def test_shape_mismatch():
         case_metrics(np.zeros((4, 4)), np.zeros((4, 5)), 2, (1, 1))
 
 
+def test_metrics_writer_names_the_case_of_a_shape_mismatch(tmp_path):
+    import torch
+    from ignite.engine import Engine
+    from monai.data import MetaTensor
+
+    from ssmis.handlers import SegmentationMetricsWriter
+
+    label = MetaTensor(torch.zeros(1, 4, 5, 3), meta={"filename_or_obj": "/data/labelsTr/la_007.nii.gz"})
+    engine = Engine(lambda e, b: None)
+    engine.state.output = [{"pred": torch.zeros(1, 4, 4, 3), "label": label}]
+    writer = SegmentationMetricsWriter(tmp_path, num_classes=2, overlays=False)
+    with pytest.raises(ValueError, match="case la_007: prediction shape"):
+        writer.update(engine)
+
+
 def test_mean_ignores_nan():
     assert mean_metrics([{k: 1.0 for k in ("dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm")},
                          {k: math.nan for k in ("dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm")}])[

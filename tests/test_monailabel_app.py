@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
+import torch
 
 from conftest import ROOT
 
@@ -209,6 +210,16 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
         "params not a JSON object (label)": lambda: requests.put(
             f"{base}/datastore/label?image=case_003", files={"label": ("label.nii.gz", good_label.read_bytes())},
             data={"params": "7"}),
+        "train: unknown parameter": lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                          json={"num_iteration": 5}),
+        "train: patch_size as a string": lambda: requests.post(f"{base}/train/transmedseg_la?run_sync=true",
+                                                               json={"patch_size": "96"}),
+        "train: patch_size of the wrong length": lambda: requests.post(f"{base}/train/fixed_dynamic_pl_la",
+                                                                       json={"patch_size": [32, 32]}),
+        "train: fractional iterations": lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                              json={"num_iterations": 2.5}),
+        "train: every model, one bad": lambda: requests.post(f"{base}/train/",
+                                                             json={"transmedseg_la": {"learning_rate": -1}}),
         "upload that is not a volume": lambda: requests.put(f"{base}/datastore/image?image=junk",
                                                             files={"file": ("junk.nii.gz", b"not a volume")}),
         "upload with a non-NIfTI name": lambda: requests.put(f"{base}/datastore/image?image=junk",
@@ -231,6 +242,8 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
         assert 400 <= r.status_code < 500, f"{name}: {r.status_code} {r.text[:300]}"
         assert r.json().get("detail"), f"{name}: no message"
     assert not (server["studies"] / "labels" / "final" / "case_003.nii.gz").exists()  # nothing half-written
+    assert requests.get(f"{base}/train/").json().get("status") not in ("SUBMITTED", "RUNNING")  # nothing queued
+    assert "num_iteration" in answers["train: unknown parameter"].json()["detail"]
     assert not (root / "evil").exists() and not (server["studies"].parent / "escape.nii.gz").exists()
     (root / "bad_requests.json").write_text(json.dumps({k: v.status_code for k, v in answers.items()}, indent=2))
 
@@ -264,6 +277,25 @@ def test_reupload_keeps_labels_and_refuses_a_new_shape(server):
     assert (studies / "reup.nii.gz").read_bytes() == before and labels_of_reup() == ["final"]
     assert upload(syn / "imagesTr" / "case_004.nii.gz").status_code == 200  # same shape: replaced, label kept
     assert (studies / "reup.nii.gz").read_bytes() != before and labels_of_reup() == ["final"]
+
+
+def test_unusable_weights_are_named(server):
+    base, root = server["base"], server["root"]
+    weights = root / "model" / "transmedseg_la" / "model.pt"
+    if not weights.is_file():
+        pytest.skip("needs the weights trained by test_annotation_loop")
+    good = weights.read_bytes()
+    try:
+        for content, words in ((b"not a checkpoint", "cannot read the weights"), (None, "do not fit")):
+            if content is None:
+                torch.save({"model": {"other.weight": torch.zeros(2, 2)}}, weights)
+            else:
+                weights.write_bytes(content)
+            r = requests.post(f"{base}/infer/transmedseg_la?image=case_001&output=json")
+            assert r.status_code == 409 and str(weights) in r.json()["detail"] and words in r.json()["detail"], r.text
+    finally:
+        weights.write_bytes(good)
+    assert requests.post(f"{base}/infer/transmedseg_la?image=case_001&output=json").status_code == 200
 
 
 def test_loopback_guard_refuses_remote_clients():

@@ -1,4 +1,4 @@
-"""HTTP errors for bad requests, and the two ASGI pieces the stock MONAI Label server lacks.
+"""HTTP errors for bad requests, and the ASGI pieces the stock MONAI Label server lacks.
 
 MONAI Label's endpoints turn every exception, ``MONAILabelException`` and a ``json.loads`` failure on a malformed
 ``params`` form field included, into a 500. Its FastAPI app has no hook for apps to add exception handlers before it
@@ -70,6 +70,56 @@ class LoopbackOnly:
         await self.app(scope, receive, send)
 
 
+class TrainRequestCheck:
+    """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it.
+
+    The stock endpoint starts a background task with any parameters, so a typo'd key or a wrong type surfaced only
+    as a failed task (or a 500 with ``run_sync``). ``check(model, params)`` raises ``ValueError`` for bad
+    parameters; the client then gets a 400 saying which, and nothing is queued. ``POST /train/`` (every model) is
+    checked per model, its body being ``{model: params}``.
+    """
+
+    def __init__(self, app: Any, check: Any) -> None:
+        self.app, self.check = app, check
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "").strip("/").split("/")
+        if scope.get("type") != "http" or scope.get("method") != "POST" or path[0] != "train":
+            await self.app(scope, receive, send)
+            return
+        messages, more = [], True
+        while more:
+            message = await receive()
+            messages.append(message)
+            more = message.get("type") == "http.request" and message.get("more_body", False)
+        error = self._error(path[1] if len(path) > 1 else None, b"".join(m.get("body", b"") for m in messages))
+        if error:
+            await JSONResponse({"detail": error}, status_code=400)(scope, receive, send)
+            return
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    def _error(self, model: str | None, body: bytes) -> str | None:
+        try:
+            params = json.loads(body) if body.strip() else None
+        except ValueError:
+            return None  # not JSON: FastAPI answers 422 itself
+        if params is None:
+            return None
+        if not isinstance(params, dict):
+            return f"the train parameters must be a JSON object, got {type(params).__name__}"
+        per_model = {model: params} if model else {m: p for m, p in params.items() if isinstance(p, dict)}
+        for name, p in per_model.items():
+            try:
+                self.check(name, p)
+            except ValueError as e:
+                return str(e)
+        return None
+
+
 def _json_error(request: Any, exc: json.JSONDecodeError) -> JSONResponse:
     return JSONResponse({"detail": f"malformed JSON in the request parameters: {exc}"}, status_code=400)
 
@@ -106,14 +156,17 @@ def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
     raise exc
 
 
-def install(fastapi_app: Any, loopback_only: bool) -> None:
-    """Add the 4xx exception handlers (and, if asked, :class:`LoopbackOnly`) to a running FastAPI app."""
+def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None) -> None:
+    """Add the 4xx exception handlers (and, if asked, :class:`LoopbackOnly`, and :class:`TrainRequestCheck` with
+    ``check_train``) to a running FastAPI app."""
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.middleware import Middleware
 
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     fastapi_app.exception_handlers[TypeError] = _params_type_error
+    if check_train is not None and not any(m.cls is TrainRequestCheck for m in fastapi_app.user_middleware):
+        fastapi_app.user_middleware.insert(0, Middleware(TrainRequestCheck, check=check_train))
     if loopback_only and not any(m.cls is LoopbackOnly for m in fastapi_app.user_middleware):
         fastapi_app.user_middleware.insert(0, Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "

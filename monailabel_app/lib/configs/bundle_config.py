@@ -58,7 +58,8 @@ class BundleTaskConfig(TaskConfig):
 
     def trainer(self) -> Optional[SemiSupervisedBundleTrain]:
         return SemiSupervisedBundleTrain(self.name, self.bundle_root, self.path, self.extra_configs,
-                                         dict(self.train_defaults), f"Semi-supervised retraining of {self.name}")
+                                         dict(self.train_defaults), f"Semi-supervised retraining of {self.name}",
+                                         spatial_dims=self.predictor.spatial_dims)
 
     def scoring_method(self) -> UncertaintyScoring:
         return UncertaintyScoring(self.predictor, self.cache, self.uncertainty,

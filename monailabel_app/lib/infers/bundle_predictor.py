@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class ModelNotTrainedError(RuntimeError):
-    """The model has no published weights yet."""
+    """The model has no usable published weights: none yet, or a ``model.pt`` that cannot be read or does not fit."""
 
 
 class ImageError(ValueError):
@@ -100,8 +100,12 @@ class BundlePredictor:
 
                 parser = self._parser()
                 network = parser.get_parsed_content("network")
-                state = torch.load(self.model_path, map_location=self.device, weights_only=True)
-                network.load_state_dict(state["model"] if "model" in state else state, strict=True)
+                try:
+                    network.load_state_dict(load_weights(self.model_path, self.device), strict=True)
+                except RuntimeError as e:  # missing/unexpected keys or shapes: other network settings
+                    raise ModelNotTrainedError(f"{self.model_path}: these weights do not fit model "
+                                               f"{self.bundle_root.name!r} as configured ({str(e)[:300]}); retrain "
+                                               "it or replace the file") from e
                 network.eval()
                 pre = parser.get_parsed_content("preprocessing")
                 # the image is read here with nibabel (exact geometry, clear errors); the rest of the chain applies
@@ -148,6 +152,19 @@ class BundlePredictor:
             seg = KeepLargestConnectedComponent(applied_labels=list(range(1, self.num_classes)), is_onehot=False,
                                                 independent=True)(seg[None])[0]
         return np.asarray(seg, dtype=np.uint8)
+
+
+def load_weights(path: str | Path, device: Any = "cpu") -> dict:
+    """The network state dict of a ``model.pt`` (``{"model": state}`` as the bundles write it, or a bare state dict),
+    with ``ModelNotTrainedError`` naming the file when it cannot be read."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ModelNotTrainedError(f"{path}: cannot read the weights ({type(e).__name__}: {str(e)[:200]}); "
+                                   "retrain the model or replace the file") from e
+    if not isinstance(state, dict):
+        raise ModelNotTrainedError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state["model"] if "model" in state else state
 
 
 def write_label(seg: np.ndarray, like: nib.Nifti1Image, path: str | Path) -> Path:

@@ -19,6 +19,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.infers.bundle_predictor import load_weights
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class SemiSupervisedBundleTrain(TrainTask):
     """
 
     def __init__(self, name: str, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str],
-                 defaults: Dict[str, Any], description: str) -> None:
+                 defaults: Dict[str, Any], description: str, spatial_dims: int = 3) -> None:
         super().__init__(description)
-        self.name = name
+        self.name, self.spatial_dims = name, int(spatial_dims)
         self.bundle_root = Path(bundle_root)
         self.model_path = Path(model_path)
         self.extra_configs = [str(c) for c in extra_configs]
@@ -65,19 +66,34 @@ class SemiSupervisedBundleTrain(TrainTask):
                 continue
             if key not in ALLOWED:
                 raise ValueError(f"train request: unknown parameter {key!r} (allowed: {sorted(ALLOWED)})")
-            kind = ALLOWED[key]
-            try:
-                value = kind(value) if kind is not list else [int(v) for v in value]
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"train request: {key}={value!r} is not a valid {kind.__name__}") from e
-            out[key] = value
+            out[key] = self._typed(key, value, ALLOWED[key])
         if out["num_iterations"] < 1 or out["val_interval"] < 1:
             raise ValueError("train request: num_iterations and val_interval must be >= 1")
+        for key, low in (("batch_size", 1), ("pretrain_iterations", 0)):
+            if key in out and out[key] < low:
+                raise ValueError(f"train request: {key}={out[key]} must be >= {low}")
+        if "learning_rate" in out and not out["learning_rate"] > 0:
+            raise ValueError(f"train request: learning_rate={out['learning_rate']} must be > 0")
         if not 0.0 < out["val_fraction"] < 1.0:
             raise ValueError(f"train request: val_fraction={out['val_fraction']} must lie in (0, 1)")
         if out["device"] not in ("cpu", "cuda") or (out["device"] == "cuda" and not torch.cuda.is_available()):
             raise ValueError(f"train request: device={out['device']!r} is not available (cpu or cuda)")
         return out
+
+    def _typed(self, key: str, value: Any, kind: type) -> Any:
+        bad = ValueError(f"train request: {key}={value!r} is not a valid "
+                         + (f"list of {self.spatial_dims} positive integers" if kind is list else kind.__name__))
+        if kind is list:
+            if not isinstance(value, (list, tuple)) or len(value) != self.spatial_dims or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise bad
+            return [int(v) for v in value]
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise bad  # True is not 1 iteration, and 2.5 iterations is not 2
+        try:
+            return kind(value)
+        except (TypeError, ValueError) as e:
+            raise bad from e
 
     @staticmethod
     def split(datastore: Datastore, val_fraction: float, seed: int) -> Dict[str, list]:
@@ -124,8 +140,11 @@ class SemiSupervisedBundleTrain(TrainTask):
         start = "random initialisation"
         if self.model_path.is_file():  # continue from the served weights (the EMA teacher is copied from them)
             network = workflow.parser.get_parsed_content("network")
-            state = torch.load(self.model_path, map_location="cpu", weights_only=True)
-            network.load_state_dict(state["model"], strict=True)
+            try:
+                network.load_state_dict(load_weights(self.model_path), strict=True)
+            except RuntimeError as e:  # ModelNotTrainedError (unreadable) or a mismatch of keys/shapes
+                raise RuntimeError(f"{self.name}: cannot start from the served weights {self.model_path} "
+                                   f"({str(e)[:300]}); delete or replace that file to train from scratch") from e
             start = f"{self.model_path} (mtime {self.model_path.stat().st_mtime})"
         logger.info(f"{self.name}: training starts from {start}")
         workflow.run()

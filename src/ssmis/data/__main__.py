@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prepare datasets for the ssmis bundles. Each subcommand writes a folder holding "
         "datalist.json (keys: labeled, unlabeled, validation), the `dataset_dir` every bundle reads. "
         "Output folders are written atomically: on bad input the command exits non-zero, names the "
-        "offending file, and leaves any existing output untouched.",
+        "offending file, and leaves any existing output untouched. Because an output folder is replaced as a whole, "
+        "one that is or contains an input folder, or an existing non-empty folder without datalist.json, is refused.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -56,8 +56,14 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str, limit: int | None = 
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object with the keys {list(DATALIST_KEYS)}, got {type(data).__name__}")
     if key not in data:
         raise DataError(f"{path} has no key {key!r} (it has {sorted(data)})")
+    if not isinstance(data[key], list):
+        raise DataError(f"{path}: {key!r} must be a list of records, got {type(data[key]).__name__}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise DataError(f"limit for {key!r} records of {path} must be a non-negative integer or null, got {limit!r}")
     records = []
     for i, rec in enumerate(data[key]):
         if not isinstance(rec, dict) or "image" not in rec:
@@ -65,6 +71,8 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str, limit: int | None = 
         out = dict(rec)
         for field in ("image", "label"):
             if field in out:
+                if not isinstance(out[field], str) or not out[field]:
+                    raise DataError(f"{path}: {key}[{i}].{field} must be a file path, got {out[field]!r}")
                 p = Path(out[field])
                 out[field] = str(p if p.is_absolute() else (path.parent / p).resolve())
         records.append(out)

@@ -1,5 +1,6 @@
 """Ignite handlers (``attach(engine)``) and the stateful pieces the ssmis bundles plug into their trainers."""
 
+from .best_model import BestModelSaver
 from .checkpoint import ResumableCheckpoint
 from .feature_statistics import ClassFeatureStatistics, OnlineClassStatistics
 from .metrics_writer import SegmentationMetricsWriter
@@ -8,6 +9,7 @@ from .rampup import RampUpWeight, linear_rampup, sigmoid_rampup
 from .tsa import TransferableSemanticAugmentation
 
 __all__ = [
+    "BestModelSaver",
     "ClassFeatureStatistics",
     "OnlineClassStatistics",
     "RampUpWeight",

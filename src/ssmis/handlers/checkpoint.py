@@ -41,7 +41,8 @@ class ResumableCheckpoint:
 
     Args:
         save_dir: folder for the two files (created if missing).
-        save_dict: objects with ``state_dict``/``load_state_dict`` (the engine is added as ``"trainer"``).
+        save_dict: objects with ``state_dict``/``load_state_dict`` (the engine is added as ``"trainer"``). An entry
+            missing from ``checkpoint.pt`` is an error, unless its object sets ``optional_in_checkpoint = True``.
         save_interval: iterations between saves (0: only at the end).
         model_keys: entries of ``save_dict`` that go into ``model.pt``.
         resume: load ``checkpoint.pt`` at start when it exists.
@@ -108,8 +109,16 @@ class ResumableCheckpoint:
         max_epochs = engine.state.max_epochs
         for name, obj in self.save_dict.items():
             if name not in state:
+                if getattr(obj, "optional_in_checkpoint", False):  # bookkeeping added after the file was written
+                    self.logger.warning(f"{self.state_path} has no entry {name!r}; it starts afresh")
+                    continue
                 raise KeyError(f"{self.state_path} has no entry {name!r} (it has {sorted(state)})")
-            _unwrap(obj).load_state_dict(state[name])
+            try:
+                _unwrap(obj).load_state_dict(state[name])
+            except (RuntimeError, KeyError, ValueError) as e:  # e.g. the network's settings changed since
+                raise RuntimeError(f"{self.state_path}: entry {name!r} does not fit this run's {type(obj).__name__} "
+                                   f"({str(e)[:300]}); resume with the settings it was trained with, or delete "
+                                   "the file to start afresh") from e
         # the configured length wins, so a finished run can be extended by raising num_iterations
         engine.state.max_epochs = max_epochs
         self.logger.info(f"resumed from {self.state_path} at iteration {engine.state.iteration}")

@@ -90,7 +90,10 @@ class SegmentationMetricsWriter:
             name = _name(item.get(self.image_key, label), len(self.cases))
             p = torch.as_tensor(pred).detach().cpu()[0].long().numpy()
             y = torch.as_tensor(label).detach().cpu()[0].long().numpy()
-            m = case_metrics(p, y, self.num_classes, _spacing(label, ndim))
+            try:
+                m = case_metrics(p, y, self.num_classes, _spacing(label, ndim))
+            except ValueError as e:  # e.g. a label whose shape differs from its image's
+                raise ValueError(f"case {name}: {e}") from e
             self.cases.append({"case": name, **m})
             if self.overlays and self.image_key in item:
                 img = torch.as_tensor(item[self.image_key]).detach().cpu()[0].float().numpy()
