@@ -91,10 +91,20 @@ class SSMISApp(MONAILabelApp):
             errors.install(fastapi_app, loopback_only=not told and not _true(self.conf.get("allow_remote")),
                            check_train=self._check_train_request)
 
-    def _check_train_request(self, model: str, params: Dict[str, Any]) -> None:
-        """``ValueError`` if ``params`` would make ``model``'s training fail (unknown models are answered later)."""
-        if model in self._trainers:
-            self._trainers[model].parse(params)
+    def _check_train_request(self, model: str | None, params: Dict[str, Any]) -> None:
+        """``ValueError`` if ``params`` would make the training fail (unknown models are answered later).
+
+        ``model`` None is ``POST /train/``: MONAI Label then runs every trainer with its own section of the body,
+        ``params[name]``, updated by the whole body (so the other sections come along; ``parse`` skips them)."""
+        if model is not None:
+            if model in self._trainers:
+                self._trainers[model].parse(params)
+            return
+        for name, trainer in self._trainers.items():
+            own = params.get(name) or {}
+            if not isinstance(own, dict):
+                raise ValueError(f"train request: the section for {name!r} must be a JSON object, got {own!r:.60}")
+            trainer.parse({**own, **params})
 
     def bundle_path(self, model: str) -> str | None:
         # called by the /train/ and /scoring/ endpoints before they start a task: reject unknown models there

@@ -157,16 +157,28 @@ def test_resume_after_kill(synthetic_3d, tmp_path):
 @pytest.mark.parametrize("name", ["supervised_la", "transmedseg_la", "fixed_dynamic_pl_la"])
 def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     out = tmp_path / "ddp"
+    data = synthetic_3d
+    if name == "transmedseg_la":  # two unlabelled pairs per process, so self-training runs (BCP pairs B_u = B_l)
+        from ssmis.data.synthetic import make_synthetic_dataset
+
+        data = make_synthetic_dataset(tmp_path / "syn", dims=3, classes=2, cases=10, labeled=4, val=2, size=32)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "monai.bundle", "run", "--config_file",
-           configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name), "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
+           configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name), "--dataset_dir", str(data), "--output_dir", str(out),
            "--num_iterations", "6", "--val_interval", "3", *TINY, *EXTRA.get(name, [])]
+    if "--pretrain_iterations" in cmd:  # reach self-training: teacher copy, graph head and TSA statistics under DDP
+        cmd[cmd.index("--pretrain_iterations") + 1] = "2"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
     ckpt = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
-    assert torch.load(out / "models" / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 6
+    state = torch.load(out / "models" / "checkpoint.pt", weights_only=False)
+    assert state["trainer"]["iteration"] == 6
+    if name == "transmedseg_la":  # the statistics were summed over both processes: every voxel counted once
+        assert float(state["tsa"]["statistics.source.count"].sum()) > 0
+    best = torch.load(out / "models" / "model_best.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") or ".module." in k for k in best["model"])
 
 
 def test_tsa_plugs_into_mean_teacher_with_one_override(synthetic_3d, tmp_path):

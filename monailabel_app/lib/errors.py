@@ -75,8 +75,8 @@ class TrainRequestCheck:
 
     The stock endpoint starts a background task with any parameters, so a typo'd key or a wrong type surfaced only
     as a failed task (or a 500 with ``run_sync``). ``check(model, params)`` raises ``ValueError`` for bad
-    parameters; the client then gets a 400 saying which, and nothing is queued. ``POST /train/`` (every model) is
-    checked per model, its body being ``{model: params}``.
+    parameters; the client then gets a 400 saying which, and nothing is queued. ``model`` is None for
+    ``POST /train/`` (every model), whose body is ``{model: params, ...}``.
     """
 
     def __init__(self, app: Any, check: Any) -> None:
@@ -111,12 +111,10 @@ class TrainRequestCheck:
             return None
         if not isinstance(params, dict):
             return f"the train parameters must be a JSON object, got {type(params).__name__}"
-        per_model = {model: params} if model else {m: p for m, p in params.items() if isinstance(p, dict)}
-        for name, p in per_model.items():
-            try:
-                self.check(name, p)
-            except ValueError as e:
-                return str(e)
+        try:
+            self.check(model, params)
+        except ValueError as e:
+            return str(e)
         return None
 
 
@@ -166,7 +164,8 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None) -> N
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     fastapi_app.exception_handlers[TypeError] = _params_type_error
     if check_train is not None and not any(m.cls is TrainRequestCheck for m in fastapi_app.user_middleware):
-        fastapi_app.user_middleware.insert(0, Middleware(TrainRequestCheck, check=check_train))
+        # innermost, inside MONAI Label's CORS middleware, so its 400s carry the CORS headers too
+        fastapi_app.user_middleware.append(Middleware(TrainRequestCheck, check=check_train))
     if loopback_only and not any(m.cls is LoopbackOnly for m in fastapi_app.user_middleware):
         fastapi_app.user_middleware.insert(0, Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "

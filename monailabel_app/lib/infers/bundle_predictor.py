@@ -100,8 +100,9 @@ class BundlePredictor:
 
                 parser = self._parser()
                 network = parser.get_parsed_content("network")
+                weights = load_weights(self.model_path, self.device)  # names an unreadable file itself
                 try:
-                    network.load_state_dict(load_weights(self.model_path, self.device), strict=True)
+                    network.load_state_dict(weights, strict=True)
                 except RuntimeError as e:  # missing/unexpected keys or shapes: other network settings
                     raise ModelNotTrainedError(f"{self.model_path}: these weights do not fit model "
                                                f"{self.bundle_root.name!r} as configured ({str(e)[:300]}); retrain "

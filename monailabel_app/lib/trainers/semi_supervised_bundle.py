@@ -64,6 +64,8 @@ class SemiSupervisedBundleTrain(TrainTask):
         for key, value in request.items():
             if key in IGNORED:
                 continue
+            if isinstance(value, dict) and (self.bundle_root.parent / key / "configs").is_dir():
+                continue  # a model's section of a POST /train/ body, which MONAI Label passes to every trainer
             if key not in ALLOWED:
                 raise ValueError(f"train request: unknown parameter {key!r} (allowed: {sorted(ALLOWED)})")
             out[key] = self._typed(key, value, ALLOWED[key])

@@ -101,7 +101,10 @@ class BCPStrategy(Strategy):
             loss = region_weighted_dice_ce(logits, y_mix, y_mix, mask, 1.0, 1.0)
             return {"loss": loss, "loss/bcp": loss, "stage": torch.tensor(0.0)}
         if iteration == self.pretrain_iterations + 1:
-            self.teacher.load_state_dict(self.network.state_dict())  # self-training starts from the pre-trained model
+            # self-training starts from the pre-trained model (unwrapped: under DDP the student's keys carry "module.")
+            wrapped = isinstance(self.network, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+            student = self.network.module if wrapped else self.network
+            self.teacher.load_state_dict(student.state_dict())
         x_u = unlabeled["image"]
         if x_u.shape[0] != x_l.shape[0]:
             raise ValueError(f"BCP pairs labelled and unlabelled images: batch sizes {x_l.shape[0]} and "
