@@ -13,14 +13,11 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from ..utils.atomic import atomic_torch_save
+from .checkpoint import _unwrap  # the same DDP unwrapping as model.pt
 
 __all__ = ["BestModelSaver"]
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(obj: Any) -> Any:
-    return obj.module if isinstance(obj, torch.nn.Module) and hasattr(obj, "module") else obj
 
 
 class BestModelSaver:
