@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet
 
-from ssmis.networks import ClassifierFeatures, VNet, find_classifier
+from ssmis.networks import ClassifierFeatures, VNet, find_classifier, unwrap_module
 
 
 def test_vnet_parameter_count():
@@ -54,16 +54,25 @@ def test_find_classifier_rejects_networks_without_final_1x1():
         find_classifier(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.Conv3d(2, 2, 3)))
 
 
-def test_classifier_features_through_ddp_style_wrapper():
-    class Wrapper(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, x):
-            return self.module(x)
-
-    net = Wrapper(VNet(3, 1, 2, features=4))
+def test_classifier_features_through_data_parallel_wrapper():
+    net = torch.nn.DataParallel(VNet(3, 1, 2, features=4))  # on the CPU it forwards to .module
     tap = ClassifierFeatures(net)
     net(torch.randn(2, 1, 16, 16, 16))
     assert tap.features.shape == (2, 4, 16, 16, 16)
+
+
+def test_unwrap_module_only_unwraps_data_parallel_wrappers():
+    inner = VNet(3, 1, 2, features=4)
+    assert unwrap_module(torch.nn.DataParallel(torch.nn.DataParallel(inner))) is inner
+    assert unwrap_module(inner) is inner
+
+    class HasModuleAttribute(torch.nn.Module):  # a model whose submodule happens to be called "module"
+        def __init__(self):
+            super().__init__()
+            self.module = torch.nn.Conv3d(1, 2, 1)
+
+    own = HasModuleAttribute()
+    assert unwrap_module(own) is own
+    assert set(unwrap_module(torch.nn.DataParallel(own)).state_dict()) == {"module.weight", "module.bias"}
+    optimiser = torch.optim.SGD(inner.parameters(), lr=0.1)
+    assert unwrap_module(optimiser) is optimiser

@@ -2,5 +2,6 @@
 
 from .datalist import DATALIST_KEYS, load_datalist, write_datalist
 from .errors import DataError
+from .image_writer import AtomicNibabelWriter
 
-__all__ = ["DATALIST_KEYS", "DataError", "load_datalist", "write_datalist"]
+__all__ = ["AtomicNibabelWriter", "DATALIST_KEYS", "DataError", "load_datalist", "write_datalist"]

@@ -9,7 +9,7 @@ import torch.nn as nn
 from monai.transforms import KeepLargestConnectedComponent
 
 from ..losses import region_weighted_dice_ce
-from ..networks import LayerFeatures
+from ..networks import LayerFeatures, unwrap_module
 from ..transforms import bidirectional_copy_paste, cuboid_mask
 from .strategy import Strategy, mean_entropy
 
@@ -102,9 +102,7 @@ class BCPStrategy(Strategy):
             return {"loss": loss, "loss/bcp": loss, "stage": torch.tensor(0.0)}
         if iteration == self.pretrain_iterations + 1:
             # self-training starts from the pre-trained model (unwrapped: under DDP the student's keys carry "module.")
-            wrapped = isinstance(self.network, (nn.parallel.DistributedDataParallel, nn.DataParallel))
-            student = self.network.module if wrapped else self.network
-            self.teacher.load_state_dict(student.state_dict())
+            self.teacher.load_state_dict(unwrap_module(self.network).state_dict())
         x_u = unlabeled["image"]
         if x_u.shape[0] != x_l.shape[0]:
             raise ValueError(f"BCP pairs labelled and unlabelled images: batch sizes {x_l.shape[0]} and "

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from ..utils.atomic import atomic_torch_save
-from .checkpoint import _unwrap  # the same DDP unwrapping as model.pt
+from ..networks.unwrap import unwrap_module
 
 __all__ = ["BestModelSaver"]
 
@@ -83,6 +83,6 @@ class BestModelSaver:
         self.best_metric, self.best_epoch = value, epoch
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return
-        obj = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
+        obj = {k: unwrap_module(v).state_dict() for k, v in self.save_dict.items()}
         obj.update(best_metric=value, best_epoch=epoch)
         atomic_torch_save(obj, self.path)

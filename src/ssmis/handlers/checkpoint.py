@@ -17,13 +17,10 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from ..networks.unwrap import unwrap_module
 from ..utils.atomic import atomic_torch_save
 
 __all__ = ["ResumableCheckpoint"]
-
-
-def _unwrap(obj: Any) -> Any:
-    return obj.module if isinstance(obj, torch.nn.Module) and hasattr(obj, "module") else obj
 
 
 class ResumableCheckpoint:
@@ -114,7 +111,7 @@ class ResumableCheckpoint:
                     continue
                 raise KeyError(f"{self.state_path} has no entry {name!r} (it has {sorted(state)})")
             try:
-                _unwrap(obj).load_state_dict(state[name])
+                unwrap_module(obj).load_state_dict(state[name])
             except (RuntimeError, KeyError, ValueError) as e:  # e.g. the network's settings changed since
                 raise RuntimeError(f"{self.state_path}: entry {name!r} does not fit this run's {type(obj).__name__} "
                                    f"({str(e)[:300]}); resume with the settings it was trained with, or delete "
@@ -127,7 +124,7 @@ class ResumableCheckpoint:
         """Write ``checkpoint.pt`` and ``model.pt`` atomically (rank 0 only)."""
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return
-        states = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        states = {name: unwrap_module(obj).state_dict() for name, obj in self.save_dict.items()}
         atomic_torch_save(states, self.state_path)
         if len(self.model_keys) == 1:
             model = {"model": states[self.model_keys[0]]}

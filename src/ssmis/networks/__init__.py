@@ -2,6 +2,7 @@
 
 from .features import ClassifierFeatures, LayerFeatures, find_classifier
 from .ensemble import SoftmaxAverage
+from .unwrap import unwrap_module
 from .vnet import VNet
 
-__all__ = ["ClassifierFeatures", "LayerFeatures", "SoftmaxAverage", "VNet", "find_classifier"]
+__all__ = ["ClassifierFeatures", "LayerFeatures", "SoftmaxAverage", "VNet", "find_classifier", "unwrap_module"]

@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .unwrap import unwrap_module
+
 __all__ = ["find_classifier", "ClassifierFeatures", "LayerFeatures"]
-
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if hasattr(network, "module") and isinstance(network.module, nn.Module) else network
 
 
 def find_classifier(network: nn.Module) -> nn.Module:
@@ -23,7 +21,7 @@ def find_classifier(network: nn.Module) -> nn.Module:
     Raises ``ValueError`` when the network has none, or when a later layer than that convolution holds parameters
     (then it is not the final layer).
     """
-    network = _unwrap(network)
+    network = unwrap_module(network)
     last_name, last = None, None
     names = []
     for name, m in network.named_modules():
@@ -87,9 +85,9 @@ class LayerFeatures:
     """
 
     def __init__(self, network: nn.Module, layer: str) -> None:
-        modules = dict(_unwrap(network).named_modules())
+        modules = dict(unwrap_module(network).named_modules())
         if layer not in modules:
-            raise ValueError(f"{type(_unwrap(network)).__name__} has no layer {layer!r}")
+            raise ValueError(f"{type(unwrap_module(network)).__name__} has no layer {layer!r}")
         self.features: torch.Tensor | None = None
         self._handle = modules[layer].register_forward_hook(self._hook)
 

@@ -14,20 +14,22 @@ import torch
 __all__ = ["atomic_output_dir", "atomic_torch_save", "atomic_write_text", "atomic_replace"]
 
 
-def _tmp_sibling(path: Path, suffix: str = "") -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+def _tmp_sibling(path: Path, suffix: str = "", keep_extension: bool = False) -> Path:
+    suffix = ".tmp" + suffix if keep_extension else suffix + ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
 
 
-def atomic_replace(write: Any, path: str | os.PathLike) -> Path:
+def atomic_replace(write: Any, path: str | os.PathLike, keep_extension: bool = False) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it onto ``path``.
 
-    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
+    If ``write`` raises, the temporary file is removed and ``path`` is left as it was. ``keep_extension``: the
+    temporary name ends with ``path``'s extensions (``….tmp.nii.gz``), for writers that pick the format from them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path, "".join(path.suffixes))
+    tmp = _tmp_sibling(path, "".join(path.suffixes), keep_extension)
     try:
         write(tmp)
         with open(tmp, "rb") as f:

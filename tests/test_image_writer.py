@@ -1,0 +1,47 @@
+"""The atomic NIfTI writer used by every bundle's SaveImaged."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import SaveImaged
+
+from ssmis.data import AtomicNibabelWriter
+
+
+def _save(out, value, writer=AtomicNibabelWriter):
+    img = torch.full((1, 6, 5, 4), value, dtype=torch.float32)
+    meta = {"filename_or_obj": "case_01.nii.gz", "affine": torch.eye(4), "spatial_shape": (6, 5, 4)}
+    from monai.data import MetaTensor
+
+    SaveImaged(keys="pred", output_dir=str(out), output_postfix="seg", output_dtype=np.uint8, resample=False,
+               separate_folder=False, writer=writer)({"pred": MetaTensor(img, meta=meta)})
+    return out / "case_01_seg.nii.gz"
+
+
+def test_writes_the_same_volume_as_monai_writer(tmp_path):
+    path = _save(tmp_path, 3)
+    arr = np.asarray(nib.load(path).dataobj)
+    assert arr.shape == (6, 5, 4) and arr.dtype == np.uint8 and (arr == 3).all()
+    with open(path, "rb") as f:
+        assert f.read(2) == b"\x1f\x8b"  # gzip: the temporary name kept ".nii.gz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_01_seg.nii.gz"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = _save(tmp_path, 2)
+    before = path.read_bytes()
+
+    def truncated_then_killed(img, filename):
+        with open(filename, "wb") as f:
+            f.write(b"\x1f\x8b partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", truncated_then_killed)
+    # SaveImaged reports a writer's failure as a RuntimeError that quotes the writer's traceback
+    with pytest.raises(RuntimeError, match="OSError: disk full"):
+        _save(tmp_path, 1)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_01_seg.nii.gz"]
