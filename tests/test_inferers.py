@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from ssmis.inferers import SoftmaxSlidingWindowInferer
+from ssmis.inferers import SoftmaxSlidingWindowInferer, overlap_for_stride
 from ssmis.networks import SoftmaxAverage
 
 
@@ -89,3 +89,41 @@ def test_metatensor_input_keeps_its_metadata() -> None:
     torch.testing.assert_close(out.affine, affine)
     assert out.meta["filename_or_obj"] == "case.nii.gz"
     torch.testing.assert_close(out.exp().as_tensor().sum(1), torch.ones(1, 12, 5, 4))
+
+
+def test_overlap_for_stride_gives_monai_the_exact_step() -> None:
+    from monai.inferers.utils import _get_scan_interval
+
+    for roi in (24, 40, 56, 80, 112):
+        for step in range(1, roi + 1):
+            overlap = overlap_for_stride([step], [roi])
+            assert _get_scan_interval((4 * roi,), (roi,), 1, tuple(overlap)) == (step,), (roi, step)
+
+
+@pytest.mark.parametrize("stride, message", [([18, 18], "one step per axis"), ([18, 18, 0], "1..80"),
+                                             ([18, 18, 81], "1..80"), ([18, 18, 2.5], "whole number")])
+def test_overlap_for_stride_names_the_bad_field(stride, message) -> None:
+    with pytest.raises(ValueError, match=f"eval_sw_stride.*{message}"):
+        overlap_for_stride(stride, [112, 112, 80])
+
+
+@pytest.mark.parametrize("bundle", ["supervised_la", "mean_teacher_la", "transmedseg_la", "fixed_dynamic_pl_la"])
+def test_evaluate_uses_the_protocol_stride_and_the_cpu_protocol_keeps_its_overlap(bundle) -> None:
+    from monai.bundle import ConfigParser
+    from monai.inferers.utils import _get_scan_interval
+
+    from conftest import BUNDLES
+
+    cfg = BUNDLES / bundle / "configs"
+
+    def overlap(*names: str):
+        parser = ConfigParser()
+        parser.read_config([str(cfg / n) for n in names])
+        parser["bundle_root"] = str(BUNDLES / bundle)
+        return parser.get_parsed_content("validate#inferer#overlap"), parser.get_parsed_content("patch_size")
+
+    o, patch = overlap("train.yaml", "evaluate.yaml")
+    assert patch == [112, 112, 80]
+    assert _get_scan_interval((300, 300, 200), tuple(patch), 3, tuple(o)) == (18, 18, 4)
+    assert overlap("train.yaml")[0] == 0.5  # validation during training keeps sw_overlap
+    assert overlap("train.yaml", "cpu_protocol.yaml", "evaluate.yaml")[0] == 0.5  # the LA-1.25mm rows' setting

@@ -261,3 +261,43 @@ def test_co_training_teacher_mode(mode, sn1_passes, sn2_passes):
         assert (seen[0][1] - expected).abs().max() > 1e-3  # batch statistics: the check above could fail
     with pytest.raises(ValueError, match="teacher_mode"):
         CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2], teacher_mode="x")
+
+
+def test_co_training_cut_beta_reaches_the_box(monkeypatch):
+    """``cut_beta`` is the (α, β) of CUT's λ ~ Beta(α, β): the strategy draws its box with it; bad values are named."""
+    from monai.losses import DiceCELoss
+
+    import ssmis.engines.co_training as co_training
+    from ssmis.engines import CoTrainingStrategy
+
+    drawn = []
+
+    def recording_box(shape, alpha=4.0, beta=4.0, generator=None):
+        drawn.append((tuple(shape), alpha, beta))
+        return cutmix_box(shape, alpha, beta, generator)
+
+    monkeypatch.setattr(co_training, "cutmix_box", recording_box)
+    nets = [torch.nn.Conv3d(1, 2, 1) for _ in range(2)]
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    labeled = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
+    unlabeled = {"image": torch.rand(2, 1, 12, 12, 12)}
+    for cut_beta in [(4.0, 4.0), (0.5, 2.0)]:
+        strategy = CoTrainingStrategy(nets, loss, [8, 8, 8], [2, 2, 2], unlabeled_weight=1.0, cut_beta=cut_beta)
+        assert torch.isfinite(strategy(None, labeled, unlabeled)["loss"])
+        assert drawn[-1] == ((8, 8, 8), *cut_beta)
+    with pytest.raises(ValueError, match="cut_beta must be two positive numbers"):
+        CoTrainingStrategy(nets, loss, [8, 8, 8], [2, 2, 2], cut_beta=(4.0, 0.0))
+
+
+def test_bundle_passes_cut_beta():
+    from monai.bundle import ConfigParser
+
+    from conftest import BUNDLES
+
+    cfg = BUNDLES / "fixed_dynamic_pl_la" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "train.yaml"), str(cfg / "cpu_protocol.yaml")])
+    parser["bundle_root"] = str(BUNDLES / "fixed_dynamic_pl_la")
+    assert parser.get_parsed_content("train#strategy").cut_beta == (4.0, 4.0)
+    parser["cut_beta"] = [2.0, 3.0]
+    assert parser.get_parsed_content("train#strategy", lazy=False).cut_beta == (2.0, 3.0)

@@ -55,6 +55,7 @@ class CoTrainingStrategy(Strategy):
         crop, max_shift: the fixed crop size and the maximum shift per axis (the context is ``crop + 2·max_shift``).
         unlabeled_weight: ``w(t)``.
         use_fixed, use_dynamic, use_cut: the paper's ablation switches.
+        cut_beta: ``(α, β)`` of CUT's ``λ ~ Beta(α, β)`` (the paper: ``(4, 4)``).
         n_shifts: shifted crops per iteration (4).
         confidence_weighted: weight the pseudo-label CE by the teacher's confidence.
         input_noise: uniform noise ``U(−input_noise, input_noise)`` added to the unlabelled context (TraCoCo: 0.2).
@@ -74,6 +75,7 @@ class CoTrainingStrategy(Strategy):
         use_fixed: bool = True,
         use_dynamic: bool = True,
         use_cut: bool = True,
+        cut_beta: Sequence[float] = (4.0, 4.0),
         n_shifts: int = 4,
         confidence_weighted: bool = False,
         input_noise: float = 0.0,
@@ -81,6 +83,8 @@ class CoTrainingStrategy(Strategy):
     ) -> None:
         if teacher_mode not in ("train", "eval"):
             raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
+        if len(cut_beta) != 2 or not all(float(b) > 0 for b in cut_beta):
+            raise ValueError(f"cut_beta must be two positive numbers (α, β) of Beta(α, β), got {list(cut_beta)}")
         if len(networks) != 2:
             raise ValueError(f"co-training needs exactly two networks, got {len(networks)}")
         if not (use_fixed or use_dynamic):
@@ -90,6 +94,7 @@ class CoTrainingStrategy(Strategy):
         self.crop, self.max_shift = [int(c) for c in crop], [int(m) for m in max_shift]
         self.unlabeled_weight = unlabeled_weight
         self.use_fixed, self.use_dynamic, self.use_cut = use_fixed, use_dynamic, use_cut
+        self.cut_beta = (float(cut_beta[0]), float(cut_beta[1]))
         self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
         self.input_noise = float(input_noise)
         self.teacher_mode = teacher_mode
@@ -151,7 +156,7 @@ class CoTrainingStrategy(Strategy):
                           "on the original crops", stacklevel=2)
             self._warned_cut = True
         if self.use_cut and x_u.shape[0] > 1:
-            box = cutmix_box(x_u.shape[2:]).to(x_u.device)
+            box = cutmix_box(x_u.shape[2:], *self.cut_beta).to(x_u.device)
             perm = torch.roll(torch.arange(x_u.shape[0], device=x_u.device), 1)
             x_u2 = apply_cutmix(x_u, box, perm)
             t1_fix = apply_cutmix(p1_fix, box, perm)
