@@ -148,8 +148,10 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     train_extra = []
     if args.max_wall_s:
         train_extra += ["--max_wall_s", str(args.max_wall_s)]
+    eval_extra = []
     if args.sw_overlap:
         common += ["--sw_overlap", args.sw_overlap]
+        eval_extra += ["--eval_sw_stride", "0"]  # evaluate.yaml's stride would otherwise replace this overlap
     common += PER_LABEL_OVERRIDES.get(bundle, {}).get(labeled, [])
     protocol = ["cpu_protocol.yaml"] if args.protocol == "cpu" else []
     train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
@@ -176,7 +178,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     train_wall = total["wall_s"]
     steal = total["steal_wall_s"] / total["measured_wall_s"] if total.get("measured_wall_s") else None
     eval_version = bundle_version(bundle)  # read before evaluating, as the training version is before training
-    eval_wall, eval_mem, _ = run_cmd(py + ["--config_file", eval_cfg] + common, out / "evaluate.log")
+    eval_wall, eval_mem, _ = run_cmd(py + ["--config_file", eval_cfg] + common + eval_extra, out / "evaluate.log")
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
     xs, ys = val_curve(out / "logs")
     return {

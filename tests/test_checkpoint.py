@@ -118,6 +118,24 @@ def test_atomic_output_dir(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """mkstemp/mkdtemp make owner-only entries; the published file and folder get what open/mkdir would give."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_torch_save({"a": 1}, tmp_path / "model.pt")
+        assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "model.pt").chmod(0o640)  # an existing file keeps the mode it was given
+        atomic_torch_save({"a": 2}, tmp_path / "model.pt")
+        assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o640
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("1")
+        assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(mask)
+
+
 def _evaluator(scores):
     """An engine whose key metric at epoch k is ``scores[k-1]`` (one iteration per epoch)."""
     e = Engine(lambda engine, batch: None)

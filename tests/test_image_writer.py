@@ -11,14 +11,14 @@ from monai.transforms import SaveImaged
 from ssmis.data import AtomicNibabelWriter
 
 
-def _save(out, value, writer=AtomicNibabelWriter):
+def _save(out, value, writer=AtomicNibabelWriter, ext=".nii.gz", separate_folder=False):
     img = torch.full((1, 6, 5, 4), value, dtype=torch.float32)
-    meta = {"filename_or_obj": "case_01.nii.gz", "affine": torch.eye(4), "spatial_shape": (6, 5, 4)}
+    meta = {"filename_or_obj": "case_01" + ext, "affine": torch.eye(4), "spatial_shape": (6, 5, 4)}
     from monai.data import MetaTensor
 
     SaveImaged(keys="pred", output_dir=str(out), output_postfix="seg", output_dtype=np.uint8, resample=False,
-               separate_folder=False, writer=writer)({"pred": MetaTensor(img, meta=meta)})
-    return out / "case_01_seg.nii.gz"
+               separate_folder=separate_folder, output_ext=ext, writer=writer)({"pred": MetaTensor(img, meta=meta)})
+    return out / ("case_01" if separate_folder else "") / f"case_01_seg{ext}"
 
 
 def test_writes_the_same_volume_as_monai_writer(tmp_path):
@@ -45,3 +45,14 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
         _save(tmp_path, 1)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case_01_seg.nii.gz"]
+
+
+@pytest.mark.parametrize("ext, separate_folder", [(".nii", False), (".nii.gz", True)])
+def test_same_file_and_permissions_as_monai_writer(tmp_path, ext, separate_folder):
+    from monai.data import NibabelWriter
+
+    ours = _save(tmp_path / "ours", 1, AtomicNibabelWriter, ext, separate_folder)
+    theirs = _save(tmp_path / "theirs", 1, NibabelWriter, ext, separate_folder)
+    assert ours.is_file() and ours.read_bytes() == theirs.read_bytes()
+    assert (ours.stat().st_mode & 0o777) == (theirs.stat().st_mode & 0o777)  # not mkstemp's owner-only 0600
+    assert [p.name for p in ours.parent.iterdir()] == [ours.name]

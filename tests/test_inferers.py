@@ -116,14 +116,21 @@ def test_evaluate_uses_the_protocol_stride_and_the_cpu_protocol_keeps_its_overla
 
     cfg = BUNDLES / bundle / "configs"
 
-    def overlap(*names: str):
+    def overlap(*names: str, **overrides):
         parser = ConfigParser()
         parser.read_config([str(cfg / n) for n in names])
         parser["bundle_root"] = str(BUNDLES / bundle)
-        return parser.get_parsed_content("validate#inferer#overlap"), parser.get_parsed_content("patch_size")
+        for k, v in overrides.items():
+            parser[k] = v
+        inferer = parser.get_parsed_content("validate#inferer")
+        return inferer.overlap, parser.get_parsed_content("patch_size")
 
     o, patch = overlap("train.yaml", "evaluate.yaml")
     assert patch == [112, 112, 80]
     assert _get_scan_interval((300, 300, 200), tuple(patch), 3, tuple(o)) == (18, 18, 4)
+    o, _ = overlap("train.yaml", "evaluate.yaml", patch_size=[96, 96, 64])  # follows a patch_size override
+    assert _get_scan_interval((300, 300, 200), (96, 96, 64), 3, tuple(o)) == (18, 18, 4)
     assert overlap("train.yaml")[0] == 0.5  # validation during training keeps sw_overlap
     assert overlap("train.yaml", "cpu_protocol.yaml", "evaluate.yaml")[0] == 0.5  # the LA-1.25mm rows' setting
+    # the documented command-line switch back to sw_overlap (`--eval_sw_stride 0`; MONAI drops a None override)
+    assert overlap("train.yaml", "evaluate.yaml", eval_sw_stride=0, sw_overlap=0.25)[0] == 0.25

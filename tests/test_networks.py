@@ -55,9 +55,10 @@ def test_find_classifier_rejects_networks_without_final_1x1():
 
 
 def test_classifier_features_through_data_parallel_wrapper():
-    net = torch.nn.DataParallel(VNet(3, 1, 2, features=4))  # on the CPU it forwards to .module
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # DataParallel wants its module on cuda:0 if there is one
+    net = torch.nn.DataParallel(VNet(3, 1, 2, features=4).to(device))  # on the CPU it forwards to .module
     tap = ClassifierFeatures(net)
-    net(torch.randn(2, 1, 16, 16, 16))
+    net(torch.randn(2, 1, 16, 16, 16, device=device))
     assert tap.features.shape == (2, 4, 16, 16, 16)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +13,23 @@ from typing import Any, Iterator
 import torch
 
 __all__ = ["atomic_output_dir", "atomic_torch_save", "atomic_write_text", "atomic_replace"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path, directory: bool = False) -> int:
+    """The permissions ``path`` would get from a plain ``open``/``mkdir`` (or keeps, if it exists).
+
+    ``mkstemp``/``mkdtemp`` create owner-only (0600/0700) entries and a rename keeps that, which would hide
+    outputs from other users of a shared machine (e.g. a segmentation read by 3D Slicer under another account).
+    """
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 def _tmp_sibling(path: Path, suffix: str = "", keep_extension: bool = False) -> Path:
@@ -34,6 +52,7 @@ def atomic_replace(write: Any, path: str | os.PathLike, keep_extension: bool = F
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -62,6 +81,7 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, _final_mode(path, directory=True))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
