@@ -56,3 +56,20 @@ def test_same_file_and_permissions_as_monai_writer(tmp_path, ext, separate_folde
     assert ours.is_file() and ours.read_bytes() == theirs.read_bytes()
     assert (ours.stat().st_mode & 0o777) == (theirs.stat().st_mode & 0o777)  # not mkstemp's owner-only 0600
     assert [p.name for p in ours.parent.iterdir()] == [ours.name]
+
+
+def test_log_names_the_final_file(tmp_path):
+    """SaveImaged's ``print_log`` line names the segmentation, not the temporary file it is written through."""
+    import logging
+
+    from monai.data.image_writer import logger
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        path = _save(tmp_path, 1)
+    finally:
+        logger.removeHandler(handler)
+    assert lines == [f"writing: {path}"]

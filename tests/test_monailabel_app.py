@@ -366,3 +366,40 @@ def test_prediction_key_follows_weights_version_and_configs(tmp_path):
     assert changed(lambda: inference.write_text(inference.read_text() + "\nsw_average: logits\n"))
     assert changed(lambda: extra.write_text(TINY_YAML + "sw_overlap: 0.25\n"))
     assert not changed(lambda: (bundle / "configs" / "train.yaml").write_text("# not read at inference\n"))
+
+
+def test_datastore_index_survives_a_failed_write(tmp_path, monkeypatch):
+    """A write of the datastore's JSON index that dies half-way leaves the previous complete index, and nothing else."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.datastore.safe_local import SafeLocalDatastore
+
+    studies, upload = tmp_path / "studies", tmp_path / "upload"
+    studies.mkdir(), upload.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), upload / "img.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.uint8), np.eye(4)), upload / "lab.nii.gz")
+    store = SafeLocalDatastore(str(studies), num_classes=2, extensions=("*.nii.gz", "*.nii"), auto_reload=False)
+    store.add_image("a", str(upload / "img.nii.gz"), {})
+    store.save_label("a", str(upload / "lab.nii.gz"), "final", {})
+    index = Path(store._datastore_config_path)
+    before = index.read_text()
+    assert "final" in json.loads(before)["objects"]["a"]["labels"]
+
+    def dies_half_way(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("disk full")
+
+    def cannot_serialise(*args, **kwargs):
+        raise OSError("disk full")
+
+    # a failure while serialising (MONAI Label's in-place write has already truncated the index by then) and one
+    # half-way through writing the bytes
+    for target, name, fail in ((json, "dumps", cannot_serialise), (Path, "write_text", dies_half_way)):
+        monkeypatch.setattr(target, name, fail)
+        with pytest.raises(OSError, match="disk full"):
+            store.add_image("b", str(upload / "img.nii.gz"), {})
+        monkeypatch.undo()
+        assert index.read_text() == before
+    assert sorted(p.name for p in index.parent.iterdir() if p.name.startswith("." + index.name)) == []
+    reopened = SafeLocalDatastore(str(studies), num_classes=2, extensions=("*.nii.gz", "*.nii"), auto_reload=False)
+    assert "final" in reopened.get_labels_by_image_id("a")

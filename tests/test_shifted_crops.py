@@ -285,8 +285,9 @@ def test_co_training_cut_beta_reaches_the_box(monkeypatch):
         strategy = CoTrainingStrategy(nets, loss, [8, 8, 8], [2, 2, 2], unlabeled_weight=1.0, cut_beta=cut_beta)
         assert torch.isfinite(strategy(None, labeled, unlabeled)["loss"])
         assert drawn[-1] == ((8, 8, 8), *cut_beta)
-    with pytest.raises(ValueError, match="cut_beta must be two positive numbers"):
-        CoTrainingStrategy(nets, loss, [8, 8, 8], [2, 2, 2], cut_beta=(4.0, 0.0))
+    for bad in [(4.0, 0.0), 4.0, None, "4,4", (4.0, "a"), (1.0, 2.0, 3.0)]:
+        with pytest.raises(ValueError, match="cut_beta must be two positive numbers"):
+            CoTrainingStrategy(nets, loss, [8, 8, 8], [2, 2, 2], cut_beta=bad)
 
 
 def test_bundle_passes_cut_beta():

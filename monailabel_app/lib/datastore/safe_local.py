@@ -6,6 +6,7 @@ image, any label shape and value, and joins ids and tags into paths unchecked (`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
 from lib.errors import bad_request, check_id, conflict, not_found
-from ssmis.utils.atomic import atomic_replace
+from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,25 @@ class SafeLocalDatastore(LocalDatastore):
 
     def _copy_in(self, src: str, dest: str) -> None:
         atomic_replace(lambda tmp: shutil.copyfile(src, tmp), dest)
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write the datastore's JSON index atomically.
+
+        ``LocalDatastore`` rewrites it in place: a crash mid-write truncates the index, and on the next start every
+        image's labels and info are gone from it. The rename raises no ``modified`` event on the index, so, unlike
+        the base class, this does not arm ``_ignore_event_config`` (which would swallow the next outside edit).
+        """
+
+        def write() -> None:
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_write_text(text, self._datastore_config_path)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
 
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         ext = _ext(image_filename)

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from monai.data import NibabelWriter
+from monai.data.image_writer import logger as monai_writer_logger
 
 from ..utils.atomic import atomic_replace
 
@@ -21,6 +22,9 @@ class AtomicNibabelWriter(NibabelWriter):
     """``NibabelWriter`` whose ``write`` is atomic; use as ``SaveImaged(..., writer=AtomicNibabelWriter)``."""
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
+        # MONAI's own "writing: …" line, under the final name rather than the temporary one
+        if verbose:
+            monai_writer_logger.info(f"writing: {filename}")
         # the temporary name keeps ".nii.gz"/".nii": nibabel picks compression from the extension
-        atomic_replace(lambda tmp: super(AtomicNibabelWriter, self).write(tmp, verbose, **obj_kwargs), filename,
+        atomic_replace(lambda tmp: super(AtomicNibabelWriter, self).write(tmp, False, **obj_kwargs), filename,
                        keep_extension=True)

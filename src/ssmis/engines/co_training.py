@@ -33,6 +33,18 @@ def pseudo_label_loss(logits: torch.Tensor, prob: torch.Tensor, confidence_weigh
     return ce + dice
 
 
+
+def _positive_pair(value: Any) -> tuple[float, float] | None:
+    """``value`` as two positive floats, or ``None`` for anything else (a scalar, a string, ``None``, …)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (pair[0], pair[1]) if len(pair) == 2 and min(pair) > 0 else None
+
+
 class CoTrainingStrategy(Strategy):
     """Two sub-networks SN1, SN2 of the same architecture, each learning from the other's pseudo-labels.
 
@@ -83,8 +95,9 @@ class CoTrainingStrategy(Strategy):
     ) -> None:
         if teacher_mode not in ("train", "eval"):
             raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
-        if len(cut_beta) != 2 or not all(float(b) > 0 for b in cut_beta):
-            raise ValueError(f"cut_beta must be two positive numbers (α, β) of Beta(α, β), got {list(cut_beta)}")
+        pair = _positive_pair(cut_beta)
+        if pair is None:
+            raise ValueError(f"cut_beta must be two positive numbers (α, β) of Beta(α, β), got {cut_beta!r}")
         if len(networks) != 2:
             raise ValueError(f"co-training needs exactly two networks, got {len(networks)}")
         if not (use_fixed or use_dynamic):
@@ -94,7 +107,7 @@ class CoTrainingStrategy(Strategy):
         self.crop, self.max_shift = [int(c) for c in crop], [int(m) for m in max_shift]
         self.unlabeled_weight = unlabeled_weight
         self.use_fixed, self.use_dynamic, self.use_cut = use_fixed, use_dynamic, use_cut
-        self.cut_beta = (float(cut_beta[0]), float(cut_beta[1]))
+        self.cut_beta = pair
         self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
         self.input_noise = float(input_noise)
         self.teacher_mode = teacher_mode
