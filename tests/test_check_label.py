@@ -76,3 +76,24 @@ def test_bundles_check_labels_on_load(tmp_path, bundle):
         with pytest.raises(Exception) as e:
             t({"image": image, "label": label})
         assert label in _messages(e.value) and "outside" in _messages(e.value), key
+
+
+def test_unreadable_volume_is_named(tmp_path):
+    """A truncated .nii.gz fails with its path in the error (MONAI's own loader names no file)."""
+    import torch
+    from monai.transforms import LoadImaged
+
+    from ssmis.transforms import NamedLoadImaged
+
+    good, bad = tmp_path / "good.nii.gz", tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)), good)
+    bad.write_bytes(good.read_bytes()[:40])
+    out = NamedLoadImaged(keys=["image", "label"], ensure_channel_first=True)({"image": str(good), "label": str(good)})
+    ref = LoadImaged(keys=["image", "label"], ensure_channel_first=True)({"image": str(good), "label": str(good)})
+    assert out["image"].shape == ref["image"].shape == (1, 4, 4, 4)
+    assert torch.equal(out["image"].as_tensor(), ref["image"].as_tensor())
+    with pytest.raises(DataError, match=f"{bad}: cannot be read as an image"):
+        NamedLoadImaged(keys=["image", "label"])({"image": str(good), "label": str(bad)})
+    with pytest.raises(RuntimeError) as info:  # inside a Compose, as in the bundles: the cause names the file
+        Compose([NamedLoadImaged(keys="image")])({"image": str(bad)})
+    assert str(bad) in str(info.value.__cause__)

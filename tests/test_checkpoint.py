@@ -118,6 +118,26 @@ def test_atomic_output_dir(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_atomic_output_dir_keep_others(tmp_path):
+    """``keep_others`` carries entries the new folder lacks across the swap; those it rewrites are replaced, and a
+    failed run keeps everything as it was."""
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "data.txt").write_text("old")
+    (out / "mine").mkdir()
+    (out / "mine" / "x.txt").write_text("x")
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output_dir(out, keep_others=True) as tmp:
+            (tmp / "data.txt").write_text("half")
+            1 / 0
+    assert (out / "data.txt").read_text() == "old" and (out / "mine" / "x.txt").read_text() == "x"
+    with atomic_output_dir(out, keep_others=True) as tmp:
+        (tmp / "data.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["data.txt", "mine"]
+    assert (out / "data.txt").read_text() == "new" and (out / "mine" / "x.txt").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     """mkstemp/mkdtemp make owner-only entries; the published file and folder get what open/mkdir would give."""
     import os

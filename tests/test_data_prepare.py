@@ -230,6 +230,32 @@ def test_output_holding_other_files_is_refused(tmp_path, capsys):
     assert "--classes" in capsys.readouterr().err
 
 
+def test_reprepare_keeps_what_it_does_not_write(tmp_path):
+    """Re-running a preparation into the same folder rewrites its own outputs and keeps the user's ``imagesTs/``
+    (where the bundles' inference looks) and ``eval/``."""
+    src = make_la_source(tmp_path / "LA", n=3)
+    for i in range(3):
+        _nifti(tmp_path / "img" / f"p{i}.nii.gz", np.random.rand(8, 8, 4).astype(np.float32))
+        _nifti(tmp_path / "lab" / f"p{i}.nii.gz", (np.random.rand(8, 8, 4) > 0.5).astype(np.uint8))
+    commands = {
+        "prepare-la": ["--source", str(src), "--labeled", "1", "--val", "1"],
+        "demo": ["--cases", "3", "--labeled", "1", "--val", "1", "--size", "16"],
+        "prepare-images": ["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "--labeled", "1"],
+    }
+    for command, args in commands.items():
+        out = tmp_path / f"out_{command}"
+        assert main([command, "--output", str(out)] + args) == 0
+        _nifti(out / "imagesTs" / "new.nii.gz", np.ones((4, 4, 4), np.float32))
+        (out / "eval").mkdir()
+        (out / "eval" / "metrics.csv").write_text("case,dice\n")
+        before = (out / "datalist.json").stat().st_ino
+        assert main([command, "--output", str(out)] + args) == 0
+        assert (out / "datalist.json").stat().st_ino != before  # rewritten, not left over
+        assert (out / "eval" / "metrics.csv").read_text() == "case,dice\n", command
+        assert nib.load(out / "imagesTs" / "new.nii.gz").shape == (4, 4, 4), command
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], command
+
+
 @pytest.mark.parametrize("dims, classes", [(3, 2), (2, 4)])
 def test_demo_deterministic(tmp_path, dims, classes):
     args = ["demo", "--dims", str(dims), "--classes", str(classes), "--cases", "4", "--labeled", "2", "--val", "1"]

@@ -77,6 +77,38 @@ def test_no_unlabeled_data_degrades_to_supervised(unlabeled):
     assert rec.seen == [None, None, None]
 
 
+def test_loader_that_draws_no_batch_is_an_error():
+    """drop_last with fewer records than a batch: ignite would run empty epochs (and a run would save an untrained
+    model); the trainer refuses instead, for labelled data and for unlabelled data that exists but drops."""
+    net = tiny_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    lab = DataLoader(blobs(3), batch_size=4, drop_last=True)
+    trainer = SemiSupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=lab, strategy=Recorder([net]),
+                                    optimizers=opt)
+    with pytest.raises(ValueError, match="labelled data loader yields no batch: 3 record"):
+        trainer.run()
+    unl = DataLoader(blobs(3, labeled=False), batch_size=4, drop_last=True)
+    trainer = SemiSupervisedTrainer(device="cpu", max_epochs=1, epoch_length=2,
+                                    train_data_loader=DataLoader(blobs(4), batch_size=2), unlabeled_data_loader=unl,
+                                    strategy=Recorder([net]), optimizers=opt)
+    with pytest.raises(ValueError, match="unlabelled data loader yields no batch: 3 record"):
+        trainer.run()
+
+
+def test_load_datalist_min_records(tmp_path):
+    import json
+
+    from ssmis.data import DataError, load_datalist
+
+    (tmp_path / "datalist.json").write_text(json.dumps({"labeled": [{"image": f"{i}.nii.gz"} for i in range(3)]}))
+    assert len(load_datalist(tmp_path, "labeled", None, 3)) == 3
+    with pytest.raises(DataError, match=r"datalist.json: 2 'labeled' record\(s\) \(limit_labeled 2 of 3\), but one "
+                                        "batch takes 3"):
+        load_datalist(tmp_path, "labeled", 2, 3)
+    with pytest.raises(DataError, match="0 'labeled' record"):
+        load_datalist(tmp_path, "labeled", 0, 1)
+
+
 def test_events_output_and_several_optimizers():
     nets = [tiny_net(0), tiny_net(1)]
     opts = {"a": torch.optim.SGD(nets[0].parameters(), lr=0.1), "b": torch.optim.SGD(nets[1].parameters(), lr=0.1)}

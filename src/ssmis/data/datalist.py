@@ -41,13 +41,17 @@ def write_datalist(datalist: dict[str, list[dict]], path: str | os.PathLike) -> 
     return atomic_write_text(json.dumps(datalist, indent=2) + "\n", path)
 
 
-def load_datalist(dataset_dir: str | os.PathLike, key: str, limit: int | None = None) -> list[dict]:
+def load_datalist(
+    dataset_dir: str | os.PathLike, key: str, limit: int | None = None, min_records: int = 0
+) -> list[dict]:
     """Read the ``key`` records of ``<dataset_dir>/datalist.json`` with absolute paths.
 
     Args:
         dataset_dir: a folder holding ``datalist.json``.
         key: one of ``labeled``, ``unlabeled``, ``validation``.
         limit: keep only the first ``limit`` records (None keeps all).
+        min_records: fewer records than this (after ``limit``) is an error; the training configs pass what one
+            batch takes, so a run that could draw no batch stops here instead of training zero iterations.
     """
     path = Path(dataset_dir) / "datalist.json"
     if not path.is_file():
@@ -76,4 +80,11 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str, limit: int | None = 
                 p = Path(out[field])
                 out[field] = str(p if p.is_absolute() else (path.parent / p).resolve())
         records.append(out)
-    return records if limit is None else records[:limit]
+    records = records if limit is None else records[:limit]
+    if len(records) < int(min_records):
+        limited = "" if limit is None or limit >= len(data[key]) else f" (limit_{key} {limit} of {len(data[key])})"
+        raise DataError(
+            f"{path}: {len(records)} {key!r} record(s){limited}, but one batch takes {int(min_records)}: "
+            f"add {key} records, raise limit_{key} or lower the batch size"
+        )
+    return records

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.atomic import atomic_output_dir
 from .datalist import write_datalist
 from .errors import DataError
 from .output import check_output_dir
@@ -101,14 +100,15 @@ def prepare_images(
         _check_image(imgs[name])
     val_names = with_label[len(with_label) - val :] if val else []
     unl = [n for n in imgs if n not in with_label[:labeled] and n not in val_names]
-    with atomic_output_dir(output) as tmp:
-        write_datalist(
-            {
-                "labeled": [{"image": str(imgs[n]), "label": str(labs[n])} for n in with_label[:labeled]],
-                "unlabeled": [{"image": str(imgs[n])} for n in unl],
-                "validation": [{"image": str(imgs[n]), "label": str(labs[n])} for n in val_names],
-                "classes": classes or max_value + 1,
-            },
-            tmp / "datalist.json",
-        )
+    # the only file written: replace it alone (atomically), never the folder that holds it
+    Path(output).mkdir(parents=True, exist_ok=True)
+    write_datalist(
+        {
+            "labeled": [{"image": str(imgs[n]), "label": str(labs[n])} for n in with_label[:labeled]],
+            "unlabeled": [{"image": str(imgs[n])} for n in unl],
+            "validation": [{"image": str(imgs[n]), "label": str(labs[n])} for n in val_names],
+            "classes": classes or max_value + 1,
+        },
+        Path(output) / "datalist.json",
+    )
     return Path(output)

@@ -90,7 +90,7 @@ def prepare_la(
         raise DataError(f"{list_file}: empty, no cases to prepare")
     split = split_cases(ids, labeled, val)
     output = Path(output)
-    with atomic_output_dir(output) as tmp:
+    with atomic_output_dir(output, keep_others=True) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for case in tqdm(ids, desc="prepare-la", disable=not progress, unit="case"):

@@ -13,9 +13,10 @@ __all__ = ["check_output_dir"]
 def check_output_dir(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
     """Refuse an ``output`` folder whose replacement would delete data; return its absolute path.
 
-    Preparation commands replace ``output`` as a whole (``atomic_output_dir``), so it must not be, or contain, one of
-    the ``inputs`` (``{"--images": path, ...}``, named in the message), and an existing ``output`` must be empty or a
-    folder this project prepared before (it holds ``datalist.json``).
+    Preparation commands replace what they write in ``output`` (``atomic_output_dir(..., keep_others=True)``; other
+    entries such as ``imagesTs/`` are kept), so it must not be, or contain, one of the ``inputs``
+    (``{"--images": path, ...}``, named in the message), and an existing ``output`` must be empty or a folder this
+    project prepared before (it holds ``datalist.json``).
     """
     out = Path(output).expanduser().resolve()
     for flag, path in (inputs or {}).items():

@@ -66,7 +66,7 @@ def make_synthetic_dataset(
     ids = [f"case_{i:03d}" for i in range(cases)]
     split = split_cases(ids, labeled, val)
     rng = np.random.default_rng(seed)
-    with atomic_output_dir(output) as tmp:
+    with atomic_output_dir(output, keep_others=True) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         affine = spacing_affine(spacing, dims)

@@ -43,6 +43,26 @@ def _to_device(batch: Mapping[str, Any], keys: Sequence[str], device: torch.devi
     return {k: batch[k].to(device, non_blocking=non_blocking) for k in keys if k in batch}
 
 
+def _check_draws_a_batch(name: str, loader: Iterable | None) -> None:
+    """Raise if ``loader`` holds records but yields no batch (``drop_last`` with fewer records than a batch).
+
+    Ignite would run every epoch with zero iterations and only warn; a run would then "finish" and save an untrained
+    model. An empty unlabelled dataset is allowed (a supervised control), an empty labelled one is not.
+    """
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(loader, DataLoader) or not hasattr(dataset, "__len__"):
+        return
+    try:
+        n, batches = len(dataset), len(loader)  # type: ignore[arg-type]
+    except TypeError:  # an iterable dataset: its length is unknown
+        return
+    if batches == 0 and (n > 0 or name == "labelled"):
+        raise ValueError(
+            f"the {name} data loader yields no batch: {n} record(s), batch size {loader.batch_size}, "
+            f"drop_last {loader.drop_last}; add {name} records or lower the batch size"
+        )
+
+
 class SemiSupervisedTrainer(Trainer):
     """Iteration-based semi-supervised trainer built on ``monai.engines.Trainer``.
 
@@ -118,6 +138,8 @@ class SemiSupervisedTrainer(Trainer):
         strategy.attach(self)
 
     def run(self) -> None:  # type: ignore[override]
+        for name, loader in (("labelled", self.data_loader), ("unlabelled", self.unlabeled_data_loader)):
+            _check_draws_a_batch(name, loader)
         # MONAI's Trainer.run always makes a CUDA GradScaler when amp is on; it is needed only for float16 on CUDA
         use_scaler = self.amp and self.amp_device_type == "cuda" and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None

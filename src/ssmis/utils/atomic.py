@@ -71,10 +71,12 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is deleted.
 
     An existing ``path`` survives a failed run untouched, and a successful run never mixes old and new files.
+    ``keep_others``: entries of an existing ``path`` that the new folder does not hold (e.g. a user's ``imagesTs/``
+    beside a prepared dataset) are moved into it just before the swap, so only what was rewritten is replaced.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +87,18 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    moved: list[str] = []
+    if keep_others and path.is_dir():
+        try:
+            for entry in sorted(os.listdir(path)):
+                if not os.path.lexists(tmp / entry):
+                    os.replace(path / entry, tmp / entry)  # a rename within one folder: never a copy
+                    moved.append(entry)
+        except BaseException:
+            for entry in moved:  # put them back; the old folder stays as it was
+                os.replace(tmp / entry, path / entry)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
