@@ -184,6 +184,35 @@ def test_prepare_images_bad_input(tmp_path, capsys, what):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, words", [(["--labeled", "-1"], "must not be negative"),
+                                           (["--labeled", "1", "--val", "-2"], "must not be negative"),
+                                           (["--labeled", "1", "--classes", "0"], "--classes 0: must be at least 2"),
+                                           (["--labeled", "1", "--classes", "1"], "--classes 1: must be at least 2")])
+def test_prepare_images_bad_counts(tmp_path, capsys, option, words):
+    for i in range(4):
+        _nifti(tmp_path / "img" / f"p{i}.nii.gz", np.zeros((8, 8, 4), np.float32))
+        _nifti(tmp_path / "lab" / f"p{i}.nii.gz", np.zeros((8, 8, 4), np.uint8))
+    rc = main(["prepare-images", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+               "--output", str(tmp_path / "out")] + option)
+    assert rc == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, words", [(["--spacing", "0"], "--spacing 0.0: must be a positive"),
+                                           (["--spacing", "-1.25"], "--spacing -1.25: must be a positive"),
+                                           (["--classes", "1"], "--classes 1: must be at least 2"),
+                                           ("repeat", "more than once: ['CASE01']")])
+def test_prepare_la_bad_options(tmp_path, capsys, option, words):
+    src = make_la_source(tmp_path / "LA", n=4)
+    if option == "repeat":
+        (src / "train.list").write_text("CASE00\nCASE01\nCASE02\nCASE01\n")
+        option = []
+    assert main(["prepare-la", "--source", str(src), "--output", str(tmp_path / "out"), "--labeled", "1",
+                 "--val", "1"] + option) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("what", ["truncated", "nan"])
 def test_prepare_images_refuses_bad_images(tmp_path, capsys, what):
     # an unlabelled image is read in full too: a truncated file fails here, naming it, not later in training
@@ -298,3 +327,14 @@ def test_load_datalist_errors(tmp_path):
     (tmp_path / "datalist.json").write_text('{"validation": []}')
     with pytest.raises(DataError, match="non-negative integer"):
         load_datalist(tmp_path, "validation", limit=-1)
+
+
+def test_inputs_that_would_share_an_output_are_refused():
+    from ssmis.data import DataError, check_distinct_outputs
+
+    check_distinct_outputs([{"image": "a/case1.nii.gz"}, {"image": "a/case2.nii.gz"}, {"image": "b/case3.nii"}])
+    check_distinct_outputs([{"image": "a/case1.nii.gz"}, {"image": "a/case1.nii.gz"}])  # the same file twice
+    with pytest.raises(DataError, match=r"a/case.nii.gz and b/case.nii.gz would both be saved as case_seg"):
+        check_distinct_outputs([{"image": "a/case.nii.gz"}, {"image": "b/case.nii.gz"}])
+    with pytest.raises(DataError, match="would both be saved"):
+        check_distinct_outputs([{"image": "a/case.nii"}, {"image": "a/case.nii.gz"}])

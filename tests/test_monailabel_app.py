@@ -234,6 +234,14 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
         "label for an unknown image": lambda: put_label("image=case_999", good_label),
         "label tag path traversal": lambda: put_label("image=case_003&tag=..%2F..%2Fevil", good_label),
         "label image id path traversal": lambda: put_label("image=..%2Fcase_003", good_label),
+        "image info not a JSON object": lambda: requests.put(f"{base}/datastore/image/info?image=case_000",
+                                                             data={"info": "[1]"}),
+        "image info for an unknown image": lambda: requests.put(f"{base}/datastore/image/info?image=case_999",
+                                                                data={"info": "{}"}),
+        "label info not a JSON object": lambda: requests.put(f"{base}/datastore/label/info?label=case_000&tag=final",
+                                                             data={"info": "7"}),
+        "label info for a missing label": lambda: requests.put(
+            f"{base}/datastore/label/info?label=case_003&tag=final", data={"info": "{}"}),
     }
     image_before = (server["studies"] / "case_000.nii.gz").read_bytes()
     answers = {name: call() for name, call in cases.items()}

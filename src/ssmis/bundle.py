@@ -1,12 +1,21 @@
-"""Helpers the bundle configs call: locating the bundle folder when ``--bundle_root`` is not given."""
+"""Helpers the bundle configs call: locating the bundle folder when ``--bundle_root`` is not given, and checking
+the command line's overrides and the settings before a run starts."""
 
 from __future__ import annotations
 
 import ast
+import difflib
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["default_bundle_root"]
+__all__ = ["check_overrides", "check_settings", "default_bundle_root"]
+
+# the arguments of ``monai.bundle run`` itself: everything else on its command line overrides a config key
+RUN_ARGUMENTS = frozenset(
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+)
 
 
 def _config_files(argv: list[str]) -> list[str]:
@@ -38,3 +47,86 @@ def default_bundle_root(argv: list[str] | None = None) -> str:
         return "."
     parent = Path(files[0]).absolute().parent
     return str(parent.parent if parent.name == "configs" else parent)
+
+
+def _option_keys(argv: list[str]) -> list[str]:
+    """The ``--key`` / ``--key=value`` names on ``argv``, in order."""
+    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and len(arg) > 2]
+
+
+def _option_value(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_overrides(argv: list[str] | None = None) -> None:
+    """Refuse a ``monai.bundle run`` override that names no key of the loaded configs.
+
+    MONAI adds an unknown override as a new key and runs on, so ``--num_iteration 1000`` trains the default number
+    of iterations without a word. Each ``--key`` (and each key of ``--args_file``) must be a top-level key of one of
+    the ``--config_file`` files (for ``a#b``, ``a`` is checked) or an argument of ``run``. Does nothing when the
+    process was not started with ``--config_file`` (e.g. a MONAI Label server building the workflow itself).
+    """
+    argv = sys.argv if argv is None else argv
+    files = _config_files(argv)
+    if not files:
+        return
+    from monai.bundle import ConfigParser
+
+    known = set(ConfigParser.load_config_files(files)) | RUN_ARGUMENTS | {"_meta_"}
+    given = _option_keys(argv)
+    args_file = _option_value(argv, "args_file")
+    if args_file:
+        given += [k for k in ConfigParser.load_config_file(args_file) if k not in RUN_ARGUMENTS]
+    for key in given:
+        top = key.split("#", 1)[0]
+        if top not in known:
+            close = difflib.get_close_matches(top, sorted(known), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise ValueError(f"--{key}: not a key of {', '.join(files)}{hint} (MONAI would add it and ignore it)")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return value in choices
+
+    return check
+
+
+# what each setting a config passes to ``check_settings`` may be, and how to say so
+SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_iterations": (_positive_int, "a positive integer"),
+    "val_interval": (_positive_int, "a positive integer"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "unlabeled_batch_size": (_positive_int, "a positive integer"),
+    "sw_batch_size": (_positive_int, "a positive integer"),
+    "pretrain_iterations": (_non_negative_int, "a non-negative integer"),
+    "lr_step_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
+    "tsa_ramp_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
+    "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
+    "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
+}
+
+
+def check_settings(**settings: Any) -> None:
+    """Refuse a setting outside its range, naming the key: e.g. ``--num_iterations -500`` (before, it ran one
+    validation interval) or ``--lr_step_origin selftraining`` (before, silently the same as ``'run'``).
+    Keys without a rule in ``SETTING_RULES`` are a programming error."""
+    for key, value in settings.items():
+        if key not in SETTING_RULES:
+            raise KeyError(f"check_settings: no rule for {key!r} (known: {sorted(SETTING_RULES)})")
+        ok, expected = SETTING_RULES[key]
+        if not ok(value):
+            raise ValueError(f"--{key}: must be {expected}, got {value!r}")

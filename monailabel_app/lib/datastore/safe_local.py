@@ -41,12 +41,13 @@ def _read(path: str, what: str) -> np.ndarray:
         raise bad_request(f"the uploaded {what} is not a readable NIfTI volume ({e})") from e
 
 
-def _params(info: Any) -> Dict[str, Any]:
-    """The request's ``params`` as a new dict; anything but a JSON object (or nothing) is a 400, before any write."""
+def _params(info: Any, field: str = "params") -> Dict[str, Any]:
+    """The request's ``params`` (or ``info``) as a new dict; anything but a JSON object (or nothing) is a 400,
+    before any write."""
     if info is None:
         return {}
     if not isinstance(info, dict):
-        raise bad_request(f"the params field must be a JSON object, got {type(info).__name__}: {info!r:.80}")
+        raise bad_request(f"the {field} field must be a JSON object, got {type(info).__name__}: {info!r:.80}")
     return dict(info)
 
 
@@ -133,6 +134,18 @@ class SafeLocalDatastore(LocalDatastore):
             obj.labels[label_tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
         return image_id
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        info = _params(info, "info")  # not an object: a 400 (the base class fails with a TypeError, a 500)
+        if image_id not in self._datastore.objects:
+            raise not_found(f"image {image_id!r} is not in the datastore")
+        super().update_image_info(image_id, info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        info = _params(info, "info")
+        if not self._datastore.label(label_id, label_tag):  # the base class raises LabelNotFoundException: a 500
+            raise not_found(f"no label {label_tag!r} for image {label_id!r} in the datastore")
+        super().update_label_info(label_id, label_tag, info)
 
     def get_image_uri(self, image_id: str) -> str:
         if not isinstance(image_id, str) or image_id not in self._datastore.objects:

@@ -1,7 +1,9 @@
 """Data preparation (``python -m ssmis.data``) and datalist loading for the bundles."""
 
-from .datalist import DATALIST_KEYS, load_datalist, write_datalist
+from .datalist import DATALIST_KEYS, check_distinct_outputs, load_datalist, write_datalist
 from .errors import DataError
 from .image_writer import AtomicNibabelWriter
 
-__all__ = ["AtomicNibabelWriter", "DATALIST_KEYS", "DataError", "load_datalist", "write_datalist"]
+__all__ = [
+    "AtomicNibabelWriter", "DATALIST_KEYS", "DataError", "check_distinct_outputs", "load_datalist", "write_datalist",
+]

@@ -14,7 +14,7 @@ from typing import Sequence
 from ..utils.atomic import atomic_write_text
 from .errors import DataError
 
-__all__ = ["DATALIST_KEYS", "load_datalist", "write_datalist", "split_cases"]
+__all__ = ["DATALIST_KEYS", "check_distinct_outputs", "load_datalist", "split_cases", "write_datalist"]
 
 DATALIST_KEYS = ("labeled", "unlabeled", "validation")
 
@@ -88,3 +88,22 @@ def load_datalist(
             f"add {key} records, raise limit_{key} or lower the batch size"
         )
     return records
+
+
+def check_distinct_outputs(records: Sequence[dict], key: str = "image") -> None:
+    """Refuse ``records`` of which two would be saved to the same segmentation file.
+
+    ``SaveImaged`` names its output after the input's file name only (``a/case.nii.gz`` and ``b/case.nii.gz`` both
+    become ``<output_dir>/case/case_seg.nii.gz``), so the second would silently replace the first. Uses MONAI's own
+    naming (``create_file_basename``), so the check matches what would be written.
+    """
+    from monai.data.utils import create_file_basename
+
+    seen: dict[str, str] = {}
+    for rec in records:
+        src = str(rec[key])
+        out = create_file_basename("seg", src, "out", separate_folder=True, makedirs=False)
+        if out in seen and seen[out] != src:
+            raise DataError(f"{seen[out]} and {src} would both be saved as {Path(out).name}.*: rename one, or segment "
+                            "them in separate runs with different --output_dir")
+        seen[out] = src

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from .datalist import write_datalist
+from .datalist import split_cases, write_datalist
 from .errors import DataError
 from .output import check_output_dir
 from .nifti import check_label
@@ -77,6 +77,8 @@ def prepare_images(
     and the rest join the images without a label as unlabelled. Every label is checked against its image (shape,
     integer values below ``classes``; ``classes`` defaults to the largest value found plus one).
     """
+    if classes is not None and classes < 2:
+        raise DataError(f"--classes {classes}: must be at least 2 (the background and one class), or left out")
     check_output_dir(output, {"--images": images, "--labels": labels})
     images = Path(images).absolute()
     imgs = _scan(images, "images")
@@ -85,11 +87,12 @@ def prepare_images(
     if orphans:
         raise DataError(f"{labels}: labels without an image: {orphans[:5]}")
     with_label = [n for n in imgs if n in labs]
-    if labeled + val > len(with_label):
+    if labeled + val > len(with_label) and labeled >= 0 and val >= 0:
         raise DataError(
             f"--labeled {labeled} plus --val {val} exceeds the {len(with_label)} images that have a label in {labels}"
         )
-    used = with_label[:labeled] + (with_label[len(with_label) - val :] if val else [])
+    split = split_cases(with_label, labeled, val)  # also refuses negative counts
+    used = split["labeled"] + split["validation"]
     max_value = 0
     for name in tqdm(used, desc="checking labels", disable=not progress, unit="case"):
         img, lab = _check_image(imgs[name]), _load(labs[name])
@@ -98,13 +101,13 @@ def prepare_images(
         max_value = max(max_value, int(data.max()))
     for name in tqdm([n for n in imgs if n not in used], desc="checking images", disable=not progress, unit="case"):
         _check_image(imgs[name])
-    val_names = with_label[len(with_label) - val :] if val else []
-    unl = [n for n in imgs if n not in with_label[:labeled] and n not in val_names]
+    val_names = split["validation"]
+    unl = [n for n in imgs if n not in split["labeled"] and n not in val_names]
     # the only file written: replace it alone (atomically), never the folder that holds it
     Path(output).mkdir(parents=True, exist_ok=True)
     write_datalist(
         {
-            "labeled": [{"image": str(imgs[n]), "label": str(labs[n])} for n in with_label[:labeled]],
+            "labeled": [{"image": str(imgs[n]), "label": str(labs[n])} for n in split["labeled"]],
             "unlabeled": [{"image": str(imgs[n])} for n in unl],
             "validation": [{"image": str(imgs[n]), "label": str(labs[n])} for n in val_names],
             "classes": classes or max_value + 1,

@@ -80,6 +80,10 @@ def prepare_la(
     The whole output folder is written to a temporary sibling and renamed at the end, so bad input leaves an
     existing ``output`` untouched and never leaves a partial one.
     """
+    if not spacing > 0:
+        raise DataError(f"--spacing {spacing}: must be a positive voxel size in mm")
+    if classes < 2:
+        raise DataError(f"--classes {classes}: must be at least 2 (the background and one class)")
     check_output_dir(output, {"--source": source})
     source = Path(source)
     list_file = source / "train.list"
@@ -88,6 +92,9 @@ def prepare_la(
     ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{list_file}: empty, no cases to prepare")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:  # a repeated case could land in both the labelled and the validation split
+        raise DataError(f"{list_file}: lists these cases more than once: {repeated[:5]}")
     split = split_cases(ids, labeled, val)
     output = Path(output)
     with atomic_output_dir(output, keep_others=True) as tmp:
