@@ -20,9 +20,14 @@ def argv(*options: str, files: str = TRAIN) -> list[str]:
 def test_known_overrides_pass():
     check_overrides(argv("--num_iterations", "5", "--train#trainer#max_epochs", "2", "--run_id", "run",
                          "--logging_file=x.conf", "--_meta_#version", "9"))
+    # MONAI's "::" separator, python-fire's spellings, run's workflow arguments and flags after a bare "--"
+    check_overrides(argv("--network_def::features", "[4]", "--num-iterations", "5", "--noamp", "--workflow_type",
+                         "train", "--local-rank=0", "--", "--trace"))
     # a key that only an extra config file defines is known once that file is merged
     merged = configs("transmedseg_la", "train.yaml", "cpu_protocol.yaml")
     check_overrides(argv("--eval_sw_stride", "0", files=merged))
+    cpu = str(BUNDLES / "transmedseg_la" / "configs" / "cpu_protocol.yaml")
+    check_overrides(argv("--eval_sw_stride", "0", files=f"{TRAIN},{cpu}"))  # MONAI's comma-separated form
 
 
 def test_misspelt_override_is_named_with_a_suggestion(tmp_path):
@@ -30,6 +35,8 @@ def test_misspelt_override_is_named_with_a_suggestion(tmp_path):
         check_overrides(argv("--num_iteration", "1000"))
     with pytest.raises(ValueError, match="--trian#trainer: not a key"):
         check_overrides(argv("--trian#trainer", "x"))
+    with pytest.raises(ValueError, match="--trian::trainer: not a key"):
+        check_overrides(argv("--trian::trainer", "x"))
     args = tmp_path / "args.json"
     args.write_text('{"config_file": "%s", "batchsize": 2}' % TRAIN)
     with pytest.raises(ValueError, match="--batchsize: not a key"):

@@ -131,8 +131,10 @@ def test_atomic_output_dir_keep_others(tmp_path):
             (tmp / "data.txt").write_text("half")
             1 / 0
     assert (out / "data.txt").read_text() == "old" and (out / "mine" / "x.txt").read_text() == "x"
+    inodes = (out.stat().st_ino, (out / "mine").stat().st_ino)
     with atomic_output_dir(out, keep_others=True) as tmp:
         (tmp / "data.txt").write_text("new")
+    assert (out.stat().st_ino, (out / "mine").stat().st_ino) == inodes  # the user's folder never moved
     assert sorted(p.name for p in out.iterdir()) == ["data.txt", "mine"]
     assert (out / "data.txt").read_text() == "new" and (out / "mine" / "x.txt").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

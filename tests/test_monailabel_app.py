@@ -411,3 +411,31 @@ def test_datastore_index_survives_a_failed_write(tmp_path, monkeypatch):
     assert sorted(p.name for p in index.parent.iterdir() if p.name.startswith("." + index.name)) == []
     reopened = SafeLocalDatastore(str(studies), num_classes=2, extensions=("*.nii.gz", "*.nii"), auto_reload=False)
     assert "final" in reopened.get_labels_by_image_id("a")
+
+
+def test_auto_reload_follows_an_index_replaced_by_another_process(tmp_path):
+    """With ``auto_reload``, a server reloads the index when another datastore replaces it (atomically, a rename)."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.datastore.safe_local import SafeLocalDatastore
+
+    studies, upload = tmp_path / "studies", tmp_path / "upload"
+    studies.mkdir(), upload.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), upload / "img.nii.gz")
+    kw = dict(num_classes=2, extensions=("*.nii.gz", "*.nii"))
+    server = SafeLocalDatastore(str(studies), auto_reload=True, **kw)
+    try:
+        other = SafeLocalDatastore(str(studies), auto_reload=False, **kw)
+        other.add_image("a", str(upload / "img.nii.gz"), {})
+        time.sleep(2)  # let the image file's own events settle
+        other.update_image_info("a", {"reviewer": "x"})  # changes only the index
+
+        def seen() -> bool:  # the in-memory state: get_image_info would reload from disk by itself
+            obj = server._datastore.objects.get("a")
+            return obj is not None and obj.image.info.get("reviewer") == "x"
+
+        deadline = time.time() + 20
+        while time.time() < deadline and not seen():
+            time.sleep(0.2)
+        assert seen()
+    finally:
+        server._observer.stop()

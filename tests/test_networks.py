@@ -19,8 +19,10 @@ def test_vnet_shapes(dims):
     net = VNet(spatial_dims=dims, out_channels=3, features=4)
     x = torch.randn(2, 1, *([32] * dims))
     assert net(x).shape == (2, 3, *([32] * dims))
-    with pytest.raises(ValueError, match=r"multiple of 16, got \(32, 40"):
+    with pytest.raises(ValueError, match=r"multiple of 16, got torch.Size\(\[32, 40"):
         net(torch.randn(1, 1, 32, 40, *([16] * (dims - 2))))
+    scripted = torch.jit.script(net.eval())  # what ckpt_export does
+    assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
 def _nets():

@@ -13,8 +13,10 @@ from typing import Any
 __all__ = ["check_overrides", "check_settings", "default_bundle_root"]
 
 # the arguments of ``monai.bundle run`` itself: everything else on its command line overrides a config key
+# (and of the workflow it creates), and what launchers add
 RUN_ARGUMENTS = frozenset(
-    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+     "workflow_type", "workflow_name", "properties_path", "local_rank"}
 )
 
 
@@ -31,6 +33,8 @@ def _config_files(argv: list[str]) -> list[str]:
                     return [str(v) for v in ast.literal_eval(value)]
                 except (ValueError, SyntaxError):
                     return []
+            if not Path(value).is_file() and "," in value:  # MONAI's own "a.yaml,b.yaml" form
+                return [v for v in value.split(",") if v]
             return [value]
     return []
 
@@ -50,8 +54,15 @@ def default_bundle_root(argv: list[str] | None = None) -> str:
 
 
 def _option_keys(argv: list[str]) -> list[str]:
-    """The ``--key`` / ``--key=value`` names on ``argv``, in order."""
-    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and len(arg) > 2]
+    """The ``--key`` / ``--key=value`` names on ``argv``, in order, as python-fire reads them: ``-`` becomes ``_``
+    (``--num-iterations``), and a bare ``--`` ends the options (fire's own flags follow it)."""
+    keys = []
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            keys.append(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return keys
 
 
 def _option_value(argv: list[str], name: str) -> str | None:
@@ -83,8 +94,8 @@ def check_overrides(argv: list[str] | None = None) -> None:
     if args_file:
         given += [k for k in ConfigParser.load_config_file(args_file) if k not in RUN_ARGUMENTS]
     for key in given:
-        top = key.split("#", 1)[0]
-        if top not in known:
+        top = key.split("::", 1)[0].split("#", 1)[0]  # MONAI's id separators: "::" (and the older "#")
+        if top not in known and not (top.startswith("no") and top[2:] in known):  # fire's --noflag is flag=False
             close = difflib.get_close_matches(top, sorted(known), n=1)
             hint = f"; did you mean --{close[0]}?" if close else ""
             raise ValueError(f"--{key}: not a key of {', '.join(files)}{hint} (MONAI would add it and ignore it)")

@@ -57,6 +57,15 @@ class SafeLocalDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, num_classes: int, **kwargs: Any) -> None:
         self.num_classes = int(num_classes)
         super().__init__(datastore_path, **kwargs)
+        handler = getattr(self, "_handler", None)  # set by LocalDatastore with auto_reload
+        if handler is not None:
+            # the index is now replaced by a rename (see _update_datastore_file), which watchdog reports as "moved",
+            # an event LocalDatastore does not listen to; reload on it as it reloads on "modified"
+            handler.on_moved = self._on_index_moved
+
+    def _on_index_moved(self, event: Any) -> None:
+        if os.path.abspath(getattr(event, "dest_path", "")) == os.path.abspath(self._datastore_config_path):
+            self._init_from_datastore_file()  # a no-op for this process's own writes: _config_ts already matches
 
     def _copy_in(self, src: str, dest: str) -> None:
         atomic_replace(lambda tmp: shutil.copyfile(src, tmp), dest)

@@ -87,10 +87,12 @@ class VNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features ``[x1, …, x5]``; ``x5`` (the bottleneck, ``16·features`` channels at 1/16 size) is the deepest."""
-        odd = [int(s) for s in x.shape[2:] if int(s) % 16]
-        if odd:  # four stride-2 stages: otherwise the additive skips fail later with a bare size mismatch
-            raise ValueError(f"VNet: every spatial size of the input must be a multiple of 16, got "
-                             f"{tuple(x.shape[2:])}; choose a patch_size (and roi size) of multiples of 16")
+        # four stride-2 stages: otherwise the additive skips fail later with a bare size mismatch
+        # (a plain loop and string concatenation: the export compiles this with torch.jit.script)
+        for size in x.shape[2:]:
+            if size % 16 != 0:
+                raise ValueError("VNet: every spatial size of the input must be a multiple of 16, got "
+                                 + str(x.shape[2:]) + "; choose a patch_size (and roi size) of multiples of 16")
         x1 = self.block_one(x)
         x2 = self.block_two(self.block_one_dw(x1))
         x3 = self.block_three(self.block_two_dw(x2))

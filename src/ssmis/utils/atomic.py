@@ -75,8 +75,9 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
     """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is deleted.
 
     An existing ``path`` survives a failed run untouched, and a successful run never mixes old and new files.
-    ``keep_others``: entries of an existing ``path`` that the new folder does not hold (e.g. a user's ``imagesTs/``
-    beside a prepared dataset) are moved into it just before the swap, so only what was rewritten is replaced.
+    ``keep_others``: an existing ``path`` is kept, and only the entries the new folder holds replace their
+    namesakes in it, one rename each (folders first, then files such as an index), so entries it does not write
+    (e.g. a user's ``imagesTs/`` beside a prepared dataset) never leave it, even if the process dies mid-way.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,18 +88,9 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    moved: list[str] = []
     if keep_others and path.is_dir():
-        try:
-            for entry in sorted(os.listdir(path)):
-                if not os.path.lexists(tmp / entry):
-                    os.replace(path / entry, tmp / entry)  # a rename within one folder: never a copy
-                    moved.append(entry)
-        except BaseException:
-            for entry in moved:  # put them back; the old folder stays as it was
-                os.replace(tmp / entry, path / entry)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _replace_entries(tmp, path)
+        return
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -107,3 +99,14 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_entries(new: Path, path: Path) -> None:
+    """Move every entry of ``new`` into ``path`` over its namesake: folders first, then files; then remove ``new``."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    for entry in sorted(os.listdir(new), key=lambda e: (not (new / e).is_dir(), e)):
+        if (path / entry).is_dir() and not (path / entry).is_symlink():
+            os.replace(path / entry, trash / entry)  # a rename cannot replace a non-empty folder: set it aside
+        os.replace(new / entry, path / entry)  # a file (or link) is replaced in one rename
+    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(new, ignore_errors=True)
