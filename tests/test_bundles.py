@@ -158,7 +158,7 @@ def test_resume_after_kill(synthetic_3d, tmp_path):
 def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     out = tmp_path / "ddp"
     data = synthetic_3d
-    if name == "transmedseg_la":  # two unlabelled pairs per process, so self-training runs (BCP pairs B_u = B_l)
+    if name != "supervised_la":  # a full unlabelled batch per process (BCP pairs B_u = B_l; co-training takes 2)
         from ssmis.data.synthetic import make_synthetic_dataset
 
         data = make_synthetic_dataset(tmp_path / "syn", dims=3, classes=2, cases=10, labeled=4, val=2, size=32)

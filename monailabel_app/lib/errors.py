@@ -134,7 +134,7 @@ def _monailabel_error(request: Any, exc: Exception) -> JSONResponse:
 
 
 def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
-    """400 for a ``params`` form field that is valid JSON but not an object: MONAI Label's endpoints use it as a
+    """400 for a ``params`` (or ``info``) form field that is valid JSON but not an object: MONAI Label's endpoints use it as a
     dict (``request.update(p)``, ``save_params["user"] = …``) and fail with a ``TypeError``. Every other
     ``TypeError`` is re-raised, a server error as before."""
     tb, frame = exc.__traceback__, None
@@ -142,15 +142,16 @@ def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
         if "monailabel/endpoints/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
             frame = tb.tb_frame
         tb = tb.tb_next
-    raw = frame.f_locals.get("params") if frame is not None else None
-    if isinstance(raw, str):
-        try:
-            parsed = json.loads(raw) if raw else {}
-        except ValueError:
-            parsed = {}
-        if not isinstance(parsed, dict):
-            return JSONResponse({"detail": f"the params field must be a JSON object, got {type(parsed).__name__}: "
-                                 f"{raw:.80}"}, status_code=400)
+    for field in ("params", "info"):  # the form field's name: ``info`` in the image/label info endpoints
+        raw = frame.f_locals.get(field) if frame is not None else None
+        if isinstance(raw, str):
+            try:
+                parsed = json.loads(raw) if raw else {}
+            except ValueError:
+                parsed = {}
+            if not isinstance(parsed, dict):
+                return JSONResponse({"detail": f"the {field} field must be a JSON object, got "
+                                     f"{type(parsed).__name__}: {raw:.80}"}, status_code=400)
     raise exc
 
 

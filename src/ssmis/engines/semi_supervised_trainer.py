@@ -56,9 +56,12 @@ def _check_draws_a_batch(name: str, loader: Iterable | None) -> None:
         n, batches = len(dataset), len(loader)  # type: ignore[arg-type]
     except TypeError:  # an iterable dataset: its length is unknown
         return
+    sampler = getattr(loader, "sampler", None)
+    here = len(sampler) if isinstance(sampler, DistributedSampler) else n  # this process's share under DDP
     if batches == 0 and (n > 0 or name == "labelled"):
+        share = f" ({here} for this process)" if here != n else ""
         raise ValueError(
-            f"the {name} data loader yields no batch: {n} record(s), batch size {loader.batch_size}, "
+            f"the {name} data loader yields no batch: {n} record(s){share}, batch size {loader.batch_size}, "
             f"drop_last {loader.drop_last}; add {name} records or lower the batch size"
         )
 
