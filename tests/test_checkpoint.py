@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,6 +139,62 @@ def test_atomic_output_dir_keep_others(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["data.txt", "mine"]
     assert (out / "data.txt").read_text() == "new" and (out / "mine" / "x.txt").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_output_dir_recovers_a_killed_swap(tmp_path):
+    """A kill between the two renames of a swap leaves the old folder (or entry) only in a hidden sibling; the next
+    run puts it back before anything else, so even a run that then fails loses nothing."""
+    import os
+    import tempfile
+
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "data").mkdir()
+        (tmp / "data" / "a.txt").write_text("old")
+        (tmp / "index.json").write_text("{}")
+    # killed inside a whole-folder swap, after moving ``out`` aside
+    old = Path(tempfile.mkdtemp(prefix=".out.", suffix=".old", dir=tmp_path))
+    os.rmdir(old)
+    os.replace(out, old)
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output_dir(out) as tmp:
+            1 / 0
+    assert (out / "data" / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    # killed inside a keep_others swap, after setting ``data/`` aside
+    aside = Path(tempfile.mkdtemp(prefix=".out.", suffix=".aside", dir=tmp_path))
+    os.replace(out / "data", aside / "data")
+    with pytest.raises(ZeroDivisionError):
+        with atomic_output_dir(out, keep_others=True) as tmp:
+            1 / 0
+    assert (out / "data" / "a.txt").read_text() == "old" and (out / "index.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    """Hidden temporaries of a killed write go once they are stale; fresh ones (maybe a running write) stay, and
+    unrelated hidden files are never touched."""
+    import os
+    import time
+
+    from ssmis.utils import atomic
+
+    stale = time.time() - 2 * atomic.STALE_AFTER_S
+    partial = tmp_path / ".out.abcd1234.partial"
+    (partial / "sub").mkdir(parents=True)
+    (partial / "sub" / "x").write_text("x")
+    tmp_file = tmp_path / ".seg.nii.gz.k_9z0q1w.tmp.nii.gz"
+    tmp_file.write_text("half")
+    for entry in (partial / "sub" / "x", partial / "sub", partial, tmp_file):
+        os.utime(entry, (stale, stale))
+    fresh = tmp_path / ".seg.nii.gz.fresh123.tmp.nii.gz"
+    fresh.write_text("in progress")
+    mine = tmp_path / ".out.notes.partial"  # not an mkdtemp name
+    mine.write_text("keep")
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("1")
+    atomic.atomic_replace(lambda t: Path(t).write_text("seg"), tmp_path / "seg.nii.gz", keep_extension=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, mine.name, "out", "seg.nii.gz"])
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):

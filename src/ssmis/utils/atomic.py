@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_output_dir", "atomic_torch_save", "atomic_write_text", "atomic_replace"]
+__all__ = ["atomic_output_dir", "atomic_torch_save", "atomic_write_text", "atomic_replace", "recover_interrupted"]
+
+logger = logging.getLogger(__name__)
+
+#: a hidden temporary file or folder untouched for this long belongs to a killed process, not to a running one
+STALE_AFTER_S = 3600.0
 
 
 def _umask() -> int:
@@ -39,15 +47,77 @@ def _tmp_sibling(path: Path, suffix: str = "", keep_extension: bool = False) -> 
     return Path(tmp)
 
 
+def _siblings(path: Path, suffix: str) -> list[Path]:
+    """The hidden entries ``mkstemp``/``mkdtemp`` made for ``path`` here: ``.<name>.<8 random chars><suffix>``."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(suffix))
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    return [path.parent / n for n in sorted(names) if pattern.fullmatch(n)]
+
+
+def _newest_mtime(entry: Path) -> float:
+    """The latest modification time in ``entry`` (a file, or a folder and everything under it)."""
+    newest = entry.lstat().st_mtime
+    if entry.is_dir() and not entry.is_symlink():
+        for root, dirs, files in os.walk(entry):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _remove_stale(entries: list[Path], now: float) -> None:
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if now - _newest_mtime(entry) < STALE_AFTER_S:
+                continue  # possibly another process's write in progress
+            logger.warning(f"removing {entry}, left by an interrupted write")
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def recover_interrupted(path: str | os.PathLike) -> None:
+    """Put back what a process killed inside :func:`atomic_output_dir` for ``path`` had set aside, and delete its
+    stale temporary folders.
+
+    A kill between the two renames of a swap leaves ``path`` (or one of its entries) only in a hidden
+    ``.<name>.*.old`` (whole folder) or ``.<name>.*.aside`` (``keep_others`` entries) sibling; those are moved back
+    wherever ``path`` lacks them, then removed. ``.<name>.*.partial`` folders untouched for ``STALE_AFTER_S`` are
+    deleted (newer ones may belong to a running process and are left alone).
+    """
+    path = Path(path).absolute()
+    for old in _siblings(path, ".old"):
+        if not os.path.lexists(path):
+            logger.warning(f"restoring {path} from {old.name}, set aside by an interrupted run")
+            os.replace(old, path)
+        else:
+            shutil.rmtree(old, ignore_errors=True)  # the swap had completed; only the removal was cut short
+    for aside in _siblings(path, ".aside"):
+        if path.is_dir():
+            for entry in sorted(os.listdir(aside)):
+                if not os.path.lexists(path / entry):
+                    logger.warning(f"restoring {path / entry} from {aside.name}, set aside by an interrupted run")
+                    os.replace(aside / entry, path / entry)
+        shutil.rmtree(aside, ignore_errors=True)
+    _remove_stale(_siblings(path, ".partial"), time.time())
+
+
 def atomic_replace(write: Any, path: str | os.PathLike, keep_extension: bool = False) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it onto ``path``.
 
     If ``write`` raises, the temporary file is removed and ``path`` is left as it was. ``keep_extension``: the
     temporary name ends with ``path``'s extensions (``….tmp.nii.gz``), for writers that pick the format from them.
+    Temporary files of ``path`` that a killed process left (untouched for ``STALE_AFTER_S``) are deleted first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path, "".join(path.suffixes), keep_extension)
+    sfx = "".join(path.suffixes)
+    _remove_stale(_siblings(path, ".tmp" + sfx if keep_extension else sfx + ".tmp"), time.time())
+    tmp = _tmp_sibling(path, sfx, keep_extension)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -78,9 +148,11 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
     ``keep_others``: an existing ``path`` is kept, and only the entries the new folder holds replace their
     namesakes in it, one rename each (folders first, then files such as an index), so entries it does not write
     (e.g. a user's ``imagesTs/`` beside a prepared dataset) never leave it, even if the process dies mid-way.
+    What an earlier, killed run set aside is put back first (:func:`recover_interrupted`).
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
@@ -103,7 +175,7 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
 
 def _replace_entries(new: Path, path: Path) -> None:
     """Move every entry of ``new`` into ``path`` over its namesake: folders first, then files; then remove ``new``."""
-    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".aside", dir=path.parent))
     for entry in sorted(os.listdir(new), key=lambda e: (not (new / e).is_dir(), e)):
         if (path / entry).is_dir() and not (path / entry).is_symlink():
             os.replace(path / entry, trash / entry)  # a rename cannot replace a non-empty folder: set it aside
