@@ -95,6 +95,37 @@ def test_loader_that_draws_no_batch_is_an_error():
         trainer.run()
 
 
+def test_iterable_loader_that_draws_no_batch_is_an_error():
+    """An iterable dataset's length is unknown before the run; a pass that draws nothing is refused when it ends,
+    before any epoch handler (a checkpoint saver) runs."""
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __init__(self, n):
+            self.n = n
+
+        def __iter__(self):
+            return iter(blobs(self.n))
+
+    net = tiny_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for n, batch in ((0, 2), (3, 4)):
+        lab = DataLoader(Stream(n), batch_size=batch, drop_last=True)
+        trainer = SemiSupervisedTrainer(device="cpu", max_epochs=2, epoch_length=3, train_data_loader=lab,
+                                        strategy=Recorder([net]), optimizers=opt)
+        epochs = []
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs.append(e.state.epoch))
+        with pytest.raises(ValueError, match="labelled data loader yields no batch: a full pass"):
+            trainer.run()
+        assert epochs == []
+    # a stream shorter than an epoch is restarted, as ignite does; it is not an error
+    rec = Recorder([net])
+    lab = DataLoader(Stream(4), batch_size=2)
+    SemiSupervisedTrainer(device="cpu", max_epochs=2, epoch_length=3, train_data_loader=lab, strategy=rec,
+                          optimizers=opt).run()
+    assert len(rec.seen) == 6
+
+
 def test_load_datalist_min_records(tmp_path):
     import json
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines.trainer import Trainer
 from monai.engines.workflow import Workflow
@@ -138,7 +138,27 @@ class SemiSupervisedTrainer(Trainer):
         device_type = torch.device(device).type
         self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         self.amp_device_type = device_type
+        self._batches_this_pass = 0
+        self.add_event_handler(Events.STARTED, self._count_batches, 0)
+        self.add_event_handler(Events.GET_BATCH_COMPLETED, self._count_batches, 1)
+        self.add_event_handler(Events.DATALOADER_STOP_ITERATION, self._check_pass_drew_a_batch)
         strategy.attach(self)
+
+    def _count_batches(self, _: Engine, step: int) -> None:
+        """``step`` 0 resets the count of labelled batches drawn in this pass over the loader, 1 adds one."""
+        self._batches_this_pass = self._batches_this_pass + 1 if step else 0
+
+    def _check_pass_drew_a_batch(self, _: Engine) -> None:
+        """Raise when a full pass over the labelled loader drew no batch.
+
+        ``run`` checks sized loaders up front; this catches the rest (an ``IterableDataset``, or a custom iterable,
+        that yields nothing). It fires on ignite's ``DATALOADER_STOP_ITERATION``, before the epoch's handlers, so
+        no checkpoint of an untrained model is saved.
+        """
+        if self._batches_this_pass == 0:
+            raise ValueError("the labelled data loader yields no batch: a full pass over it drew nothing (an "
+                             "empty iterable dataset, or fewer records than a batch with drop_last)")
+        self._batches_this_pass = 0
 
     def run(self) -> None:  # type: ignore[override]
         for name, loader in (("labelled", self.data_loader), ("unlabelled", self.unlabeled_data_loader)):
