@@ -70,11 +70,14 @@ def test_unlabeled_loader_is_recycled_and_shuffled_independently():
 
 
 @pytest.mark.parametrize("unlabeled", [None, []])
-def test_no_unlabeled_data_degrades_to_supervised(unlabeled):
+def test_no_unlabeled_data_degrades_to_supervised(unlabeled, caplog):
+    """No unlabelled loader, or one that draws nothing, trains supervised; the second says so once."""
     net = tiny_net()
     rec = Recorder([net])
     make_trainer(rec, torch.optim.SGD(net.parameters(), lr=0.01), unlabeled, iterations=3).run()
     assert rec.seen == [None, None, None]
+    warned = [r for r in caplog.records if "unlabelled data loader drew no batch" in r.getMessage()]
+    assert len(warned) == (0 if unlabeled is None else 1)
 
 
 def test_loader_that_draws_no_batch_is_an_error():

@@ -135,6 +135,7 @@ class SemiSupervisedTrainer(Trainer):
         self.unlabeled_data_loader = unlabeled_data_loader
         self._unlabeled_iter: Iterator | None = None
         self._unlabeled_pass = 0
+        self._warned_supervised = False
         device_type = torch.device(device).type
         self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         self.amp_device_type = device_type
@@ -187,6 +188,9 @@ class SemiSupervisedTrainer(Trainer):
                 self._unlabeled_iter = None
                 continue
             return _to_device(batch, (Keys.IMAGE,), self.state.device, self.non_blocking)
+        if not self._warned_supervised:  # a fresh iterator was empty at once
+            self._warned_supervised = True
+            self.logger.warning("the unlabelled data loader drew no batch: training on labelled data only")
         return None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
