@@ -97,11 +97,12 @@ def recover_interrupted(path: str | os.PathLike) -> None:
         else:
             shutil.rmtree(old, ignore_errors=True)  # the swap had completed; only the removal was cut short
     for aside in _siblings(path, ".aside"):
-        if path.is_dir():
-            for entry in sorted(os.listdir(aside)):
-                if not os.path.lexists(path / entry):
-                    logger.warning(f"restoring {path / entry} from {aside.name}, set aside by an interrupted run")
-                    os.replace(aside / entry, path / entry)
+        if not path.is_dir():
+            continue  # nothing to put the entries back into: leave them where they are
+        for entry in sorted(os.listdir(aside)):
+            if not os.path.lexists(path / entry):
+                logger.warning(f"restoring {path / entry} from {aside.name}, set aside by an interrupted run")
+                os.replace(aside / entry, path / entry)
         shutil.rmtree(aside, ignore_errors=True)
     _remove_stale(_siblings(path, ".partial"), time.time())
 
