@@ -153,7 +153,7 @@ def test_atomic_output_dir_recovers_a_killed_swap(tmp_path):
         (tmp / "data" / "a.txt").write_text("old")
         (tmp / "index.json").write_text("{}")
     # killed inside a whole-folder swap, after moving ``out`` aside
-    old = Path(tempfile.mkdtemp(prefix=".out.", suffix=".old", dir=tmp_path))
+    old = Path(tempfile.mkdtemp(prefix=".out.ssmis-", suffix=".old", dir=tmp_path))
     os.rmdir(old)
     os.replace(out, old)
     with pytest.raises(ZeroDivisionError):
@@ -162,7 +162,7 @@ def test_atomic_output_dir_recovers_a_killed_swap(tmp_path):
     assert (out / "data" / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     # killed inside a keep_others swap, after setting ``data/`` aside
-    aside = Path(tempfile.mkdtemp(prefix=".out.", suffix=".aside", dir=tmp_path))
+    aside = Path(tempfile.mkdtemp(prefix=".out.ssmis-", suffix=".aside", dir=tmp_path))
     os.replace(out / "data", aside / "data")
     with pytest.raises(ZeroDivisionError):
         with atomic_output_dir(out, keep_others=True) as tmp:
@@ -180,21 +180,59 @@ def test_stale_temporaries_are_removed(tmp_path):
     from ssmis.utils import atomic
 
     stale = time.time() - 2 * atomic.STALE_AFTER_S
-    partial = tmp_path / ".out.abcd1234.partial"
+    partial = tmp_path / ".out.ssmis-abcd1234.partial"
     (partial / "sub").mkdir(parents=True)
     (partial / "sub" / "x").write_text("x")
-    tmp_file = tmp_path / ".seg.nii.gz.k_9z0q1w.tmp.nii.gz"
+    tmp_file = tmp_path / ".seg.nii.gz.ssmis-k_9z0q1w.tmp.nii.gz"
     tmp_file.write_text("half")
     for entry in (partial / "sub" / "x", partial / "sub", partial, tmp_file):
         os.utime(entry, (stale, stale))
-    fresh = tmp_path / ".seg.nii.gz.fresh123.tmp.nii.gz"
+    fresh = tmp_path / ".seg.nii.gz.ssmis-fresh123.tmp.nii.gz"
     fresh.write_text("in progress")
-    mine = tmp_path / ".out.notes.partial"  # not an mkdtemp name
-    mine.write_text("keep")
+    # an old folder in which a file is still being written is in use
+    busy = tmp_path / ".out.ssmis-busy1234.partial"
+    (busy / "sub").mkdir(parents=True)
+    (busy / "sub" / "written-now").write_text("x")
+    for entry in (busy / "sub", busy):  # the folders look stale, the file inside does not
+        os.utime(entry, (stale, stale))
+    # the user's own hidden entries, even stale ones shaped like ours but without the marker, are never touched
+    mine = [tmp_path / ".out.notes.partial", tmp_path / ".out.abcd1234.partial", tmp_path / ".out.20240101.old"]
+    for entry in mine:
+        entry.mkdir()
+        os.utime(entry, (stale, stale))
     with atomic_output_dir(tmp_path / "out") as tmp:
         (tmp / "a.txt").write_text("1")
     atomic.atomic_replace(lambda t: Path(t).write_text("seg"), tmp_path / "seg.nii.gz", keep_extension=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, mine.name, "out", "seg.nii.gz"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [fresh.name, busy.name, *(m.name for m in mine), "out", "seg.nii.gz"])
+
+
+def test_recovery_waits_for_a_swap_in_progress(tmp_path):
+    """While another writer holds the folder's lock (mid-swap, ``out`` moved aside), recovery waits instead of
+    putting the old folder back under it; once the lock is free it recovers what a killed swap left."""
+    import os
+    import tempfile
+    import threading
+
+    from ssmis.utils import atomic
+
+    if atomic.fcntl is None:
+        pytest.skip("no fcntl on this platform")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    old = Path(tempfile.mkdtemp(prefix=".out.ssmis-", suffix=".old", dir=tmp_path))
+    os.rmdir(old)
+    with atomic._dir_lock(tmp_path):
+        os.replace(out, old)  # the other writer is between its two renames
+        worker = threading.Thread(target=atomic.recover_interrupted, args=(out,))
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and not out.exists() and old.is_dir()  # waiting, nothing moved
+    # the holder "died" before its second rename: the waiting recovery now puts the folder back
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert (out / "a.txt").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):

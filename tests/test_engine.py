@@ -112,15 +112,22 @@ def test_iterable_loader_that_draws_no_batch_is_an_error():
 
     net = tiny_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    for n, batch in ((0, 2), (3, 4)):
-        lab = DataLoader(Stream(n), batch_size=batch, drop_last=True)
-        trainer = SemiSupervisedTrainer(device="cpu", max_epochs=2, epoch_length=3, train_data_loader=lab,
-                                        strategy=Recorder([net]), optimizers=opt)
+
+    def refused(lab, match, **kwargs):
+        trainer = SemiSupervisedTrainer(device="cpu", max_epochs=2, train_data_loader=lab, strategy=Recorder([net]),
+                                        optimizers=opt, **kwargs)
         epochs = []
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs.append(e.state.epoch))
-        with pytest.raises(ValueError, match="labelled data loader yields no batch: a full pass"):
+        with pytest.raises(ValueError, match=match):
             trainer.run()
         assert epochs == []
+
+    for n, batch in ((0, 2), (3, 4)):
+        refused(DataLoader(Stream(n), batch_size=batch, drop_last=True), "yields no batch: a full pass", epoch_length=3)
+    # without epoch_length ignite would take the first pass's length, 0 for an empty stream, and "complete" the run
+    # without an event to catch it: an unsized labelled loader needs epoch_length
+    for n in (0, 4):
+        refused(DataLoader(Stream(n)), "labelled data loader has no length .*: pass epoch_length")
     # a stream shorter than an epoch is restarted, as ignite does; it is not an error
     rec = Recorder([net])
     lab = DataLoader(Stream(4), batch_size=2)

@@ -66,6 +66,14 @@ def _check_draws_a_batch(name: str, loader: Iterable | None) -> None:
         )
 
 
+def _has_len(loader: Iterable) -> bool:
+    try:
+        len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
 class SemiSupervisedTrainer(Trainer):
     """Iteration-based semi-supervised trainer built on ``monai.engines.Trainer``.
 
@@ -78,7 +86,8 @@ class SemiSupervisedTrainer(Trainer):
         strategy: the method: ``strategy(engine, labeled, unlabeled) -> dict`` holding ``"loss"``.
         optimizers: one optimiser or several (co-training); all are zeroed, and stepped after one backward pass
             of the total loss (pseudo-labels are detached, so each network receives only its own gradients).
-        epoch_length: iterations per epoch (the validation interval).
+        epoch_length: iterations per epoch (the validation interval); required when the labelled loader has no
+            length (an iterable dataset).
         amp: autocast the strategy: float16 with a ``GradScaler`` on CUDA; on the CPU only with
             ``amp_dtype=torch.bfloat16``.
         amp_dtype: autocast dtype (default float16 on CUDA, bfloat16 on the CPU).
@@ -164,6 +173,11 @@ class SemiSupervisedTrainer(Trainer):
     def run(self) -> None:  # type: ignore[override]
         for name, loader in (("labelled", self.data_loader), ("unlabelled", self.unlabeled_data_loader)):
             _check_draws_a_batch(name, loader)
+        if self.state.epoch_length is None and not _has_len(self.data_loader):
+            # ignite would take the first pass's length as the epoch length; a pass that draws nothing then gives
+            # epochs of 0 iterations, with no DATALOADER_STOP_ITERATION to catch it, and the run "completes"
+            raise ValueError("the labelled data loader has no length (an iterable dataset): pass epoch_length, the "
+                             "iterations per epoch")
         # MONAI's Trainer.run always makes a CUDA GradScaler when amp is on; it is needed only for float16 on CUDA
         use_scaler = self.amp and self.amp_device_type == "cuda" and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None

@@ -15,12 +15,21 @@ from typing import Any, Iterator
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["atomic_output_dir", "atomic_torch_save", "atomic_write_text", "atomic_replace", "recover_interrupted"]
 
 logger = logging.getLogger(__name__)
 
 #: a hidden temporary file or folder untouched for this long belongs to a killed process, not to a running one
 STALE_AFTER_S = 3600.0
+
+#: every temporary is named ``.<name>.ssmis-<8 random chars><suffix>``, so recovery never mistakes a user's own
+#: hidden entry (e.g. ``.out.20240101.old``) for one of ours
+MARKER = "ssmis-"
 
 
 def _umask() -> int:
@@ -40,16 +49,38 @@ def _final_mode(path: Path, directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{MARKER}"
+
+
+@contextlib.contextmanager
+def _dir_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left behind).
+
+    Recovery and swaps of entries in one folder take it, so one process never puts back what another is in the middle
+    of swapping. Where ``fcntl`` is missing (Windows) there is no lock.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _tmp_sibling(path: Path, suffix: str = "", keep_extension: bool = False) -> Path:
     suffix = ".tmp" + suffix if keep_extension else suffix + ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
 
 
 def _siblings(path: Path, suffix: str) -> list[Path]:
-    """The hidden entries ``mkstemp``/``mkdtemp`` made for ``path`` here: ``.<name>.<8 random chars><suffix>``."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(suffix))
+    """Our hidden temporaries for ``path`` here: ``.<name>.ssmis-<8 random chars><suffix>``."""
+    pattern = re.compile(re.escape(_prefix(path)) + r"[a-z0-9_]{8}" + re.escape(suffix))
     try:
         names = os.listdir(path.parent)
     except FileNotFoundError:
@@ -85,11 +116,20 @@ def recover_interrupted(path: str | os.PathLike) -> None:
     stale temporary folders.
 
     A kill between the two renames of a swap leaves ``path`` (or one of its entries) only in a hidden
-    ``.<name>.*.old`` (whole folder) or ``.<name>.*.aside`` (``keep_others`` entries) sibling; those are moved back
-    wherever ``path`` lacks them, then removed. ``.<name>.*.partial`` folders untouched for ``STALE_AFTER_S`` are
-    deleted (newer ones may belong to a running process and are left alone).
+    ``.<name>.ssmis-*.old`` (whole folder) or ``.<name>.ssmis-*.aside`` (``keep_others`` entries) sibling; those are
+    moved back wherever ``path`` lacks them, then removed. ``.<name>.ssmis-*.partial`` folders in which nothing was
+    touched for ``STALE_AFTER_S`` are deleted (newer ones may belong to a running process and are left alone). It
+    holds the parent folder's lock, so a swap running in another process is never undone half-way.
     """
     path = Path(path).absolute()
+    if not path.parent.is_dir():
+        return
+    with _dir_lock(path.parent):
+        _recover(path)
+
+
+def _recover(path: Path) -> None:
+    """:func:`recover_interrupted`, with the parent folder's lock already held."""
     for old in _siblings(path, ".old"):
         if not os.path.lexists(path):
             logger.warning(f"restoring {path} from {old.name}, set aside by an interrupted run")
@@ -154,29 +194,30 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".partial", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, _final_mode(path, directory=True))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep_others and path.is_dir():
-        _replace_entries(tmp, path)
-        return
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.rmdir(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with _dir_lock(path.parent):
+        if keep_others and path.is_dir():
+            _replace_entries(tmp, path)
+            return
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _replace_entries(new: Path, path: Path) -> None:
     """Move every entry of ``new`` into ``path`` over its namesake: folders first, then files; then remove ``new``."""
-    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".aside", dir=path.parent))
+    trash = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".aside", dir=path.parent))
     for entry in sorted(os.listdir(new), key=lambda e: (not (new / e).is_dir(), e)):
         if (path / entry).is_dir() and not (path / entry).is_symlink():
             os.replace(path / entry, trash / entry)  # a rename cannot replace a non-empty folder: set it aside
