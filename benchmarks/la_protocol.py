@@ -179,7 +179,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     steal = total["steal_wall_s"] / total["measured_wall_s"] if total.get("measured_wall_s") else None
     eval_version = bundle_version(bundle)  # read before evaluating, as the training version is before training
     eval_wall, eval_mem, _ = run_cmd(py + ["--config_file", eval_cfg] + common + eval_extra, out / "evaluate.log")
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())["mean"]
+    scored = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = scored["mean"]
     xs, ys = val_curve(out / "logs")
     return {
         "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
@@ -187,6 +188,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
+        "cases": scored.get("cases", []),  # per-case scores, kept for paired comparisons once run dirs are gone
         "checkpoint": "last", "run_dir": str(out),
         "bundle_version": version_label(total["trained_by"], eval_version),
     }
