@@ -225,7 +225,7 @@ def test_recovery_waits_for_a_swap_in_progress(tmp_path):
     os.rmdir(old)
     with atomic._dir_lock(tmp_path):
         os.replace(out, old)  # the other writer is between its two renames
-        worker = threading.Thread(target=atomic.recover_interrupted, args=(out,))
+        worker = threading.Thread(target=atomic.recover_interrupted, args=(out,), daemon=True)
         worker.start()
         worker.join(timeout=0.5)
         assert worker.is_alive() and not out.exists() and old.is_dir()  # waiting, nothing moved
@@ -233,6 +233,46 @@ def test_recovery_waits_for_a_swap_in_progress(tmp_path):
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert (out / "a.txt").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_swap_waits_for_the_folder_lock_and_a_slow_write_is_never_stale(tmp_path):
+    """The swap at the end of a write takes the parent folder's lock (it waits while another process holds it), and
+    a write that has touched nothing for longer than ``STALE_AFTER_S`` is still in use, so recovery leaves it."""
+    import os
+    import threading
+    import time
+
+    from ssmis.utils import atomic
+
+    if atomic.fcntl is None:
+        pytest.skip("no fcntl on this platform")
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    written, proceed = threading.Event(), threading.Event()
+
+    def write():
+        with atomic_output_dir(out) as tmp:
+            (tmp / "a.txt").write_text("new")
+            stale = time.time() - 2 * atomic.STALE_AFTER_S
+            os.utime(tmp / "a.txt", (stale, stale))
+            os.utime(tmp, (stale, stale))
+            written.set()
+            proceed.wait(10)
+
+    worker = threading.Thread(target=write, daemon=True)
+    worker.start()
+    assert written.wait(10)
+    atomic.recover_interrupted(out)  # a recovery meanwhile: the partial folder looks stale but is held
+    partial = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and (partial[0] / "a.txt").read_text() == "new"
+    with atomic._dir_lock(tmp_path):
+        proceed.set()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and (out / "a.txt").read_text() == "old"  # the swap waits for the lock
+    worker.join(timeout=10)
+    assert not worker.is_alive() and (out / "a.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):

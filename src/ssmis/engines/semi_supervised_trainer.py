@@ -177,7 +177,7 @@ class SemiSupervisedTrainer(Trainer):
             # ignite would take the first pass's length as the epoch length; a pass that draws nothing then gives
             # epochs of 0 iterations, with no DATALOADER_STOP_ITERATION to catch it, and the run "completes"
             raise ValueError("the labelled data loader has no length (an iterable dataset): pass epoch_length, the "
-                             "iterations per epoch")
+                             "iterations per epoch (also when resuming: it is checked before the checkpoint loads)")
         # MONAI's Trainer.run always makes a CUDA GradScaler when amp is on; it is needed only for float16 on CUDA
         use_scaler = self.amp and self.amp_device_type == "cuda" and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None

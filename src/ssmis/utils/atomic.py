@@ -54,21 +54,45 @@ def _prefix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _dir_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left behind).
+def _dir_lock(folder: Path, shared: bool = False) -> Iterator[None]:
+    """Hold a ``flock`` on ``folder`` itself (no lock file is left behind): exclusive, or ``shared``.
 
-    Recovery and swaps of entries in one folder take it, so one process never puts back what another is in the middle
-    of swapping. Where ``fcntl`` is missing (Windows) there is no lock.
+    Recovery and swaps in a parent folder take its exclusive lock, so one process never puts back what another is in
+    the middle of swapping; a write holds its ``.partial`` folder's shared lock, so recovery never deletes it as
+    stale. The lock excludes processes on one machine only (network file systems may not pass ``flock`` on), and
+    where ``fcntl`` is missing (Windows) there is none.
     """
     if fcntl is None:
         yield
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning(f"waiting for another process's write in {folder}")
+            fcntl.flock(fd, mode)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether a running write holds ``folder``'s shared lock (see :func:`_dir_lock`)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _tmp_sibling(path: Path, suffix: str = "", keep_extension: bool = False) -> Path:
@@ -102,7 +126,7 @@ def _newest_mtime(entry: Path) -> float:
 def _remove_stale(entries: list[Path], now: float) -> None:
     for entry in entries:
         with contextlib.suppress(OSError):
-            if now - _newest_mtime(entry) < STALE_AFTER_S:
+            if now - _newest_mtime(entry) < STALE_AFTER_S or (entry.is_dir() and _in_use(entry)):
                 continue  # possibly another process's write in progress
             logger.warning(f"removing {entry}, left by an interrupted write")
             if entry.is_dir() and not entry.is_symlink():
@@ -118,7 +142,7 @@ def recover_interrupted(path: str | os.PathLike) -> None:
     A kill between the two renames of a swap leaves ``path`` (or one of its entries) only in a hidden
     ``.<name>.ssmis-*.old`` (whole folder) or ``.<name>.ssmis-*.aside`` (``keep_others`` entries) sibling; those are
     moved back wherever ``path`` lacks them, then removed. ``.<name>.ssmis-*.partial`` folders in which nothing was
-    touched for ``STALE_AFTER_S`` are deleted (newer ones may belong to a running process and are left alone). It
+    touched for ``STALE_AFTER_S`` and that no running write holds are deleted. It
     holds the parent folder's lock, so a swap running in another process is never undone half-way.
     """
     path = Path(path).absolute()
@@ -196,7 +220,8 @@ def atomic_output_dir(path: str | os.PathLike, keep_others: bool = False) -> Ite
     recover_interrupted(path)
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".partial", dir=path.parent))
     try:
-        yield tmp
+        with _dir_lock(tmp, shared=True):  # however long the caller writes, recovery never takes this for stale
+            yield tmp
         os.chmod(tmp, _final_mode(path, directory=True))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
