@@ -255,6 +255,37 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     save_curves(curves, png, title=title)
 
 
+def paired(results: list[dict], a: str, b: str, labeled: int, metric: str = "dice") -> dict:
+    """Per-case comparison of methods ``a`` and ``b`` (their ``method`` names) at ``labeled`` labelled volumes.
+
+    Uses the last row of each that holds per-case scores (``cases``), pairs the cases by name and returns
+    ``{"cases": n, "a_better": k, "diffs": {case: a - b}, "mean": .., "median": .., "min": .., "max": ..}``, with
+    the differences in points (×100) for ``dice``/``jaccard`` and in the metric's unit otherwise. Raises ValueError
+    naming the method whose row or per-case scores are missing.
+    """
+    def scores(method: str) -> dict[str, float]:
+        rows = [r for r in results if r.get("method", r["bundle"]) == method and r["labeled"] == labeled]
+        if not rows:
+            raise ValueError(f"no result row for {method!r} at {labeled} labelled")
+        cases = next((r["cases"] for r in reversed(rows) if r.get("cases")), None)
+        if not cases:
+            raise ValueError(f"{method!r} at {labeled} labelled has no per-case scores (run before they were kept)")
+        return {c["case"]: float(c[metric]) for c in cases}
+
+    sa, sb = scores(a), scores(b)
+    common = sorted(set(sa) & set(sb))
+    if not common:
+        raise ValueError(f"{a!r} and {b!r} share no case")
+    scale = 100.0 if metric in ("dice", "jaccard") else 1.0
+    diffs = {c: scale * (sa[c] - sb[c]) for c in common}
+    values = sorted(diffs.values())
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    better = sum(d < 0 if metric.startswith(("hd", "asd")) else d > 0 for d in values)  # distances: lower is better
+    return {"cases": len(common), "a_better": better, "diffs": diffs, "mean": sum(values) / len(values),
+            "median": median, "min": values[0], "max": values[-1]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=["cpu", "full"],
@@ -280,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curves-only", action="store_true",
                    help="train nothing: print the validation-Dice curve logged so far by each run (an unfinished "
                         "run too), to compare methods at equal iterations")
+    p.add_argument("--compare", nargs=2, metavar=("METHOD_A", "METHOD_B"),
+                   help="train nothing: per-case differences A - B at each --labeled count, from the results file "
+                        "(method names as in the table, e.g. mean_teacher_la+tsa mean_teacher_la)")
+    p.add_argument("--metric", default="dice", help="metric for --compare: dice, jaccard, hd95_mm, asd_mm, ...")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the table, the plot and the table in docs/benchmarks.md from the "
                         "results file")
@@ -323,6 +358,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         report(json.loads(args.results.read_text()) if args.results.is_file() else [])
         print(args.results.with_suffix(".md").read_text())
+        return 0
+    if args.compare:
+        results = json.loads(args.results.read_text()) if args.results.is_file() else []
+        for labeled in args.labeled:
+            try:
+                c = paired(results, *args.compare, labeled, args.metric)
+            except ValueError as e:
+                print(f"{labeled} labelled: {e}")
+                continue
+            a, b = args.compare
+            print(f"{labeled} labelled, {args.metric}, {a} - {b}: {a} better on {c['a_better']} of {c['cases']} "
+                  f"cases; mean {c['mean']:+.2f}, median {c['median']:+.2f}, range {c['min']:+.2f} to {c['max']:+.2f}")
+            for case, d in c["diffs"].items():
+                print(f"   {case}: {d:+.2f}")
         return 0
     if args.curves_only:
         for labeled in args.labeled:

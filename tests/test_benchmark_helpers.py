@@ -13,7 +13,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
-from benchmarks.la_protocol import _version_cell, merge_result, update_doc_table, version_label  # noqa: E402
+from benchmarks.la_protocol import _version_cell, merge_result, paired, update_doc_table, version_label  # noqa: E402
 from benchmarks.monailabel_server import server_command  # noqa: E402
 
 
@@ -126,3 +126,26 @@ def test_protocol_arguments_are_checked_before_any_work(tmp_path, capsys):
             main(argv + ["--data-root", str(tmp_path / "no_data"), "--runs-root", str(tmp_path / "runs")])
         assert e.value.code == 2 and words in capsys.readouterr().err, argv
     assert not (tmp_path / "no_data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_paired_comparison_by_case():
+    """Cases pair by name (order and extra cases do not matter); distances count lower as better."""
+    def row(method, labeled, cases):
+        return {"bundle": method.split("+")[0], "method": method, "labeled": labeled, "cases": cases}
+
+    a = [{"case": "c1", "dice": 0.80, "hd95_mm": 5.0}, {"case": "c2", "dice": 0.70, "hd95_mm": 9.0},
+         {"case": "c3", "dice": 0.90, "hd95_mm": 4.0}]
+    b = [{"case": "c3", "dice": 0.91, "hd95_mm": 4.5}, {"case": "c1", "dice": 0.75, "hd95_mm": 6.0},
+         {"case": "c2", "dice": 0.60, "hd95_mm": 8.0}, {"case": "c4", "dice": 0.5, "hd95_mm": 1.0}]
+    results = [row("x+tsa", 8, a), row("x", 8, b), row("x", 16, []), row("x+tsa", 16, a)]
+    c = paired(results, "x+tsa", "x", 8)
+    assert c["cases"] == 3 and c["a_better"] == 2
+    assert c["diffs"] == pytest.approx({"c1": 5.0, "c2": 10.0, "c3": -1.0})
+    assert (c["min"], c["median"], c["max"]) == pytest.approx((-1.0, 5.0, 10.0))
+    assert c["mean"] == pytest.approx(14.0 / 3)
+    d = paired(results, "x+tsa", "x", 8, metric="hd95_mm")
+    assert d["a_better"] == 2 and d["diffs"] == pytest.approx({"c1": -1.0, "c2": 1.0, "c3": -0.5})
+    with pytest.raises(ValueError, match="'x' at 16 labelled has no per-case scores"):
+        paired(results, "x+tsa", "x", 16)
+    with pytest.raises(ValueError, match="no result row for 'y' at 8 labelled"):
+        paired(results, "y", "x", 8)
