@@ -19,7 +19,7 @@ TINY = [
     "--patch_size", "[32, 32, 24]",
     "--batch_size", "2",
     "--device", "$torch.device('cpu')",
-    "--amp", "false",
+    "--amp", "False",
 ]
 
 

@@ -50,7 +50,7 @@ def test_no_config_file_on_the_command_line_checks_nothing():
 @pytest.mark.parametrize("key, value", [("num_iterations", 0), ("num_iterations", -500), ("batch_size", 2.5),
                                         ("pretrain_iterations", -1), ("lr_step_origin", "selftraining"),
                                         ("tsa_ramp_origin", None), ("teacher_mode", "Eval"), ("sw_average", "mean"),
-                                        ("val_interval", True)])
+                                        ("val_interval", True), ("amp", "false"), ("amp", 1)])
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"--{key}: must be"):
         check_settings(**{key: value})
@@ -59,14 +59,15 @@ def test_bad_settings_are_named(key, value):
 def test_good_settings_pass_and_unknown_rules_are_caught():
     check_settings(num_iterations=1, val_interval=200, batch_size=4, unlabeled_batch_size=4, sw_batch_size=1,
                    pretrain_iterations=0, lr_step_origin="run", tsa_ramp_origin="self_training", teacher_mode="eval",
-                   sw_average="logits")
-    assert len(SETTING_RULES) == 10
+                   sw_average="logits", amp=False)
+    assert len(SETTING_RULES) == 11
     with pytest.raises(KeyError, match="no rule for 'learning_rate'"):
         check_settings(learning_rate=0.01)
 
 
 @pytest.mark.parametrize("override, words", [(["--num_iteration", "5"], "did you mean --num_iterations"),
-                                             (["--num_iterations", "-500"], "--num_iterations: must be a positive")])
+                                             (["--num_iterations", "-500"], "--num_iterations: must be a positive"),
+                                             (["--amp", "false"], "--amp: must be True or False")])
 def test_bundle_command_refuses_before_reading_data(tmp_path, override, words):
     """Through ``monai.bundle run`` itself: the run stops at once with the key named, before touching data."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--dataset_dir",

@@ -233,3 +233,38 @@ def test_mean_teacher_trains_and_teacher_is_ema():
     out = trainer.state.output
     assert {"loss", "loss/sup", "loss/consistency", "weight/unlabeled"} <= set(out)
     assert float(out["weight/unlabeled"]) == pytest.approx(rampup.at(59))
+
+
+def _nan_loss(x):
+    return x * float("nan")
+
+
+def _nan_gradient(x):
+    """Finite in the forward pass, NaN in the backward one: the classic ``where`` over a NaN branch (in the wild,
+    e.g. a bfloat16 convolution backward)."""
+    return x + torch.where(torch.tensor(True), torch.zeros(()), torch.sqrt(-x.abs() - 1))
+
+
+@pytest.mark.parametrize("spoil, words", [(_nan_loss, r"the loss is not finite \(loss nan, weight/unlabeled 0.5"),
+                                          (_nan_gradient, r"a gradient is not finite \(loss -?\d")])
+def test_non_finite_loss_or_gradient_stops_before_the_step(spoil, words):
+    """Without a GradScaler nothing would skip the step: a NaN loss or gradient stops the run, naming the iteration
+    and the terms, with the weights as they were and no epoch handler (checkpoint saver) run."""
+
+    class Blows(Recorder):
+        def __call__(self, engine, labeled, unlabeled):
+            out = super().__call__(engine, labeled, unlabeled)
+            if engine.state.iteration == 3:
+                out["loss"] = spoil(out["loss"])
+            return out
+
+    net = tiny_net()
+    trainer = make_trainer(Blows([net]), torch.optim.SGD(net.parameters(), lr=0.1), None, iterations=5)
+    before = {}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2),
+                              lambda e: before.update({k: v.clone() for k, v in net.state_dict().items()}))
+    epochs = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs.append(e.state.epoch))
+    with pytest.raises(FloatingPointError, match="iteration 3: " + words):
+        trainer.run()
+    assert epochs == [] and all(torch.equal(before[k], v) for k, v in net.state_dict().items())

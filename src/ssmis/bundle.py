@@ -128,6 +128,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tsa_ramp_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
+    # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
+    "amp": (lambda v: isinstance(v, bool), "True or False (spelt so: 'false' is read as a string, which turns it on)"),
 }
 
 

@@ -207,8 +207,19 @@ class SemiSupervisedTrainer(Trainer):
             self.logger.warning("the unlabelled data loader drew no batch: training on labelled data only")
         return None
 
+    def _refuse_non_finite(self, what: str, terms: Mapping[str, Any]) -> None:
+        """Raise ``FloatingPointError`` naming the iteration, ``what`` is not finite, and every scalar loss term."""
+        parts = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items()
+                          if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1))
+        hint = f"; autocast to {self.amp_dtype} is on, try amp off" if self._autocast_on() else ""
+        raise FloatingPointError(f"iteration {self.state.iteration}: {what} is not finite ({parts}); stopped before "
+                                 f"the optimiser step, weights unchanged{hint}")
+
+    def _autocast_on(self) -> bool:
+        return bool(self.amp) and not (self.amp_device_type == "cpu" and self.amp_dtype != torch.bfloat16)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp or (self.amp_device_type == "cpu" and self.amp_dtype != torch.bfloat16):
+        if not self._autocast_on():
             return contextlib.nullcontext()
         return torch.autocast(self.amp_device_type, dtype=self.amp_dtype)
 
@@ -235,8 +246,16 @@ class SemiSupervisedTrainer(Trainer):
                 engine.scaler.step(opt)
             engine.scaler.update()
         else:
+            # without a GradScaler nothing skips a bad step: a NaN would reach every weight and then the next
+            # checkpoint, so stop before the step, with the weights and checkpoints as they were
+            if not torch.isfinite(loss.detach()).all():
+                engine._refuse_non_finite("the loss", terms)
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            grads = [q.grad for opt in engine.optimizers for g in opt.param_groups for q in g["params"]
+                     if q.grad is not None]
+            if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):  # one reduction, one sync
+                engine._refuse_non_finite("a gradient", terms)
             for opt in engine.optimizers:
                 opt.step()
         engine.state.output = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
