@@ -268,3 +268,12 @@ def test_non_finite_loss_or_gradient_stops_before_the_step(spoil, words):
     with pytest.raises(FloatingPointError, match="iteration 3: " + words):
         trainer.run()
     assert epochs == [] and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_all_finite_checks_elements_not_a_norm():
+    """Huge but finite gradients are finite (an L2 norm of them would overflow to inf); one NaN or inf is not."""
+    from ssmis.engines.semi_supervised_trainer import _all_finite
+
+    assert _all_finite([]) and _all_finite([torch.full((4,), 1e20), torch.ones(2, 2)])
+    assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
+    assert not _all_finite([torch.tensor([float("-inf")])])

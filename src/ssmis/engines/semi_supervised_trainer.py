@@ -66,6 +66,18 @@ def _check_draws_a_batch(name: str, loader: Iterable | None) -> None:
         )
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite, with one host synchronisation."""
+    if not tensors:
+        return True
+    flags = [torch.isfinite(t.coalesce().values() if t.is_sparse else t).all() for t in tensors]
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+
+
 def _has_len(loader: Iterable) -> bool:
     try:
         len(loader)  # type: ignore[arg-type]
@@ -248,13 +260,14 @@ class SemiSupervisedTrainer(Trainer):
         else:
             # without a GradScaler nothing skips a bad step: a NaN would reach every weight and then the next
             # checkpoint, so stop before the step, with the weights and checkpoints as they were
-            if not torch.isfinite(loss.detach()).all():
+            # (under DDP only the gradient check: every rank sees the same all-reduced gradients and stops together,
+            # where one rank stopping on its own loss would leave the others waiting in the backward all-reduce)
+            if not _distributed() and not torch.isfinite(loss.detach()).all():
                 engine._refuse_non_finite("the loss", terms)
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            grads = [q.grad for opt in engine.optimizers for g in opt.param_groups for q in g["params"]
-                     if q.grad is not None]
-            if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):  # one reduction, one sync
+            if not _all_finite([q.grad for opt in engine.optimizers for g in opt.param_groups for q in g["params"]
+                                if q.grad is not None]):
                 engine._refuse_non_finite("a gradient", terms)
             for opt in engine.optimizers:
                 opt.step()
