@@ -110,14 +110,20 @@ def target_iterations(config_file: str, overrides: list[str]) -> int:
     return int(parser.get_parsed_content("max_epochs")) * int(parser.get_parsed_content("val_interval"))
 
 
-def method_name(bundle: str, extra: list[str]) -> str:
-    """Row name of a run: the bundle, plus the stems of extra configs (``transmedseg_la+ablation_no_tsa``)."""
-    return "+".join([bundle] + [Path(f).stem for f in extra])
+DEFAULT_SEED = 1337  # the seed of every row without a seed suffix
+
+
+def method_name(bundle: str, extra: list[str], seed: int = DEFAULT_SEED) -> str:
+    """Row name of a run: the bundle, plus the stems of extra configs (``transmedseg_la+ablation_no_tsa``), plus
+    ``@seed<N>`` for a seed other than :data:`DEFAULT_SEED`, so a seed repeat gets its own row and run folder instead
+    of replacing the default-seed row."""
+    name = "+".join([bundle] + [Path(f).stem for f in extra])
+    return name if seed == DEFAULT_SEED else f"{name}@seed{seed}"
 
 
 def run_dir(bundle: str, labeled: int, args: argparse.Namespace) -> Path:
-    """Where a (bundle + extra configs, label count) run keeps its models, logs and evaluation."""
-    return args.runs_root / f"{method_name(bundle, args.extra_configs.get(bundle, []))}_l{labeled}"
+    """Where a (bundle + extra configs, seed, label count) run keeps its models, logs and evaluation."""
+    return args.runs_root / f"{method_name(bundle, args.extra_configs.get(bundle, []), args.seed)}_l{labeled}"
 
 
 def bundle_version(bundle: str) -> str:
@@ -135,7 +141,7 @@ def version_label(trained_by: list[str], evaluated_by: str) -> str:
 def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
     extra = [c for c in args.extra_configs.get(bundle, [])]
-    method = method_name(bundle, extra)
+    method = method_name(bundle, extra, args.seed)
     out = run_dir(bundle, labeled, args)
     common = ["--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
               "--seed", str(args.seed)]
@@ -300,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-interval", type=int, help="iterations between validations (cpu default 200)")
     p.add_argument("--max-wall-s", type=float, help="train at most this long per call, then save and exit")
     p.add_argument("--sw-overlap", help="sliding-window overlap (full default: stride 18/18/4 of 112x112x80)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"training seed (default {DEFAULT_SEED}); another seed is a separate row, named "
+                        "<method>@seed<N>, for measuring the spread between seeds")
     p.add_argument("--val", type=int, default=8, help="validation volumes, the last of train.list (default 8)")
     p.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "LA")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")

@@ -13,7 +13,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
-from benchmarks.la_protocol import _version_cell, merge_result, paired, update_doc_table, version_label  # noqa: E402
+from benchmarks.la_protocol import (  # noqa: E402
+    _version_cell, merge_result, method_name, paired, update_doc_table, version_label)
 from benchmarks.monailabel_server import server_command  # noqa: E402
 
 
@@ -149,3 +150,13 @@ def test_paired_comparison_by_case():
         paired(results, "x+tsa", "x", 16)
     with pytest.raises(ValueError, match="no result row for 'y' at 8 labelled"):
         paired(results, "y", "x", 8)
+
+
+def test_seed_repeat_is_its_own_row(tmp_path):
+    assert method_name("t", ["ablation_x.yaml"]) == "t+ablation_x"  # the default seed keeps the historical names
+    repeat = method_name("t", ["ablation_x.yaml"], seed=2)
+    assert repeat == "t+ablation_x@seed2"
+    path = tmp_path / "r.json"
+    merge_result(path, {"bundle": "t", "method": "t+ablation_x", "labeled": 8, "dice": 1})
+    rows = merge_result(path, {"bundle": "t", "method": repeat, "labeled": 8, "dice": 2})
+    assert sorted(r["dice"] for r in rows) == [1, 2]  # the repeat does not replace the default-seed row
