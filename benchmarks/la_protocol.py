@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
+from benchmarks.paused_time import PausedMeter  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 # settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
@@ -41,17 +42,20 @@ PER_LABEL_OVERRIDES = {"fixed_dynamic_pl_la": {16: ["--unlabeled_w0", "1.0"]}}
 
 
 def run_cmd(cmd: list[str], log: Path) -> tuple[float, float, dict]:
-    """Run ``cmd`` with output to ``log``; return (wall seconds, peak RSS in MiB, ``{"cpu_s", "steal"}``): the
-    process's user + system CPU seconds and the host's steal fraction meanwhile. Raises on failure."""
+    """Run ``cmd`` with output to ``log``; return (wall seconds, peak RSS in MiB, ``{"cpu_s", "steal",
+    "paused_s"}``): the process's user + system CPU seconds, the host's steal fraction meanwhile, and the seconds
+    of the wall time the process spent stopped (``SIGSTOP``; None where it cannot be read). Raises on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log, "w") as f, StealMeter() as steal:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(p.pid, 0)
+        with PausedMeter(p.pid) as paused:
+            _, status, usage = os.wait4(p.pid, 0)
     wall = time.time() - t0
     if status != 0:
         raise RuntimeError(f"command failed (status {status}), see {log}: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024.0, {"cpu_s": usage.ru_utime + usage.ru_stime, "steal": steal.fraction}
+    return wall, usage.ru_maxrss / 1024.0, {"cpu_s": usage.ru_utime + usage.ru_stime, "steal": steal.fraction,
+                                            "paused_s": paused.seconds}
 
 
 def val_curve(log_dir: Path) -> tuple[list[int], list[float]]:
@@ -170,6 +174,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     total = json.loads(progress.read_text()) if progress.is_file() and args.max_wall_s else {}
     total["wall_s"] = total.get("wall_s", 0.0) + train_wall
     total["cpu_s"] = total.get("cpu_s", 0.0) + usage["cpu_s"]
+    if usage["paused_s"] is not None:
+        total["paused_s"] = total.get("paused_s", 0.0) + usage["paused_s"]
     trained_by = total.setdefault("trained_by", [])  # the bundle versions that trained the pieces of this run
     if version not in trained_by:
         trained_by.append(version)
@@ -191,7 +197,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     return {
         "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
         "seed": args.seed, "protocol": args.protocol,
-        "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "host_steal": steal,
+        "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "train_paused_s": total.get("paused_s"),
+        "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
         "cases": scored.get("cases", []),  # per-case scores, kept for paired comparisons once run dirs are gone
@@ -229,6 +236,14 @@ def update_doc_table(doc: Path, name: str, table: str) -> bool:
     return True
 
 
+def _wall_cell(row: dict) -> str:
+    """A row's train wall time, with the part the run spent stopped: ``"54.3 min (29.5 stopped)"``.
+
+    Rows from before the pause was measured have no ``train_paused_s``; their cell is the wall time alone."""
+    wall, paused = row["train_wall_s"] / 60, (row.get("train_paused_s") or 0.0) / 60
+    return f"{wall:.1f} min" + (f" ({paused:.1f} stopped)" if paused >= 0.05 else "")
+
+
 def _version_cell(version: str | None) -> str:
     """The bundle versions named in a row's ``bundle_version`` ("0.1.1 (trained), 0.1.2 (evaluated)" → "0.1.1/0.1.2")."""
     found = re.findall(r"\d+\.\d+\.[0-9x]+", version or "")
@@ -249,7 +264,7 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
         rows.append(
             f"| {r.get('method', r['bundle'])} | {_version_cell(r.get('bundle_version'))} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
             f"| {100 * m['jaccard']:.2f} | {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} "
-            f"| {m['asd_vox']:.2f} / {m['asd_mm']:.2f} | {r['train_wall_s'] / 60:.1f} min "
+            f"| {m['asd_vox']:.2f} / {m['asd_mm']:.2f} | {_wall_cell(r)} "
             f"| {_minutes(r.get('train_cpu_s'))} | {format_steal(r.get('host_steal'))} "
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )

@@ -4,7 +4,11 @@ MONAI Label server command."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
 from benchmarks.la_protocol import (  # noqa: E402
-    _version_cell, merge_result, method_name, paired, update_doc_table, version_label)
+    _version_cell, _wall_cell, merge_result, method_name, paired, update_doc_table, version_label)
 from benchmarks.monailabel_server import server_command  # noqa: E402
+from benchmarks.paused_time import PausedMeter, process_state  # noqa: E402
 
 
 def test_doc_table_replaced_between_markers_only(tmp_path):
@@ -160,3 +165,38 @@ def test_seed_repeat_is_its_own_row(tmp_path):
     merge_result(path, {"bundle": "t", "method": "t+ablation_x", "labeled": 8, "dice": 1})
     rows = merge_result(path, {"bundle": "t", "method": repeat, "labeled": 8, "dice": 2})
     assert sorted(r["dice"] for r in rows) == [1, 2]  # the repeat does not replace the default-seed row
+
+
+def test_process_state_reads_the_field_after_the_command_name(tmp_path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text("42 (a (weird) name) T 1 42 42 0 -1\n")  # ")" inside the name
+    assert process_state(42, proc=tmp_path) == "T"
+    assert process_state(43, proc=tmp_path) is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
+def test_paused_meter_measures_a_sigstop_pause():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with PausedMeter(child.pid, interval=0.05) as running:
+            time.sleep(0.6)
+        assert running.seconds == 0.0  # sleeping (S) is not stopped
+        with PausedMeter(child.pid, interval=0.05) as paused:
+            child.send_signal(signal.SIGSTOP)
+            time.sleep(1.5)
+            child.send_signal(signal.SIGCONT)
+            time.sleep(0.3)
+        # one poll interval may be missed at each end of the pause; the margin covers a loaded machine's polling
+        assert 1.0 <= paused.seconds <= 1.8
+    finally:
+        child.kill()
+        child.wait()
+    with PausedMeter(child.pid) as gone:  # a reaped process: nothing to measure
+        pass
+    assert gone.seconds is None
+
+
+def test_wall_cell_shows_the_stopped_part():
+    assert _wall_cell({"train_wall_s": 600.0}) == "10.0 min"  # rows from before the pause was measured
+    assert _wall_cell({"train_wall_s": 600.0, "train_paused_s": 0.0}) == "10.0 min"
+    assert _wall_cell({"train_wall_s": 3258.0, "train_paused_s": 1770.0}) == "54.3 min (29.5 stopped)"
