@@ -29,7 +29,8 @@ class PausedMeter:
     """``with PausedMeter(pid) as m: ...`` then ``m.seconds``: how long ``pid`` was stopped meanwhile.
 
     A daemon thread polls the process state every ``interval`` seconds and adds the time between two polls that
-    both found it stopped (``T``, or ``t`` under a tracer), so the error is at most about one interval per pause.
+    both found it stopped (``T``, or ``t`` under a tracer), so each pause is undercounted by less than two
+    intervals (up to one before its first stopped poll and one after its last).
     ``m.seconds`` is None where ``/proc`` cannot be read (not Linux).
     """
 
