@@ -270,6 +270,27 @@ def test_non_finite_loss_or_gradient_stops_before_the_step(spoil, words):
     assert epochs == [] and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+def test_a_one_process_group_still_checks_the_loss(tmp_path):
+    """Only a group of several processes skips the loss check (one rank stopping alone would hang the others);
+    a world of one checks it as a plain run does, and names the loss rather than a gradient."""
+    import torch.distributed as dist
+
+    class Blows(Recorder):
+        def __call__(self, engine, labeled, unlabeled):
+            out = super().__call__(engine, labeled, unlabeled)
+            out["loss"] = _nan_loss(out["loss"])
+            return out
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        net = tiny_net()
+        trainer = make_trainer(Blows([net]), torch.optim.SGD(net.parameters(), lr=0.1), None, iterations=2)
+        with pytest.raises(FloatingPointError, match="iteration 1: the loss is not finite"):
+            trainer.run()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_all_finite_checks_elements_not_a_norm():
     """Huge but finite gradients are finite (an L2 norm of them would overflow to inf); one NaN or inf is not."""
     from ssmis.engines.semi_supervised_trainer import _all_finite

@@ -22,6 +22,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from ..utils.distributed import get_world_size
 from .strategy import Strategy
 
 __all__ = ["SemiSupervisedTrainer", "scalar_terms"]
@@ -64,10 +65,6 @@ def _check_draws_a_batch(name: str, loader: Iterable | None) -> None:
             f"the {name} data loader yields no batch: {n} record(s){share}, batch size {loader.batch_size}, "
             f"drop_last {loader.drop_last}; add {name} records or lower the batch size"
         )
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -260,9 +257,10 @@ class SemiSupervisedTrainer(Trainer):
         else:
             # without a GradScaler nothing skips a bad step: a NaN would reach every weight and then the next
             # checkpoint, so stop before the step, with the weights and checkpoints as they were
-            # (under DDP only the gradient check: every rank sees the same all-reduced gradients and stops together,
-            # where one rank stopping on its own loss would leave the others waiting in the backward all-reduce)
-            if not _distributed() and not torch.isfinite(loss.detach()).all():
+            # (with several processes only the gradient check: every rank sees the same all-reduced gradients and
+            # stops together, where one rank stopping on its own loss would leave the others waiting in the backward
+            # all-reduce)
+            if get_world_size() == 1 and not torch.isfinite(loss.detach()).all():
                 engine._refuse_non_finite("the loss", terms)
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from ..utils.atomic import atomic_torch_save
+from ..utils.distributed import get_rank
 from ..networks.unwrap import unwrap_module
 
 __all__ = ["BestModelSaver"]
@@ -81,7 +81,7 @@ class BestModelSaver:
         if not value > self.best_metric:  # NaN never counts as an improvement
             return
         self.best_metric, self.best_epoch = value, epoch
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if get_rank() != 0:
             return
         obj = {k: unwrap_module(v).state_dict() for k, v in self.save_dict.items()}
         obj.update(best_metric=value, best_epoch=epoch)

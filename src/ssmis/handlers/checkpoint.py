@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from ..networks.unwrap import unwrap_module
 from ..utils.atomic import atomic_torch_save
+from ..utils.distributed import get_rank
 
 __all__ = ["ResumableCheckpoint"]
 
@@ -122,7 +122,7 @@ class ResumableCheckpoint:
 
     def save(self, engine: Engine) -> None:
         """Write ``checkpoint.pt`` and ``model.pt`` atomically (rank 0 only)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if get_rank() != 0:
             return
         states = {name: unwrap_module(obj).state_dict() for name, obj in self.save_dict.items()}
         atomic_torch_save(states, self.state_path)

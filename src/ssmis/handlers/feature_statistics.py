@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.distributed import get_world_size
+
 __all__ = ["ClassFeatureStatistics", "OnlineClassStatistics"]
 
 
@@ -79,9 +81,7 @@ class OnlineClassStatistics(torch.nn.Module):
         self.count.add_(m)
 
     def _distributed(self) -> bool:
-        import torch.distributed as dist
-
-        return self.sync_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return self.sync_distributed and get_world_size() > 1
 
 
 class ClassFeatureStatistics(torch.nn.Module):
