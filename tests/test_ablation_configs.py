@@ -29,6 +29,13 @@ def test_bcp_ablations(extra, graph, tsa):
     assert (s.graph_loss is not None) == graph and (s.tsa is not None) == tsa
 
 
+def test_graph_reduction_ablation():
+    s, _ = strategy()
+    assert s.graph_loss.reduction == "pairs"
+    s, _ = strategy("ablation_graph_nodes.yaml")
+    assert s.graph_loss.reduction == "nodes" and s.tsa is not None
+
+
 def test_tsa_on_mean_teacher():
     s, parser = strategy("ablation_tsa_mean_teacher.yaml")
     assert type(s).__name__ == "MeanTeacherStrategy" and s.tsa is not None
@@ -185,6 +192,6 @@ def test_graph_loss_switches_are_reachable_by_override():
     parser.read_config([str(CFG / "train.yaml"), str(CFG / "cpu_protocol.yaml")])
     parser["bundle_root"] = str(BUNDLES / "transmedseg_la")
     parser["graph_loss_def#normalize"] = False
-    parser["graph_loss_def#pair_mean"] = False
+    parser["graph_reduction"] = "nodes"
     head = parser.get_parsed_content("graph_loss")
-    assert head.normalize is False and head.pair_mean is False
+    assert head.normalize is False and head.reduction == "nodes"

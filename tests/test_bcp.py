@@ -69,13 +69,15 @@ def test_graph_clustering_gradient_is_finite():
 
 
 def test_graph_clustering_switches():
-    """``pair_mean`` divides the plain trace by n²; ``normalize`` makes the loss blind to the features' scale."""
+    """``reduction`` divides the plain trace by n² or n; ``normalize`` makes the loss blind to the features' scale."""
     feats = torch.randn(1, 8, 3, 2, 2)  # n = 12 nodes, fewer than max_nodes: no subsample
-    torch.manual_seed(0)
-    plain = GraphClusteringLoss(8, clusters=2, pair_mean=False, normalize=False)
-    torch.manual_seed(0)
-    mean = GraphClusteringLoss(8, clusters=2, pair_mean=True, normalize=False)
-    torch.testing.assert_close(mean(feats) * 144, plain(feats))
+    losses = {}
+    for reduction in ("sum", "nodes", "pairs"):
+        torch.manual_seed(0)
+        losses[reduction] = GraphClusteringLoss(8, clusters=2, reduction=reduction, normalize=False)
+    plain = losses["sum"]
+    torch.testing.assert_close(losses["pairs"](feats) * 144, plain(feats))
+    torch.testing.assert_close(losses["nodes"](feats) * 12, plain(feats))
     # the hand formula: W = (F Fᵀ − max)/τ, S = softmax(MLP(relu(GCN(softmax(W) F)))), −Tr(W S Sᵀ)
     f = feats.movedim(1, -1).reshape(-1, 8)
     w = (f @ f.t() - (f @ f.t()).max()) / 2.0
@@ -85,6 +87,10 @@ def test_graph_clustering_switches():
     unit = GraphClusteringLoss(8, clusters=2)
     torch.testing.assert_close(unit(feats), unit(3.0 * feats))
     assert not torch.allclose(plain(feats), plain(3.0 * feats))
+    # normalised and divided by n², W lies in [−2/τ, 0] and S·Sᵀ in [0, 1]: the loss is at most 2/τ = 1
+    assert 0 <= float(unit(torch.randn(1, 8, 6, 6, 4))) <= 1.0
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        GraphClusteringLoss(8, reduction="mean")
 
 
 def test_pseudo_labels_keep_largest_component():

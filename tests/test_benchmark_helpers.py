@@ -200,3 +200,22 @@ def test_wall_cell_shows_the_stopped_part():
     assert _wall_cell({"train_wall_s": 600.0}) == "10.0 min"  # rows from before the pause was measured
     assert _wall_cell({"train_wall_s": 600.0, "train_paused_s": 0.0}) == "10.0 min"
     assert _wall_cell({"train_wall_s": 3258.0, "train_paused_s": 1770.0}) == "54.3 min (29.5 stopped)"
+
+
+def test_graph_loss_scale_on_a_synthetic_dataset(synthetic_3d, tmp_path):
+    """The graph-loss scale benchmark runs the bundle's own BCP step on real batches: n is the bottleneck's voxel
+    count over both mixed images, the reductions scale by n and n², and the default term is bounded by κ·2/τ."""
+    from benchmarks.graph_loss_scale import main as graph_loss_scale
+
+    out = tmp_path / "scale"
+    assert graph_loss_scale(["--checkpoint", "none", "--dataset-dir", str(synthetic_3d), "--steps", "2",
+                             "--results", str(out)]) == 0
+    (r,) = json.loads(out.with_suffix(".json").read_text())
+    assert r["n"] == 2 * 3 * 3 * 2  # two mixed 56x56x40 patches, a 3x3x2 bottleneck (BasicUNet's down_4) each
+    assert 0 < r["pairs"]["kappa_cc_median"] <= 0.01 * 2 / 2.0
+    assert r["nodes"]["kappa_cc_median"] == pytest.approx(r["pairs"]["kappa_cc_median"] * r["n"])
+    assert r["sum"]["grad_ratio_median"] == pytest.approx(r["pairs"]["grad_ratio_median"] * r["n"] ** 2)
+    assert all(0 < s["grad_ratio_pairs"] < float("inf") for s in r["per_step"])
+    assert "| initial weights | 36 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):  # a folder without a datalist is named, not a traceback
+        graph_loss_scale(["--checkpoint", "none", "--dataset-dir", str(tmp_path), "--results", str(out)])

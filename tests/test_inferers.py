@@ -134,3 +134,34 @@ def test_evaluate_uses_the_protocol_stride_and_the_cpu_protocol_keeps_its_overla
     assert overlap("train.yaml", "cpu_protocol.yaml", "evaluate.yaml")[0] == 0.5  # the LA-1.25mm rows' setting
     # the documented command-line switch back to sw_overlap (`--eval_sw_stride 0`; MONAI drops a None override)
     assert overlap("train.yaml", "evaluate.yaml", eval_sw_stride=0, sw_overlap=0.25)[0] == 0.25
+
+
+@pytest.mark.parametrize("bundle", ["supervised_la", "mean_teacher_la", "transmedseg_la", "fixed_dynamic_pl_la"])
+def test_inference_steps_by_sw_overlap_or_by_sw_stride(bundle) -> None:
+    """inference.yaml favours speed (sw_overlap 0.5); ``--sw_stride`` gives the windows evaluate.yaml scores with."""
+    from monai.bundle import ConfigParser
+    from monai.inferers.utils import _get_scan_interval
+
+    from conftest import BUNDLES
+
+    def inferer(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLES / bundle / "configs" / "inference.yaml"))
+        parser["bundle_root"] = str(BUNDLES / bundle)
+        for k, v in overrides.items():
+            parser[k] = v
+        return parser.get_parsed_content("inferer")
+
+    assert inferer().overlap == 0.5
+    o = inferer(sw_stride=[18, 18, 4]).overlap
+    assert _get_scan_interval((300, 300, 200), (112, 112, 80), 3, tuple(o)) == (18, 18, 4)
+    with pytest.raises(Exception) as err:  # MONAI wraps the ValueError in the config item that failed
+        inferer(sw_stride=[18, 18])
+    assert "sw_stride [18, 18] needs one step per axis" in "".join(str(e) for e in _chain(err.value))
+    assert "eval_sw_stride" not in "".join(str(e) for e in _chain(err.value))
+
+
+def _chain(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__

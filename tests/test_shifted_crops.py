@@ -73,6 +73,21 @@ def test_shift_sampling_always_overlaps():
         context_size([8, 8], [8, 1])
 
 
+def test_co_training_refuses_shifts_that_could_miss_the_fixed_crop():
+    """The strategy checks the shift range itself, not only the bundle: a shift as large as the crop would give
+    shifted crops that cover none of the fixed crop, and COM would silently fall back to the fixed label."""
+    from ssmis.engines import CoTrainingStrategy
+
+    nets = [torch.nn.Conv3d(1, 2, 1), torch.nn.Conv3d(1, 2, 1)]
+    CoTrainingStrategy(nets, lambda p, y: p.sum(), crop=[8, 8, 4], max_shift=[7, 7, 3])  # the largest valid range
+    with pytest.raises(ValueError, match=r"max_shift \[2, 8, 1\] must be >= 0 and < the crop size"):
+        CoTrainingStrategy(nets, lambda p, y: p.sum(), crop=[8, 8, 4], max_shift=[2, 8, 1])
+    with pytest.raises(ValueError, match="one entry per spatial axis"):
+        CoTrainingStrategy(nets, lambda p, y: p.sum(), crop=[8, 8, 4], max_shift=[2, 2])
+    with pytest.raises(ValueError, match="n_shifts"):
+        CoTrainingStrategy(nets, lambda p, y: p.sum(), crop=[8, 8, 4], max_shift=[2, 2, 1], n_shifts=0)
+
+
 def test_cutmix_identical_on_image_and_labels():
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

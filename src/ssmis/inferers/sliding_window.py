@@ -13,19 +13,20 @@ __all__ = ["SoftmaxSlidingWindowInferer", "overlap_for_stride"]
 AVERAGES = ("softmax", "logits")
 
 
-def overlap_for_stride(stride: Sequence[int], roi_size: Sequence[int]) -> list[float]:
-    """The per-axis ``overlap`` for which MONAI's sliding window steps exactly ``stride`` voxels.
+def overlap_for_stride(stride: Sequence[int], roi_size: Sequence[int], key: str = "eval_sw_stride") -> list[float]:
+    """The per-axis ``overlap`` for which MONAI's sliding window steps exactly ``stride`` voxels (``key``: the config
+    key that holds ``stride``, named in errors).
 
     Protocols give the step in voxels (LA: 18 in-plane and 4 along z for 112×112×80 windows); MONAI takes an
     overlap fraction and steps ``int(roi · (1 − overlap))``, which truncates, so an overlap computed as
     ``1 − stride / roi`` can land one voxel short. Aiming half a voxel above the stride avoids that.
     """
     if len(stride) != len(roi_size):
-        raise ValueError(f"eval_sw_stride {list(stride)} needs one step per axis of the window {list(roi_size)}")
+        raise ValueError(f"{key} {list(stride)} needs one step per axis of the window {list(roi_size)}")
     out = []
     for s, r in zip(stride, roi_size):
         if isinstance(s, bool) or int(s) != s or not 1 <= s <= r:
-            raise ValueError(f"eval_sw_stride {list(stride)}: each step must be a whole number of voxels in 1..{r} "
+            raise ValueError(f"{key} {list(stride)}: each step must be a whole number of voxels in 1..{r} "
                              f"(the window size on that axis)")
         out.append(max(0.0, 1.0 - (s + 0.5) / r))
     return out
