@@ -41,6 +41,8 @@ def test_tsa_on_mean_teacher():
     assert type(s).__name__ == "MeanTeacherStrategy" and s.tsa is not None
     assert parser["train#handlers"][-1].replace("::", "#") == "@train#rampup"  # merged into the list, not replacing it
     assert len(parser["train#handlers"]) > 5
+    parser["use_tsa"] = False  # the switch is honoured here too (the plain mean teacher of this bundle's pieces)
+    assert parser.get_parsed_content("train#strategy", lazy=False).tsa is None
 
 
 @pytest.mark.parametrize("beta", ["0.1", "0.2", "0.4", "0.6", "0.8", "1.0"])
