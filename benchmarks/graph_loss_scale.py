@@ -53,6 +53,8 @@ def measure(bundle_dir: Path, dataset_dir: Path, checkpoint: str | None, steps: 
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
+    from ssmis.losses import GraphClusteringLoss
+
     set_determinism(seed=seed)
     cfg = bundle_dir / "configs"
     parser = ConfigParser()
@@ -91,7 +93,9 @@ def measure(bundle_dir: Path, dataset_dir: Path, checkpoint: str | None, steps: 
     n = rows[0]["n"]
     summary = {"checkpoint": checkpoint or "initial weights", "configs": ["train.yaml", *extra_configs],
                "dataset_dir": str(dataset_dir), "steps": steps, "kappa": kappa, "n": n, "per_step": rows}
-    for red, scale in (("pairs", 1), ("nodes", n), ("sum", n * n)):
+    pairs_power = GraphClusteringLoss.reductions["pairs"]
+    for red, power in GraphClusteringLoss.reductions.items():
+        scale = n ** (pairs_power - power)  # value and gradient relative to the "pairs" ones measured
         v = [r["kappa_cc_pairs"] * scale for r in rows]
         g = [r["grad_ratio_pairs"] * scale for r in rows]
         summary[red] = {"kappa_cc_median": statistics.median(v), "grad_ratio_median": statistics.median(g),

@@ -71,6 +71,8 @@ def test_shift_sampling_always_overlaps():
     assert torch.all(s.abs() < torch.tensor(crop))  # overlap on every axis
     with pytest.raises(ValueError, match="overlaps"):
         context_size([8, 8], [8, 1])
+    with pytest.raises(ValueError, match="one entry per spatial axis"):  # zip would silently drop the third axis
+        context_size([8, 8, 6], [2, 2])
 
 
 def test_co_training_refuses_shifts_that_could_miss_the_fixed_crop():

@@ -102,11 +102,9 @@ class CoTrainingStrategy(Strategy):
             raise ValueError(f"co-training needs exactly two networks, got {len(networks)}")
         if not (use_fixed or use_dynamic):
             raise ValueError("at least one of use_fixed and use_dynamic must be on")
-        if len(crop) != len(max_shift):
-            raise ValueError(f"crop {list(crop)} and max_shift {list(max_shift)} must have one entry per spatial axis")
         if int(n_shifts) < 1:
             raise ValueError(f"n_shifts must be >= 1, got {n_shifts}")
-        context_size(crop, max_shift)  # refuses a shift range that would let a shifted crop miss the fixed one
+        context_size(crop, max_shift)  # refuses mismatched axes and a shift range that could miss the fixed crop
         self.networks = tuple(networks)
         self.sup_loss = sup_loss
         self.crop, self.max_shift = [int(c) for c in crop], [int(m) for m in max_shift]

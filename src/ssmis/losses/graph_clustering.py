@@ -32,13 +32,13 @@ class GraphClusteringLoss(nn.Module):
             ``−Tr(W·S·Sᵀ)``.
     """
 
-    reductions = ("pairs", "nodes", "sum")
+    reductions = {"pairs": 2, "nodes": 1, "sum": 0}  # each reduction divides the trace by n to this power
 
     def __init__(self, in_channels: int, clusters: int = 2, hidden: int = 64, tau: float = 2.0,
                  max_nodes: int = 512, normalize: bool = True, reduction: str = "pairs") -> None:
         super().__init__()
         if reduction not in self.reductions:
-            raise ValueError(f"graph loss reduction must be one of {self.reductions}, got {reduction!r}")
+            raise ValueError(f"graph loss reduction must be one of {tuple(self.reductions)}, got {reduction!r}")
         self.gcn = nn.Linear(in_channels, hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, clusters))
         self.tau, self.max_nodes = float(tau), int(max_nodes)
@@ -57,4 +57,4 @@ class GraphClusteringLoss(nn.Module):
         s = torch.softmax(self.mlp(h), dim=1)  # [n, K]
         n = f.shape[0]
         cc = -torch.trace(w @ s @ s.t())
-        return cc / {"pairs": n * n, "nodes": n, "sum": 1}[self.reduction]
+        return cc / n ** self.reductions[self.reduction]

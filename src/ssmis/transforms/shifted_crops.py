@@ -17,6 +17,8 @@ __all__ = ["context_size", "sample_shifts", "crop_at", "map_back", "combine_fixe
 
 def context_size(crop: Sequence[int], max_shift: Sequence[int]) -> list[int]:
     """Size of the context patch holding a fixed crop and every crop shifted by at most ``max_shift``."""
+    if len(crop) != len(max_shift):
+        raise ValueError(f"crop {list(crop)} and max_shift {list(max_shift)} must have one entry per spatial axis")
     for c, m in zip(crop, max_shift):
         if not 0 <= m < c:
             raise ValueError(f"max_shift {list(max_shift)} must be >= 0 and < the crop size {list(crop)}, so every "
