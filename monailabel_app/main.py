@@ -6,16 +6,17 @@
 Conf keys: ``models`` (comma list of bundle names, or ``all``; default ``all``), ``model_dir`` (where each model's
 ``model.pt``, runs and score cache live; default ``<app>/model``), ``bundles`` (the bundles folder; default the
 repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's train and inference configs),
-``device``, ``allow_remote`` (answer clients on other machines when started without ``--host``; default false).
-Nothing is downloaded, at start-up or later.
+``device``, ``allow_remote`` (answer clients on other machines when started without ``--host``; default false),
+``cors_origins`` (web origins allowed to call the server; default none), ``max_upload_mb`` (default 512) and
+``max_voxels`` (default 512³) per uploaded volume, ``max_parallel_infer`` (default 2) and ``infer_wait_s`` (default
+120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503. Sessions (``/session/``) are off. Nothing is downloaded, at
+start-up or later.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -29,12 +30,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.scoring import ScoringMethod  # noqa: E402
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
-from monailabel.tasks.activelearning.random import Random  # noqa: E402
 
 from lib import errors  # noqa: E402
-from lib.activelearning import Uncertainty  # noqa: E402
+from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
 from lib.configs import CONFIGS  # noqa: E402
 from lib.datastore import SafeLocalDatastore  # noqa: E402
+from lib.middleware import ComputeGate, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
+from lib.volumes import VolumeLimits  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,12 @@ class SSMISApp(MONAILabelApp):
         conf = dict(conf or {})
         bundles_dir = Path(conf.get("bundles", APP_DIR.parent / "bundles")).resolve()
         model_dir = Path(conf.get("model_dir", APP_DIR / "model")).resolve()
+        self.limits = VolumeLimits.from_conf(conf)
+        from monailabel.config import settings
+
+        self.origins = allowed_origins(conf.get("cors_origins"), settings.MONAI_LABEL_CORS_ORIGINS)
+        self.temp_folder: Path | None = None
+        self.gate = ComputeGate(int(conf.get("max_parallel_infer", 2)), float(conf.get("infer_wait_s", 120)))
         requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         names = sorted(CONFIGS) if requested in ([], ["all"]) else requested
         unknown = [m for m in names if m not in CONFIGS]
@@ -66,8 +74,17 @@ class SSMISApp(MONAILabelApp):
     # ---- tasks ---------------------------------------------------------------------------------------------------
     def init_datastore(self) -> Datastore:
         num_classes = max([c.num_classes for c in self.models.values()] or [2])
+        dims = sorted({c.predictor.spatial_dims for c in self.models.values()})
+        if len(dims) > 1:
+            raise ValueError(f"--conf models: the served models mix {dims}D inputs; serve models of one kind")
         return SafeLocalDatastore(self.studies, num_classes=num_classes, extensions=("*.nii.gz", "*.nii"),
-                                  auto_reload=_true(self.conf.get("auto_reload", "false")))
+                                  auto_reload=_true(self.conf.get("auto_reload", "false")), limits=self.limits,
+                                  spatial_dims=dims[0] if dims else 3)
+
+    def _load_sessions(self, load: bool = False) -> None:
+        """Sessions stay off: the Slicer workflow this app serves does not use them, and MONAI Label's session store
+        unpacks client archives without checking member paths and serves whatever path a session records."""
+        return None
 
     def init_infers(self) -> Dict[str, InferTask]:
         return {name: c.infer() for name, c in self.models.items()}
@@ -76,7 +93,7 @@ class SSMISApp(MONAILabelApp):
         return {name: c.trainer() for name, c in self.models.items()}
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"uncertainty": Uncertainty([c.cache for c in self.models.values()]), "random": Random()}
+        return {"uncertainty": Uncertainty([c.cache for c in self.models.values()]), "random": RandomSample()}
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         return {f"{name}_uncertainty": c.scoring_method() for name, c in self.models.items()}
@@ -88,8 +105,24 @@ class SSMISApp(MONAILabelApp):
             from monailabel.app import app as fastapi_app
 
             told = any(a in ("--host", "-i") or a.startswith("--host=") for a in sys.argv)
+            self.temp_folder = private_tempdir()
             errors.install(fastapi_app, loopback_only=not told and not _true(self.conf.get("allow_remote")),
-                           check_train=self._check_train_request)
+                           check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
+                           origins=self.origins,
+                           max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
+                           gate=self.gate)
+
+    def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
+        """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per
+        method each time, so they piled up behind each other. Here a new round starts only when no scoring is
+        queued or running."""
+        from monailabel.utils.async_tasks.utils import tasks
+
+        pending = [t for t in tasks("scoring") if t.get("status") in ("SUBMITTED", "RUNNING")]
+        if pending:
+            logger.info(f"scoring already queued or running ({len(pending)} task(s)): not queueing another round")
+            return {}
+        return super().async_scoring(method, params)
 
     def _check_train_request(self, model: str | None, params: Dict[str, Any]) -> None:
         """``ValueError`` if ``params`` would make the training fail (unknown models are answered later).
@@ -118,23 +151,18 @@ class SSMISApp(MONAILabelApp):
             raise errors.not_found(f"unknown model {model!r}; available: {sorted(self._infers)}")
         image = request.get("image")
         if not isinstance(image, str) or not image:
-            raise errors.bad_request("no image given")
-        if not self._is_request_file(image):  # else a datastore id
-            errors.check_id(image, "image id")
+            raise errors.bad_request("no image given: pass a datastore image id (?image=<id>) or upload a file")
+        if not self._is_own_upload(image):
+            errors.check_id(image, "image id")  # a path a client names is refused: only datastore images
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise errors.not_found(f"image {image!r} is not in the datastore")
         return super().infer(request, datastore)
 
-    def _is_request_file(self, image: str) -> bool:
-        """Whether ``image`` is a file the server itself made for this request: an upload (a temporary file) or
-        the volume of a Slicer session. Any other path is refused, so a client cannot read arbitrary files."""
-        path = Path(image).resolve()
-        if not path.is_file():
-            return False
-        if path.parent == Path(tempfile.gettempdir()).resolve() and path.name.startswith("tmp"):
-            return True
-        sessions = self.sessions()
-        return bool(sessions) and Path(sessions.store_path).resolve() in path.parents
+    def _is_own_upload(self, image: str) -> bool:
+        """Whether ``image`` is the file the client uploaded with this very request (MONAI Label saves it in the
+        server's private temporary folder and passes its path). A path given in the query or in ``params`` is not,
+        even when it names an upload of another request."""
+        return self.temp_folder is not None and is_own_upload(image, self.temp_folder)
 
     def train(self, request: Dict[str, Any]) -> Dict[str, Any]:
         model = request.get("model")

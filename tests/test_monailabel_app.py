@@ -69,7 +69,7 @@ def server(tmp_path_factory):
     (root / "tiny.yaml").write_text(TINY_YAML)
     conf = {"models": "transmedseg_la,fixed_dynamic_pl_la", "model_dir": str(root / "model"),
             "extra_config": str(root / "tiny.yaml"), "device": "cpu"}
-    env = {"OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    env = {"OMP_NUM_THREADS": "1"}
     try:
         proc, base = start_server(studies, conf, root / "server.log", env=env, timeout_s=120)
     except RuntimeError as e:
@@ -119,10 +119,14 @@ def test_annotation_loop(server):
     first_mtime = params["weights_mtime"]
     path2, params2 = client.infer("fixed_dynamic_pl_la", "case_004", {})
     assert nib.load(path2).shape == nib.load(server["studies"] / "case_004.nii.gz").shape
-    # a volume that is not in the datastore, sent as Slicer does: a session, then inference on it
-    session = client.create_session(str(server["studies"] / "case_005.nii.gz"))
-    path3, _ = client.infer("transmedseg_la", "", {}, session_id=session["session_id"])
+    # a volume that is not in the datastore, uploaded with the request (sessions are off)
+    path3, _ = client.infer("transmedseg_la", "", {}, file=str(server["studies"] / "case_005.nii.gz"))
     assert nib.load(path3).shape == nib.load(server["studies"] / "case_005.nii.gz").shape
+    # the server's log keeps its handlers after the trainings (a bundle's logging.conf once replaced them)
+    marker = f"log_probe_{time.time_ns()}"
+    assert requests.post(f"{base}/infer/transmedseg_la?image={marker}").status_code == 404
+    app_log = ROOT / "monailabel_app" / "logs" / "app.log"
+    assert marker in app_log.read_text(errors="replace"), f"{app_log} no longer receives the server's lines"
 
     # retraining starts from the served weights and publishes new ones, which the next inference uses
     client.train_start("transmedseg_la", TRAIN)
@@ -166,7 +170,22 @@ def test_stop_training_keeps_served_weights(server):
         if requests.get(f"{base}/train/").json().get("status") == "RUNNING":
             break
         time.sleep(0.5)
-    time.sleep(5)
+    # while it trains, concurrent inferences are all answered and /info/ stays quick: inference runs off the event
+    # loop (at most max_parallel_infer at once, the others wait their turn)
+    big = root / "big.nii.gz"  # large enough that the inferences overlap the /info/ probes
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((96, 96, 64), dtype=np.float32), np.eye(4)), big)
+    info_s = []
+    with cf.ThreadPoolExecutor(6) as ex:
+        infers = [ex.submit(requests.post, f"{base}/infer/fixed_dynamic_pl_la?output=json",
+                            files={"file": ("big.nii.gz", big.read_bytes())}, timeout=300) for i in range(4)]
+        while not all(f.done() for f in infers) and len(info_s) < 100:
+            t0 = time.perf_counter()
+            assert requests.get(f"{base}/info/", timeout=30).status_code == 200
+            info_s.append(time.perf_counter() - t0)
+            time.sleep(0.2)
+    assert [f.result().status_code for f in infers] == [200] * 4
+    assert len(info_s) >= 3 and max(info_s) < 1.0, f"/info/ during inference: {info_s}"
+    assert requests.get(f"{base}/train/").json().get("status") == "RUNNING"
     client.train_stop()
     status = _wait_train(base, timeout=60)
     assert status["status"] != "DONE"
@@ -212,8 +231,9 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
             data={"params": "7"}),
         "train: unknown parameter": lambda: requests.post(f"{base}/train/transmedseg_la",
                                                           json={"num_iteration": 5}),
-        "train: patch_size as a string": lambda: requests.post(f"{base}/train/transmedseg_la?run_sync=true",
+        "train: patch_size as a string": lambda: requests.post(f"{base}/train/transmedseg_la",
                                                                json={"patch_size": "96"}),
+        "train: run_sync": lambda: requests.post(f"{base}/train/transmedseg_la?run_sync=true", json={}),
         "train: patch_size of the wrong length": lambda: requests.post(f"{base}/train/fixed_dynamic_pl_la",
                                                                        json={"patch_size": [32, 32]}),
         "train: fractional iterations": lambda: requests.post(f"{base}/train/transmedseg_la",
@@ -263,7 +283,7 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert requests.get(f"{base}/info/").status_code == 200
 
 
-def test_reupload_keeps_labels_and_refuses_a_new_shape(server):
+def test_reupload_keeps_labels_and_refuses_another_image(server):
     base, syn, studies = server["base"], server["syn"], server["studies"]
 
     def upload(path: Path) -> requests.Response:
@@ -283,8 +303,10 @@ def test_reupload_keeps_labels_and_refuses_a_new_shape(server):
     r = upload(small)  # the stored label would no longer fit this image
     assert r.status_code == 409 and "delete the image first" in r.json()["detail"], r.text
     assert (studies / "reup.nii.gz").read_bytes() == before and labels_of_reup() == ["final"]
-    assert upload(syn / "imagesTr" / "case_004.nii.gz").status_code == 200  # same shape: replaced, label kept
-    assert (studies / "reup.nii.gz").read_bytes() != before and labels_of_reup() == ["final"]
+    r = upload(syn / "imagesTr" / "case_004.nii.gz")  # same shape, other voxels: the label would not belong to it
+    assert r.status_code == 409 and "delete the image first" in r.json()["detail"], r.text
+    assert upload(syn / "imagesTr" / "case_005.nii.gz").status_code == 200  # the same image again: label kept
+    assert (studies / "reup.nii.gz").read_bytes() == before and labels_of_reup() == ["final"]
 
 
 def test_unusable_weights_are_named(server):
@@ -320,7 +342,7 @@ def test_loopback_guard_refuses_remote_clients():
     import asyncio
 
     sys.path.insert(0, str(ROOT / "monailabel_app"))
-    from lib.errors import LoopbackOnly
+    from lib.middleware import LoopbackOnly
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})

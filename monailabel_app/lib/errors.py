@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Sequence
+from urllib.parse import parse_qs
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -19,7 +20,6 @@ from fastapi.responses import JSONResponse
 logger = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 class RequestError(HTTPException):
@@ -49,29 +49,9 @@ def check_id(value: Any, what: str) -> str:
     return value
 
 
-class LoopbackOnly:
-    """ASGI middleware: answer 403 to any client that is not on this machine.
-
-    ``monailabel start_server`` binds 0.0.0.0 unless given ``--host``; this keeps the app local in that case.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") in ("http", "websocket"):
-            host = (scope.get("client") or ("127.0.0.1", 0))[0]
-            if host not in LOOPBACK:
-                response = JSONResponse({"detail": f"this server answers local clients only (client {host}); "
-                                         "start it with --host 0.0.0.0 or --conf allow_remote true to serve "
-                                         "others"}, status_code=403)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 class TrainRequestCheck:
-    """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it.
+    """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it,
+    refuse ``run_sync`` trainings, and answer 404 to ``POST /scoring/<name>`` for a name not in ``scoring_methods``.
 
     The stock endpoint starts a background task with any parameters, so a typo'd key or a wrong type surfaced only
     as a failed task (or a 500 with ``run_sync``). ``check(model, params)`` raises ``ValueError`` for bad
@@ -79,13 +59,25 @@ class TrainRequestCheck:
     ``POST /train/`` (every model), whose body is ``{model: params, ...}``.
     """
 
-    def __init__(self, app: Any, check: Any) -> None:
+    def __init__(self, app: Any, check: Any, scoring_methods: Sequence[str] | None = None) -> None:
         self.app, self.check = app, check
+        self.scoring_methods = None if scoring_methods is None else set(scoring_methods)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "").strip("/").split("/")
+        if (scope.get("type") == "http" and scope.get("method") == "POST" and path[0] == "scoring" and len(path) > 1
+                and self.scoring_methods is not None and path[1] not in self.scoring_methods):
+            await JSONResponse({"detail": f"unknown scoring method {path[1]!r}; available: "
+                                          f"{sorted(self.scoring_methods)}"}, status_code=404)(scope, receive, send)
+            return
         if scope.get("type") != "http" or scope.get("method") != "POST" or path[0] != "train":
             await self.app(scope, receive, send)
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if any(v.strip().lower() in ("1", "true", "yes", "on") for v in query.get("run_sync", [])):
+            await JSONResponse({"detail": "run_sync is not supported: a training would hold the request for its whole "
+                                          "length; start it without run_sync and poll GET /train/"},
+                               status_code=400)(scope, receive, send)
             return
         messages, more = [], True
         while more:
@@ -133,6 +125,15 @@ def _monailabel_error(request: Any, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": msg}, status_code=code)
 
 
+def _http_error(request: Any, exc: Any) -> JSONResponse:
+    """FastAPI's answer to an ``HTTPException``, except that MONAI Label's 500 for an inference request without
+    an image (a client error) becomes a 400."""
+    status, detail = exc.status_code, exc.detail
+    if status == 500 and str(detail).startswith("Neither Image nor File"):
+        status, detail = 400, "no image given: pass a datastore image id (?image=<id>) or upload a file"
+    return JSONResponse({"detail": detail}, status_code=status, headers=getattr(exc, "headers", None))
+
+
 def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
     """400 for a ``params`` (or ``info``) form field that is valid JSON but not an object: MONAI Label's endpoints use it as a
     dict (``request.update(p)``, ``save_params["user"] = …``) and fail with a ``TypeError``. Every other
@@ -155,20 +156,46 @@ def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
     raise exc
 
 
-def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None) -> None:
-    """Add the 4xx exception handlers (and, if asked, :class:`LoopbackOnly`, and :class:`TrainRequestCheck` with
-    ``check_train``) to a running FastAPI app."""
+def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
+            origins: Sequence[str] = (),
+            max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None) -> None:
+    """Add the 4xx exception handlers and the request guards to a running FastAPI app.
+
+    The middleware, outermost first: ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from
+    web pages of other ``origins`` are refused), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
+    allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
+    ``TempFileJanitor`` (sweeps ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the
+    computing ones through ``gate``) and :class:`TrainRequestCheck` (with ``check_train``)."""
+    from fastapi.middleware.cors import CORSMiddleware
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.middleware import Middleware
 
+    from lib.middleware import BodySizeLimit, LoopbackOnly, OriginGuard, TempFileJanitor, WorkerThreads
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    fastapi_app.exception_handlers[StarletteHTTPException] = _http_error
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     fastapi_app.exception_handlers[TypeError] = _params_type_error
-    if check_train is not None and not any(m.cls is TrainRequestCheck for m in fastapi_app.user_middleware):
-        # innermost, inside MONAI Label's CORS middleware, so its 400s carry the CORS headers too
-        fastapi_app.user_middleware.append(Middleware(TrainRequestCheck, check=check_train))
-    if loopback_only and not any(m.cls is LoopbackOnly for m in fastapi_app.user_middleware):
-        fastapi_app.user_middleware.insert(0, Middleware(LoopbackOnly))
+    stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
+             and m.cls not in (LoopbackOnly, OriginGuard, BodySizeLimit, TempFileJanitor, WorkerThreads,
+                               TrainRequestCheck)]
+    if loopback_only:
+        stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "
                        "(pass --host to choose the interface, or --conf allow_remote true)")
+    stack.append(Middleware(OriginGuard, origins=list(origins)))
+    if origins:
+        stack.append(Middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
+                                allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]))
+    if max_upload_bytes:
+        stack.append(Middleware(BodySizeLimit, max_bytes=max_upload_bytes))
+    if temp_folder:
+        stack.append(Middleware(TempFileJanitor, folder=temp_folder))
+    if gate is not None:
+        stack.append(Middleware(WorkerThreads, gate=gate))
+    if check_train is not None:
+        stack.append(Middleware(TrainRequestCheck, check=check_train, scoring_methods=list(scoring_methods)))
+    fastapi_app.user_middleware[:] = stack
     fastapi_app.middleware_stack = None  # Starlette rebuilds it, with the above, on the next request

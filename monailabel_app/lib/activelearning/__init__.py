@@ -1,4 +1,5 @@
+from .random_sample import RandomSample
 from .uncertainty import Uncertainty
 from .uncertainty_scoring import ScoreCache, UncertaintyScoring
 
-__all__ = ["ScoreCache", "Uncertainty", "UncertaintyScoring"]
+__all__ = ["RandomSample", "ScoreCache", "Uncertainty", "UncertaintyScoring"]

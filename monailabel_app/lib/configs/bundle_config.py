@@ -12,6 +12,7 @@ from monailabel.interfaces.config import TaskConfig
 from lib.activelearning import ScoreCache, UncertaintyScoring
 from lib.infers import BundlePredictor, BundleSegmentation
 from lib.trainers import SemiSupervisedBundleTrain
+from lib.volumes import VolumeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class BundleTaskConfig(TaskConfig):
             if not p.is_file():
                 raise FileNotFoundError(f"--conf extra_config {extra!r}: neither a file nor in {p.parent}")
             self.extra_configs = [str(p.resolve())]
-        self.predictor = BundlePredictor(self.bundle_root, self.path, self.extra_configs, conf.get("device"))
+        self.predictor = BundlePredictor(self.bundle_root, self.path, self.extra_configs, conf.get("device"),
+                                         limits=VolumeLimits.from_conf(conf))
         self.cache = ScoreCache(Path(model_dir) / name / "scores.json")
 
     @property

@@ -1,7 +1,10 @@
 """The local datastore, with validated uploads and labels and atomic writes.
 
 MONAI Label's ``LocalDatastore`` copies files in place (a crash leaves half a label), accepts any bytes as an
-image, any label shape and value, and joins ids and tags into paths unchecked (``../`` escapes the datastore).
+image, any label shape, grid and value, and joins ids and tags into paths unchecked (``../`` escapes the datastore).
+Here every upload is read within :class:`~lib.volumes.VolumeLimits` and must suit the served models (their number
+of spatial axes, finite values); a label must have its image's shape and grid; and an id is stored under one file
+extension only, so deleting a label never brings back an older one saved under the other extension.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
-from lib.errors import bad_request, check_id, conflict, not_found
+from lib.errors import RequestError, bad_request, check_id, conflict, not_found
+from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_header, read_volume
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -34,11 +38,25 @@ def _ext(filename: str) -> str:
     raise bad_request(f"{os.path.basename(filename)}: only NIfTI files (.nii.gz, .nii) are accepted")
 
 
-def _read(path: str, what: str) -> np.ndarray:
+#: a label's affine may differ from its image's by this much (mm, per matrix entry): rounding in NIfTI writers
+AFFINE_ATOL = 1e-3
+
+
+def _read(path: str, what: str, limits: VolumeLimits, spatial_dims: int) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Read an upload within ``limits``: 413 above them, 400 if unreadable or not ``spatial_dims``-D."""
     try:
-        return np.asanyarray(nib.load(path).dataobj)
-    except Exception as e:
-        raise bad_request(f"the uploaded {what} is not a readable NIfTI volume ({e})") from e
+        return read_volume(path, what, limits, spatial_dims)
+    except VolumeTooLarge as e:
+        raise RequestError(413, str(e)) from e
+    except VolumeError as e:
+        raise bad_request(str(e)) from e
+
+
+def _remove_other_extensions(folder: str, stem: str, keep: str) -> None:
+    """Delete ``folder/stem<ext>`` for every NIfTI extension but ``keep``: one file per id."""
+    for ext in EXTENSIONS:
+        if ext != keep and os.path.isfile(os.path.join(folder, stem + ext)):
+            os.remove(os.path.join(folder, stem + ext))
 
 
 def _params(info: Any, field: str = "params") -> Dict[str, Any]:
@@ -52,10 +70,14 @@ def _params(info: Any, field: str = "params") -> Dict[str, Any]:
 
 
 class SafeLocalDatastore(LocalDatastore):
-    """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``."""
+    """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``;
+    ``limits``: what one upload may cost; ``spatial_dims``: the served models' number of spatial axes."""
 
-    def __init__(self, datastore_path: str, num_classes: int, **kwargs: Any) -> None:
+    def __init__(self, datastore_path: str, num_classes: int, limits: VolumeLimits | None = None,
+                 spatial_dims: int = 3, **kwargs: Any) -> None:
         self.num_classes = int(num_classes)
+        self.limits = limits or VolumeLimits()
+        self.spatial_dims = int(spatial_dims)
         super().__init__(datastore_path, **kwargs)
         handler = getattr(self, "_handler", None)  # set by LocalDatastore with auto_reload
         if handler is not None:
@@ -93,28 +115,34 @@ class SafeLocalDatastore(LocalDatastore):
         ext = _ext(image_filename)
         image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
         info = _params(image_info)
-        arr = _read(image_filename, "image")
-        if arr.ndim < 2 or min(arr.shape) < 1:
-            raise bad_request(f"the uploaded image {image_id!r} has shape {arr.shape}: not a 2D or 3D volume")
+        what = f"the uploaded image {image_id!r}"
+        img, arr = _read(image_filename, what, self.limits, self.spatial_dims)
+        if not np.isfinite(arr).all():
+            raise bad_request(f"{what} holds NaN or infinite values")
         name = image_id + ext
         dest = os.path.join(self._datastore.image_path(), name)
         with FileLock(self._lock_file):
             old = self._datastore.objects.get(image_id)
             labels = dict(old.labels) if old else {}
-            if labels and old.image.ext != ext:
-                raise conflict(f"image {image_id!r} is stored as {old.image.ext} with labels; re-upload it as "
-                               f"{old.image.ext}, or delete it first")
-            if labels:
-                previous = tuple(nib.load(self.get_image_uri(image_id)).shape)
-                if previous != tuple(arr.shape):
-                    raise conflict(f"image {image_id!r} already has labels {sorted(labels)} of shape {previous}, and "
-                                   f"the new upload has shape {tuple(arr.shape)}; delete the image first to replace it")
+            if labels and not self._same_image(image_id, img, arr):
+                raise conflict(f"image {image_id!r} already has labels {sorted(labels)}, and the new upload is a "
+                               "different image (other voxels, shape or grid); delete the image first to replace it")
             self._copy_in(image_filename, dest)
+            _remove_other_extensions(self._datastore.image_path(), image_id, ext)
             info.update(ts=int(time.time()), name=name)
-            # a same-shape re-upload keeps its labels (they still fit); before, the entry was rebuilt without them
+            # re-uploading the same image keeps its labels; before, the entry was rebuilt without them
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext), labels=labels)
             self._update_datastore_file(lock=False)
         return image_id
+
+    def _same_image(self, image_id: str, img: nib.Nifti1Image, arr: np.ndarray) -> bool:
+        """Whether the stored image of ``image_id`` has the voxels and grid of ``img``/``arr``."""
+        try:
+            old_img, old_arr = read_volume(self.get_image_uri(image_id), image_id, self.limits, self.spatial_dims)
+        except VolumeError:
+            return False
+        return (old_arr.shape == arr.shape and np.allclose(old_img.affine, img.affine, atol=AFFINE_ATOL)
+                and np.array_equal(old_arr, arr))
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         check_id(image_id, "image id")
@@ -124,25 +152,42 @@ class SafeLocalDatastore(LocalDatastore):
         if not obj:
             raise not_found(f"image {image_id!r} is not in the datastore")
         ext = _ext(label_filename)
-        label = _read(label_filename, "label")
-        image_shape = nib.load(self.get_image_uri(image_id)).shape
-        if tuple(label.shape) != tuple(image_shape):
-            raise bad_request(f"the label for {image_id!r} has shape {tuple(label.shape)} but the image has shape "
-                              f"{tuple(image_shape)}")
+        what = f"the label for {image_id!r}"
+        label_img, label = _read(label_filename, what, self.limits, self.spatial_dims)
+        image = read_header(self.get_image_uri(image_id), f"image {image_id!r}", self.limits)
+        image_shape = tuple(image.shape[: self.spatial_dims])
+        if tuple(label.shape) != image_shape:
+            raise bad_request(f"{what} has shape {tuple(label.shape)} but the image has shape {image_shape}")
+        if not np.allclose(label_img.affine, image.affine, atol=AFFINE_ATOL):
+            raise bad_request(f"{what} lies on another grid than its image (affine\n{np.round(label_img.affine, 4)}\n"
+                              f"against\n{np.round(image.affine, 4)}): save it on the image's grid")
         values = np.unique(np.asarray(label))
         bad = [v for v in values.tolist() if not float(v).is_integer() or not 0 <= v < self.num_classes]
         if bad:
-            raise bad_request(f"the label for {image_id!r} holds values {bad[:10]} outside the classes "
-                              f"0..{self.num_classes - 1}")
+            raise bad_request(f"{what} holds values {bad[:10]} outside the classes 0..{self.num_classes - 1}")
         label_path = self._datastore.label_path(label_tag)
         name = image_id + ext
         with FileLock(self._lock_file):
             os.makedirs(label_path, exist_ok=True)
             self._copy_in(label_filename, os.path.join(label_path, name))
+            _remove_other_extensions(label_path, image_id, ext)
             info.update(ts=int(time.time()), name=name)
             obj.labels[label_tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
         return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        check_id(image_id, "image id")
+        if image_id not in self._datastore.objects:
+            raise not_found(f"image {image_id!r} is not in the datastore")
+        super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_id(label_id, "image id")
+        check_id(label_tag, "label tag")
+        if not self._datastore.label(label_id, label_tag):
+            raise not_found(f"no label {label_tag!r} for image {label_id!r} in the datastore")
+        super().remove_label(label_id, label_tag)
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         info = _params(info, "info")  # not an object: a 400 (the base class fails with a TypeError, a 500)

@@ -19,6 +19,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_volume
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,7 +29,12 @@ class ModelNotTrainedError(RuntimeError):
 
 
 class ImageError(ValueError):
-    """An image that cannot be read, or does not suit the model (message names the file)."""
+    """An image that cannot be read, or does not suit the model (message names the file). ``status`` is the HTTP
+    status to answer: 413 for a volume above the server's limits, else 400."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -49,11 +56,13 @@ class BundlePredictor:
         extra_configs: config files merged on top of ``inference.yaml`` (the same ones training used, so the
             network definitions agree).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
+        limits: what one image may declare (voxels); checked on its header before the voxels are read.
     """
 
     def __init__(self, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str] = (),
-                 device: str | None = None) -> None:
+                 device: str | None = None, limits: VolumeLimits | None = None) -> None:
         self.bundle_root = Path(bundle_root)
+        self.limits = limits or VolumeLimits()
         self.model_path = Path(model_path)
         self.extra_configs = [str(c) for c in extra_configs]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -116,17 +125,13 @@ class BundlePredictor:
             return self._loaded
 
     def read(self, path: str | Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-        """The image and its ``[*S]`` float32 array, with a clear error for unreadable or wrong-dimension files."""
+        """The image and its ``[*S]`` float32 array, with a clear error for unreadable, too large, wrong-dimension or
+        non-finite files."""
         try:
-            img = nib.load(str(path))
-            arr = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as e:
-            raise ImageError(f"{Path(path).name}: not a readable NIfTI volume ({e})") from e
-        while arr.ndim > self.spatial_dims and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim != self.spatial_dims:
-            raise ImageError(f"{Path(path).name}: a {arr.ndim}D image (shape {arr.shape}) sent to a "
-                             f"{self.spatial_dims}D model")
+            img, arr = read_volume(path, Path(path).name, self.limits, self.spatial_dims)
+        except VolumeError as e:
+            raise ImageError(str(e), 413 if isinstance(e, VolumeTooLarge) else 400) from e
+        arr = np.asarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise ImageError(f"{Path(path).name}: the image holds NaN or infinite values")
         return img, arr

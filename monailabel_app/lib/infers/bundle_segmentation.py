@@ -38,7 +38,7 @@ class BundleSegmentation(InferTask):
         except ModelNotTrainedError as e:
             raise RequestError(409, str(e)) from e
         except ImageError as e:
-            raise RequestError(400, str(e)) from e
+            raise RequestError(e.status, str(e)) from e
         seg = self.predictor.segment(prediction)
         out = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         write_label(seg, prediction.image, out)

@@ -131,8 +131,9 @@ class SemiSupervisedBundleTrain(TrainTask):
             if key in settings:
                 overrides[key] = settings[key]
         configs = [str(self.bundle_root / "configs" / "train.yaml"), *self.extra_configs]
-        workflow = ConfigWorkflow(config_file=configs, workflow_type="train",
-                                  logging_file=str(self.bundle_root / "configs" / "logging.conf"), **overrides)
+        # no logging_file: the bundle's logging.conf would replace the server's handlers (app.log went silent after
+        # the first training); the run logs through the server's own logging set-up instead
+        workflow = ConfigWorkflow(config_file=configs, workflow_type="train", logging_file=None, **overrides)
         workflow.initialize()
         batch = int(workflow.parser.get_parsed_content("batch_size"))
         if len(datalist["labeled"]) < batch:

@@ -1,0 +1,30 @@
+"""Active-learning strategy: a random unlabelled image, favouring the ones proposed longest ago."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Dict
+
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.strategy import Strategy
+
+
+class RandomSample(Strategy):
+    """Propose an unlabelled image at random, weighted by the seconds since it was last proposed, plus one.
+
+    MONAI Label's ``Random`` uses the seconds alone: when every image was proposed within the current second (a
+    quick series of Next Sample clicks), all weights are zero and the request fails with a 500.
+    """
+
+    def __init__(self, description: str = "Random unlabelled image") -> None:
+        super().__init__(description)
+
+    def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
+        images = datastore.get_unlabeled_images(DefaultLabelTag.FINAL)
+        if not images:
+            return {}
+        strategy, now = request.get("strategy", "random"), int(time.time())
+        last = [datastore.get_image_info(i).get("strategy", {}).get(strategy, {}).get("ts", 0) for i in images]
+        weights = [max(0, now - ts) + 1 for ts in last]
+        return {"id": random.choices(images, weights=weights)[0], "selected_by": "random"}

@@ -1,0 +1,26 @@
+"""Base ASGI middleware: answer 403 to a request that a check refuses, before anything else sees it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+
+class RequestGuard:
+    """Subclasses implement :meth:`refusal`; ``app`` is the wrapped ASGI app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def refusal(self, scope: dict) -> str | None:
+        """Why this HTTP or websocket request is refused, or ``None`` to let it through."""
+        raise NotImplementedError
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            reason = self.refusal(scope)
+            if reason:
+                await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

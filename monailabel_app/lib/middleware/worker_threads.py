@@ -1,0 +1,85 @@
+"""ASGI middleware: serve the blocking endpoints in worker threads, the heavy ones bounded in number and waiting time.
+
+Every MONAI Label endpoint is an ``async def`` that calls blocking code (inference, reading volumes, scoring)
+without awaiting, so one inference held the whole server: 16 parallel requests were answered one after another,
+and ``/info/`` waited 31 s behind them. :class:`WorkerThreads` runs the rest of the ASGI stack for such a request
+in a worker thread with an event loop of its own, passing ``receive`` and ``send`` back to the server's loop, so
+that loop keeps answering. Requests that compute (``POST`` to inference and scoring) also pass a
+:class:`ComputeGate`: at most ``slots`` run at once, and one that cannot start within ``wait_s`` gets a 503
+instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Sequence
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from fastapi.responses import JSONResponse
+
+#: path prefixes whose endpoints block; the rest (``/info/``, ``/train/`` status, the docs) stay on the loop
+BLOCKING = ("/infer", "/scoring", "/datastore", "/activelearning", "/batch", "/train")
+#: prefixes whose ``POST`` requests compute and pass the gate
+COMPUTING = ("/infer", "/scoring")
+
+
+class ComputeGate:
+    """At most ``slots`` computations at once; a caller that cannot start within ``wait_s`` is refused.
+
+    Args: ``slots``: conf ``max_parallel_infer`` (default 2); ``wait_s``: conf ``infer_wait_s`` (default 120).
+    """
+
+    def __init__(self, slots: int = 2, wait_s: float = 120.0) -> None:
+        if int(slots) < 1 or not float(wait_s) >= 0:
+            raise ValueError(f"--conf max_parallel_infer must be >= 1 and infer_wait_s >= 0, got {slots}, {wait_s}")
+        self.slots, self.wait_s = int(slots), float(wait_s)
+        self._semaphore = threading.BoundedSemaphore(self.slots)
+
+    def acquire(self) -> bool:
+        return self._semaphore.acquire(timeout=self.wait_s)
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+
+class WorkerThreads:
+    """Args: ``app``: the wrapped ASGI app; ``gate``: the :class:`ComputeGate`; ``threads``: the most requests
+    served in worker threads at once (the others wait for a thread); ``blocking``/``computing``: path prefixes."""
+
+    def __init__(self, app: Any, gate: ComputeGate, threads: int = 16, blocking: Sequence[str] = BLOCKING,
+                 computing: Sequence[str] = COMPUTING) -> None:
+        self.app, self.gate = app, gate
+        self.blocking, self.computing = tuple(blocking), tuple(computing)
+        self.limiter = anyio.CapacityLimiter(int(threads))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope.get("type") != "http" or not path.startswith(self.blocking):
+            await self.app(scope, receive, send)
+            return
+        gated = scope.get("method") == "POST" and path.startswith(self.computing)
+
+        async def thread_receive() -> dict:
+            return anyio.from_thread.run(receive)
+
+        async def thread_send(message: dict) -> None:
+            anyio.from_thread.run(send, message)
+
+        def serve() -> None:
+            if gated and not self.gate.acquire():
+                busy = JSONResponse({"detail": f"the server is busy: {self.gate.slots} inferences or scorings are "
+                                               f"running and none finished within {self.gate.wait_s:.0f} s; try "
+                                               "again later (--conf max_parallel_infer, infer_wait_s)"},
+                                    status_code=503)
+                asyncio.run(busy(scope, thread_receive, thread_send))
+                return
+            try:
+                asyncio.run(self.app(scope, thread_receive, thread_send))
+            finally:
+                if gated:
+                    self.gate.release()
+
+        await anyio.to_thread.run_sync(serve, limiter=self.limiter)

@@ -1,0 +1,126 @@
+"""Reading a client's NIfTI volume with bounded memory: the header is checked before any voxel is read.
+
+A NIfTI header states the array's shape and type, and ``nibabel`` allocates that much before reading the data. An
+85-byte file can claim gigabytes, and a small gzip stream can decode to hundreds of megabytes. Every volume the app
+reads on a client's behalf (uploads, labels, images to segment) therefore goes through :func:`read_volume`, which
+refuses a volume whose header declares more voxels than :class:`VolumeLimits` allows, or more data than the file
+holds, before reading it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "read_header", "read_volume"]
+
+_CHUNK = 1 << 20
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be read or does not suit the app; the message names it."""
+
+
+class VolumeTooLarge(VolumeError):
+    """A volume above the server's limits (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class VolumeLimits:
+    """What one uploaded volume may cost the server.
+
+    Args:
+        max_voxels: the most voxels one volume may declare (default 512³ = 134,217,728: a 512 × 512 CT of 512
+            slices; an LA MRI at 0.625 mm has about 36 M). Conf key ``max_voxels``.
+        max_upload_bytes: the most bytes one request body may carry (default 512 MiB; an uncompressed LA MRI is
+            about 144 MB). Conf key ``max_upload_mb``.
+    """
+
+    max_voxels: int = 512 ** 3
+    max_upload_bytes: int = 512 * 1024 * 1024
+
+    @classmethod
+    def from_conf(cls, conf: dict) -> "VolumeLimits":
+        """The limits from ``--conf max_voxels N`` and ``--conf max_upload_mb M``; a bad value names its key."""
+        values = {}
+        for key, field, scale in (("max_voxels", "max_voxels", 1), ("max_upload_mb", "max_upload_bytes", 1 << 20)):
+            if key in conf:
+                try:
+                    value = float(conf[key])
+                except (TypeError, ValueError):
+                    value = float("nan")
+                if not value > 0 or not math.isfinite(value):
+                    raise ValueError(f"--conf {key}: expected a positive number, got {conf[key]!r}")
+                values[field] = int(value * scale)
+        return cls(**values)
+
+
+def _data_bytes_available(path: str, needed: int) -> int:
+    """How many bytes ``path`` holds, decoded if gzip, counting no further than ``needed`` (bounded memory)."""
+    if not path.endswith(".gz"):
+        return os.path.getsize(path)
+    seen = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while seen < needed:
+                chunk = f.read(min(_CHUNK, needed - seen))
+                if not chunk:
+                    break
+                seen += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        pass  # a corrupt or truncated stream: what was decoded so far is what it holds
+    return seen
+
+
+def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits) -> nib.spatialimages.SpatialImage:
+    """The image object of ``path`` with only its header read, after checking what the header declares.
+
+    Raises :class:`VolumeTooLarge` for more voxels than ``limits.max_voxels``, and :class:`VolumeError` for a
+    file that is not NIfTI or holds less data than its header declares. ``name`` is what messages call the file.
+    """
+    path = str(path)
+    try:
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.shape)
+        itemsize = np.dtype(img.header.get_data_dtype()).itemsize
+    except Exception as e:
+        raise VolumeError(f"{name}: not a readable NIfTI volume ({type(e).__name__}: {str(e)[:200]})") from e
+    voxels = math.prod(shape)
+    if voxels > limits.max_voxels:
+        raise VolumeTooLarge(f"{name}: the header declares shape {shape}, {voxels:,} voxels, above this server's "
+                             f"limit of {limits.max_voxels:,} (--conf max_voxels)")
+    needed = int(getattr(img.dataobj, "offset", 0)) + voxels * itemsize
+    held = _data_bytes_available(path, needed)
+    if held < needed:
+        raise VolumeError(f"{name}: truncated: the header declares {needed:,} bytes of header and data, the file "
+                          f"holds {held:,}")
+    return img
+
+
+def read_volume(path: str | os.PathLike, name: str, limits: VolumeLimits,
+                spatial_dims: int | None = None) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+    """The image and its array, read only after :func:`read_header` passed.
+
+    With ``spatial_dims``, trailing singleton axes beyond it are dropped and any other number of axes is a
+    :class:`VolumeError` (a 2D or 4D upload to a 3D model). ``name`` is what messages call the file.
+    """
+    img = read_header(path, name, limits)
+    try:
+        arr = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise VolumeError(f"{name}: cannot read the voxels ({type(e).__name__}: {str(e)[:200]})") from e
+    if spatial_dims is not None:
+        while arr.ndim > spatial_dims and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != spatial_dims:
+            raise VolumeError(f"{name}: a {arr.ndim}D image (shape {tuple(arr.shape)}) for a {spatial_dims}D model")
+        if min(arr.shape) < 1:
+            raise VolumeError(f"{name}: an empty volume (shape {tuple(arr.shape)})")
+    return img, arr
+

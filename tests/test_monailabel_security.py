@@ -1,0 +1,319 @@
+"""Probes for the app's security and upload checks, each against a real server on 127.0.0.1.
+
+One probe per hole that was reproduced against the app: the session tar with ``../`` members, CORS for any origin,
+a NIfTI header that claims gigabytes, a gzip bomb, oversized bodies, temporary files left by refused uploads,
+inference on a path a client names, 2D/4D/NaN uploads, a label on another grid, a stale label under the other
+extension, and a different image re-uploaded under an id that has labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "monailabel_app"))
+
+from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+
+pytest.importorskip("monailabel")
+pytestmark = pytest.mark.slow
+
+MAX_VOXELS = 4_000_000
+MAX_UPLOAD_MB = 2
+
+
+def _nifti_bytes(arr: np.ndarray, affine: np.ndarray | None = None, gz: bool = True) -> bytes:
+    img = nib.Nifti1Image(arr, np.eye(4) if affine is None else affine)
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=1) if gz else raw
+
+
+def _header_only(shape: tuple, dtype=np.float32) -> bytes:
+    """A NIfTI file of header and 4 data bytes whose header declares ``shape``."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_data_offset(352)
+    return header.binaryblock + b"\0" * 4 + b"\1\2\3\4"
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label_security")
+    studies = root / "studies"
+    studies.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        (studies / f"case_{i}.nii.gz").write_bytes(_nifti_bytes(rng.random((24, 24, 16)).astype(np.float32)))
+    conf = {"models": "transmedseg_la", "model_dir": str(root / "model"), "device": "cpu",
+            "max_voxels": str(MAX_VOXELS), "max_upload_mb": str(MAX_UPLOAD_MB)}
+    try:
+        # auto-scoring on, as the README starts the server
+        env = {"OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "true"}
+        proc, base = start_server(studies, conf, root / "server.log", env=env, timeout_s=120)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    folders = list(Path(tempfile.gettempdir()).glob(f"ssmis-monailabel-{proc.pid}-*"))
+    try:
+        yield {"base": base, "root": root, "studies": studies, "pid": proc.pid,
+               "temp": folders[0] if folders else None}
+    finally:
+        stop_server(proc, timeout_s=20)
+
+
+def _upload(base: str, image_id: str, data: bytes, name: str = "x.nii.gz", **kw) -> requests.Response:
+    return requests.put(f"{base}/datastore/image?image={image_id}", files={"file": (name, data)}, **kw)
+
+
+def _put_label(base: str, image_id: str, data: bytes, name: str = "label.nii.gz") -> requests.Response:
+    return requests.put(f"{base}/datastore/label?image={image_id}", files={"label": (name, data)})
+
+
+def test_sessions_are_off_and_a_tar_with_dotdot_writes_nothing(server, tmp_path):
+    base = server["base"]
+    target = tmp_path / "escaped.txt"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        payload = b"planted"
+        member = tarfile.TarInfo("../" * 12 + str(target).lstrip("/"))
+        member.size = len(payload)
+        tar.addfile(member, io.BytesIO(payload))
+    r = requests.put(f"{base}/session/?uncompress=true", files={"files": ("x.tar", buf.getvalue())})
+    assert 400 <= r.status_code < 500, r.text
+    assert not target.exists()
+    r = requests.get(f"{base}/session/anything?image=true")
+    assert 400 <= r.status_code < 500 and b"/etc" not in r.content
+
+
+def test_cross_origin_requests_are_refused(server):
+    base = server["base"]
+    evil = {"Origin": "http://evil.example"}
+    preflight = requests.options(f"{base}/datastore/image", headers={
+        **evil, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type"})
+    assert "access-control-allow-origin" not in {k.lower() for k in preflight.headers}
+    assert preflight.status_code == 403
+    # a "simple" cross-origin request is sent by browsers without a preflight: it must not be carried out
+    r = _upload(base, "from_evil", _nifti_bytes(np.zeros((24, 24, 16), np.float32)), headers=evil)
+    assert r.status_code == 403 and "access-control-allow-origin" not in {k.lower() for k in r.headers}
+    assert "from_evil" not in requests.get(f"{base}/datastore/?output=all").json()["objects"]
+    same = {"Origin": base}  # the server's own pages
+    assert requests.get(f"{base}/info/", headers=same).status_code == 200
+    assert requests.get(f"{base}/info/").status_code == 200  # Slicer and MONAILabelClient send no Origin
+
+
+def test_header_claims_and_bombs_are_refused_before_reading(server):
+    base, pid = server["base"], server["pid"]
+    before = _rss_kb(pid)
+    claims_2gb = _header_only((1024, 1024, 512))  # 2 GiB of float32 in a 360-byte file
+    r = _upload(base, "claim", claims_2gb, name="claim.nii")
+    assert r.status_code == 413 and "max_voxels" in r.json()["detail"], r.text
+    truncated = _header_only((200, 100, 100), np.uint8)  # within the voxel limit, but the data is not there
+    r = _upload(base, "short", truncated, name="short.nii")
+    assert r.status_code == 400 and "truncated" in r.json()["detail"], r.text
+    r = _upload(base, "shortgz", gzip.compress(truncated), name="shortgz.nii.gz")
+    assert r.status_code == 400 and "truncated" in r.json()["detail"], r.text
+    bomb = _nifti_bytes(np.zeros((256, 256, 128), np.uint8))  # 8.4 M voxels from about 8 kB
+    assert len(bomb) < 100_000
+    r = _upload(base, "bomb", bomb)
+    assert r.status_code == 413 and "8,388,608 voxels" in r.json()["detail"], r.text
+    r = requests.post(f"{base}/infer/transmedseg_la", files={"file": ("claim.nii", claims_2gb)})
+    assert r.status_code in (409, 413), r.text  # 409: no weights yet, answered before the image is read
+    assert _rss_kb(pid) - before < 150_000  # kB: nothing near the claimed sizes was allocated
+    for image_id in ("claim", "short", "shortgz", "bomb"):
+        assert image_id not in requests.get(f"{base}/datastore/?output=all").json()["objects"]
+
+
+def test_bodies_above_the_upload_limit_get_413(server):
+    base = server["base"]
+    big = b"\0" * (MAX_UPLOAD_MB * 1024 * 1024 + 1)
+    r = _upload(base, "big", big)
+    assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit applies while the body streams in
+        yield (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.nii.gz"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
+        for _ in range(MAX_UPLOAD_MB * 4 + 1):
+            yield b"\0" * (256 * 1024)
+
+    r = requests.put(f"{base}/datastore/image?image=big", data=chunks(),
+                     headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413, r.text
+    assert requests.get(f"{base}/info/").status_code == 200
+
+
+def test_refused_uploads_leave_no_temporary_files(server):
+    base, temp = server["base"], server["temp"]
+    assert temp is not None and temp.is_dir(), "the server has no private temporary folder"
+    assert (temp.stat().st_mode & 0o077) == 0  # other users cannot list or read it
+    system_tmp = Path(tempfile.gettempdir())
+    before = {p.name for p in system_tmp.iterdir()}
+    bad = [lambda: _upload(base, "junk", b"not a volume"),
+           lambda: _upload(base, "flat", _nifti_bytes(np.zeros((24, 24), np.float32))),
+           lambda: _put_label(base, "case_0", b"garbage"),
+           lambda: _put_label(base, "case_0", _nifti_bytes(np.zeros((8, 8, 8), np.uint8))),
+           lambda: requests.post(f"{base}/infer/transmedseg_la", files={"file": ("x.nii.gz", b"junk")})]
+    for _ in range(6):
+        for call in bad:
+            assert 400 <= call().status_code < 500
+    time.sleep(1.5)  # the sweep keeps entries younger than a second (file-system clock ticks)
+    assert requests.get(f"{base}/info/").status_code == 200  # its sweep runs just after its answer
+    deadline = time.time() + 10
+    while list(temp.iterdir()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(temp.iterdir()) == []
+    new = {p for p in {p.name for p in system_tmp.iterdir()} - before if p.startswith("tmp")}
+    assert new == set(), f"temporary files left in {system_tmp}: {sorted(new)[:5]}"
+
+
+def test_inference_takes_datastore_ids_only(server):
+    base, studies = server["base"], server["studies"]
+    existing = studies / "case_0.nii.gz"
+    for query in (f"image={existing}", "image=..%2Fcase_0", f"image={server['root']}%2Fserver.log"):
+        r = requests.post(f"{base}/infer/transmedseg_la?{query}")
+        assert r.status_code == 400 and "image id" in r.json()["detail"], (query, r.text)
+    # a path smuggled in through params, with or without an upload of its own
+    for files in (None, {"file": ("x.nii.gz", existing.read_bytes())}):
+        r = requests.post(f"{base}/infer/transmedseg_la?image=case_0", data={"params": json.dumps(
+            {"image": str(existing)})}, files=files)
+        assert r.status_code == 400 and "image id" in r.json()["detail"], r.text
+    r = requests.post(f"{base}/infer/transmedseg_la")
+    assert r.status_code == 400 and "no image" in r.json()["detail"], r.text
+    for query in ("id=..%2Fcase_0&tag=final", "id=case_0&tag=..%2F..%2Fstudies"):
+        assert requests.delete(f"{base}/datastore/label?{query}").status_code == 400
+    assert requests.delete(f"{base}/datastore/image?id=..%2Fcase_0").status_code == 400
+    # a datastore id and an upload of this request are served (409: this model has no weights yet)
+    assert requests.post(f"{base}/infer/transmedseg_la?image=case_0").status_code == 409
+    r = requests.post(f"{base}/infer/transmedseg_la", files={"file": ("x.nii.gz", existing.read_bytes())})
+    assert r.status_code == 409, r.text
+
+
+def test_uploads_that_would_break_training_are_refused(server):
+    base = server["base"]
+    nan = np.zeros((24, 24, 16), np.float32)
+    nan[1, 2, 3] = np.nan
+    cases = {"flat": np.zeros((24, 24), np.float32), "fourd": np.zeros((24, 24, 16, 3), np.float32), "nan": nan}
+    for image_id, arr in cases.items():
+        r = _upload(base, image_id, _nifti_bytes(arr))
+        assert r.status_code == 400 and image_id in r.json()["detail"], r.text
+    assert "NaN" in _upload(base, "nan", _nifti_bytes(nan)).json()["detail"]
+    # a trailing axis of length 1 is a 3D volume
+    assert _upload(base, "single", _nifti_bytes(np.zeros((24, 24, 16, 1), np.float32))).status_code == 200
+    objects = requests.get(f"{base}/datastore/?output=all").json()["objects"]
+    assert not set(cases) & set(objects) and "single" in objects
+
+
+def test_label_geometry_and_stale_extensions(server):
+    base, studies = server["base"], server["studies"]
+    image = nib.load(studies / "case_1.nii.gz")
+    label = np.zeros(image.shape, np.uint8)
+    label[4:10, 4:10, 4:8] = 1
+    shifted = image.affine.copy()
+    shifted[0, 3] += 5.0
+    r = _put_label(base, "case_1", _nifti_bytes(label, shifted))
+    assert r.status_code == 400 and "grid" in r.json()["detail"], r.text
+    assert _put_label(base, "case_1", _nifti_bytes(label, image.affine)).status_code == 200
+    newer = label.copy()
+    newer[12:14, 12:14, 2:4] = 1
+    assert _put_label(base, "case_1", _nifti_bytes(newer, image.affine, gz=False), "label.nii").status_code == 200
+    final = studies / "labels" / "final"
+    assert sorted(p.name for p in final.glob("case_1.*")) == ["case_1.nii"]  # one file per id
+    r = requests.delete(f"{base}/datastore/label?id=case_1&tag=final")
+    assert r.status_code == 200, r.text
+    assert list(final.glob("case_1.*")) == []
+    assert requests.get(f"{base}/datastore/?output=all").json()["objects"]["case_1"]["labels"] == {}
+
+
+def test_a_different_image_under_a_labelled_id_is_refused(server):
+    base, studies = server["base"], server["studies"]
+    image = nib.load(studies / "case_0.nii.gz")
+    label = np.zeros(image.shape, np.uint8)
+    label[2:6, 2:6, 2:6] = 1
+    assert _put_label(base, "case_0", _nifti_bytes(label, image.affine)).status_code == 200
+    before = (studies / "case_0.nii.gz").read_bytes()
+    other = np.asarray(image.dataobj) + 1.0
+    r = _upload(base, "case_0", _nifti_bytes(other.astype(np.float32), image.affine))
+    assert r.status_code == 409 and "delete the image first" in r.json()["detail"], r.text
+    moved = image.affine.copy()
+    moved[1, 3] += 2.0
+    r = _upload(base, "case_0", _nifti_bytes(np.asarray(image.dataobj), moved))
+    assert r.status_code == 409, r.text
+    assert (studies / "case_0.nii.gz").read_bytes() == before
+    # the same image again (even recompressed) keeps its labels
+    assert _upload(base, "case_0", _nifti_bytes(np.asarray(image.dataobj), image.affine)).status_code == 200
+    assert "final" in requests.get(f"{base}/datastore/?output=all").json()["objects"]["case_0"]["labels"]
+
+
+def test_origin_and_limit_settings_are_checked():
+    from lib.middleware import OriginGuard, allowed_origins
+    from lib.volumes import VolumeLimits
+
+    assert allowed_origins("http://localhost:3000, https://viewer.example/") == ["http://localhost:3000",
+                                                                               "https://viewer.example"]
+    for bad in ("*", "localhost:3000", "http://x.example/path"):
+        with pytest.raises(ValueError, match="cors_origins"):
+            allowed_origins(bad)
+    guard = OriginGuard(None, ["http://localhost:3000"])
+    assert guard.allows("http://localhost:3000", "127.0.0.1:8000")
+    assert guard.allows("http://127.0.0.1:8000", "127.0.0.1:8000")  # same origin, literal host
+    assert not guard.allows("http://rebound.example:8000", "rebound.example:8000")  # DNS rebinding
+    assert not guard.allows("null", "127.0.0.1:8000")
+    assert VolumeLimits.from_conf({"max_upload_mb": "1", "max_voxels": "1e6"}) == VolumeLimits(1_000_000, 1 << 20)
+    for key in ("max_voxels", "max_upload_mb"):
+        with pytest.raises(ValueError, match=key):
+            VolumeLimits.from_conf({key: "-1"})
+
+
+def test_private_tempdir_removes_dead_servers_folders(tmp_path):
+    import subprocess
+
+    from lib.middleware import private_tempdir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"ssmis-monailabel-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "tmpleft.nii.gz").write_bytes(b"x")
+    alive = tmp_path / f"ssmis-monailabel-{os.getpid()}-def"
+    alive.mkdir()
+    saved = tempfile.tempdir
+    try:
+        folder = private_tempdir(str(tmp_path))
+        assert tempfile.gettempdir() == str(folder) and folder.name.startswith(f"ssmis-monailabel-{os.getpid()}-")
+    finally:
+        tempfile.tempdir = saved
+    assert not stale.exists() and alive.exists()
+    shutil.rmtree(folder)
+
+
+def test_auto_scoring_does_not_pile_up(server):
+    base = server["base"]
+    for _ in range(6):  # each Next Sample asks for a scoring round
+        assert requests.post(f"{base}/activelearning/random").status_code == 200
+    rounds = requests.get(f"{base}/scoring/?all=true").json()
+    # one method served: at most the start-up round and one more, however many samples were asked for
+    assert isinstance(rounds, list) and len(rounds) <= 2, rounds
+    r = requests.post(f"{base}/scoring/no_such_method")
+    assert r.status_code == 404 and "transmedseg_la_uncertainty" in r.json()["detail"], r.text
