@@ -125,19 +125,22 @@ class SSMISApp(MONAILabelApp):
         return super().async_scoring(method, params)
 
     def _check_train_request(self, model: str | None, params: Dict[str, Any]) -> None:
-        """``ValueError`` if ``params`` would make the training fail (unknown models are answered later).
+        """``ValueError`` if ``params`` would make the training fail, or the datastore has too few labels for it
+        (unknown models are answered later).
 
         ``model`` None is ``POST /train/``: MONAI Label then runs every trainer with its own section of the body,
         ``params[name]``, updated by the whole body (so the other sections come along; ``parse`` skips them)."""
+        n_labeled = len(self.datastore().datalist())
         if model is not None:
             if model in self._trainers:
-                self._trainers[model].parse(params)
+                trainer = self._trainers[model]
+                trainer.check_labels(trainer.parse(params), n_labeled)
             return
         for name, trainer in self._trainers.items():
             own = params.get(name) or {}
             if not isinstance(own, dict):
                 raise ValueError(f"train request: the section for {name!r} must be a JSON object, got {own!r:.60}")
-            trainer.parse({**own, **params})
+            trainer.check_labels(trainer.parse({**own, **params}), n_labeled)
 
     def bundle_path(self, model: str) -> str | None:
         # called by the /train/ and /scoring/ endpoints before they start a task: reject unknown models there

@@ -461,3 +461,23 @@ def test_auto_reload_follows_an_index_replaced_by_another_process(tmp_path):
         assert seen()
     finally:
         server._observer.stop()
+
+
+def test_a_failed_training_names_the_file(server):
+    base, studies, syn = server["base"], server["studies"], server["syn"]
+    for i in range(3):  # labelled whether or not test_annotation_loop ran first
+        r = requests.put(f"{base}/datastore/label?image=case_00{i}", files={
+            "label": ("label.nii.gz", (syn / "labelsTr" / f"case_00{i}.nii.gz").read_bytes())})
+        assert r.status_code == 200, r.text
+    victim = studies / "case_002.nii.gz"
+    good = victim.read_bytes()
+    try:
+        victim.write_bytes(b"no longer a volume")
+        r = requests.post(f"{base}/train/transmedseg_la", json=TRAIN)
+        assert r.status_code == 200, r.text
+        status = _wait_train(base)
+        assert status["status"] == "ERROR", status
+        last = status["details"][-1]
+        assert "training failed" in last and "case_002.nii.gz" in last and "Traceback" not in last, last
+    finally:
+        victim.write_bytes(good)

@@ -317,3 +317,38 @@ def test_auto_scoring_does_not_pile_up(server):
     assert isinstance(rounds, list) and len(rounds) <= 2, rounds
     r = requests.post(f"{base}/scoring/no_such_method")
     assert r.status_code == 404 and "transmedseg_la_uncertainty" in r.json()["detail"], r.text
+
+
+def test_a_train_request_with_too_few_labels_says_how_many(server):
+    base = server["base"]
+    r = requests.post(f"{base}/train/transmedseg_la", json={})
+    assert r.status_code == 400 and "at least 5 labelled images" in r.json()["detail"], r.text
+    r = requests.post(f"{base}/train/transmedseg_la", json={"batch_size": 2})
+    assert r.status_code == 400 and "at least 3 labelled images" in r.json()["detail"], r.text
+    assert requests.get(f"{base}/train/").json().get("status") not in ("SUBMITTED", "RUNNING")
+
+
+def test_a_small_unlabelled_pool_is_drawn_with_replacement():
+    from lib.trainers.semi_supervised_bundle import SemiSupervisedBundleTrain
+
+    class Store:
+        def __init__(self, n_labeled: int, n_unlabeled: int) -> None:
+            self.labeled = [{"image": f"l{i}", "label": f"m{i}"} for i in range(n_labeled)]
+            self.unlabeled = [f"u{i}" for i in range(n_unlabeled)]
+
+        def datalist(self):
+            return list(self.labeled)
+
+        def get_unlabeled_images(self, tag):
+            return list(self.unlabeled)
+
+        def get_image_uri(self, image_id):
+            return image_id
+
+    split = SemiSupervisedBundleTrain.split(Store(7, 1), 0.2, 0, unlabeled_batch=2)
+    assert split["unlabeled"] == [{"image": "u0"}] * 2 and split["unlabeled_resampled"]
+    assert (len(split["labeled"]), len(split["validation"])) == (6, 1)
+    split = SemiSupervisedBundleTrain.split(Store(7, 0), 0.2, 0, unlabeled_batch=2)
+    assert split["unlabeled"] == [] and not split["unlabeled_resampled"]
+    split = SemiSupervisedBundleTrain.split(Store(7, 3), 0.2, 0, unlabeled_batch=2)
+    assert len(split["unlabeled"]) == 3 and not split["unlabeled_resampled"]

@@ -96,11 +96,11 @@ class TrainRequestCheck:
 
     def _error(self, model: str | None, body: bytes) -> str | None:
         try:
-            params = json.loads(body) if body.strip() else None
+            params = json.loads(body) if body.strip() else {}
         except ValueError:
             return None  # not JSON: FastAPI answers 422 itself
         if params is None:
-            return None
+            params = {}
         if not isinstance(params, dict):
             return f"the train parameters must be a JSON object, got {type(params).__name__}"
         try:

@@ -78,11 +78,13 @@ def _data_bytes_available(path: str, needed: int) -> int:
     return seen
 
 
-def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits) -> nib.spatialimages.SpatialImage:
+def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits,
+                check_data: bool = True) -> nib.spatialimages.SpatialImage:
     """The image object of ``path`` with only its header read, after checking what the header declares.
 
     Raises :class:`VolumeTooLarge` for more voxels than ``limits.max_voxels``, and :class:`VolumeError` for a
-    file that is not NIfTI or holds less data than its header declares. ``name`` is what messages call the file.
+    file that is not NIfTI or (with ``check_data``, which decodes a gzip stream once) holds less data than its
+    header declares. ``name`` is what messages call the file.
     """
     path = str(path)
     try:
@@ -96,7 +98,7 @@ def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits) -> nib
         raise VolumeTooLarge(f"{name}: the header declares shape {shape}, {voxels:,} voxels, above this server's "
                              f"limit of {limits.max_voxels:,} (--conf max_voxels)")
     needed = int(getattr(img.dataobj, "offset", 0)) + voxels * itemsize
-    held = _data_bytes_available(path, needed)
+    held = _data_bytes_available(path, needed) if check_data else needed
     if held < needed:
         raise VolumeError(f"{name}: truncated: the header declares {needed:,} bytes of header and data, the file "
                           f"holds {held:,}")

@@ -11,7 +11,9 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
@@ -20,9 +22,40 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.infers.bundle_predictor import load_weights
+from lib.volumes import VolumeError, VolumeLimits, read_header
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+
+def _in_task_process() -> bool:
+    """Whether this is MONAI Label's task subprocess (``python -m monailabel.interfaces.utils.app``)."""
+    return Path(sys.argv[0]).parts[-3:] == ("interfaces", "utils", "app.py")
+
+
+def check_records(datalist: Dict[str, list], spatial_dims: int) -> None:
+    """``ValueError`` naming the first file of ``datalist`` that cannot be read (its header), has another number of
+    spatial axes than ``spatial_dims``, or whose label's shape differs from its image's."""
+    limits = VolumeLimits()
+    for part, records in datalist.items():
+        for record in records:
+            shapes = {}
+            for key in ("image", "label"):
+                if key in record:
+                    try:
+                        header = read_header(record[key], f"{part} {key} {record[key]}", limits, check_data=False)
+                    except VolumeError as e:
+                        raise ValueError(str(e)) from e
+                    shape = tuple(header.shape)
+                    while len(shape) > spatial_dims and shape[-1] == 1:
+                        shape = shape[:-1]
+                    if len(shape) != spatial_dims:
+                        raise ValueError(f"{part} {key} {record[key]}: shape {tuple(header.shape)} is not "
+                                         f"{spatial_dims}D")
+                    shapes[key] = shape
+            if len(set(shapes.values())) > 1:
+                raise ValueError(f"{part} label {record['label']}: shape {shapes['label']} differs from its image "
+                                 f"{record['image']} ({shapes['image']})")
 
 # request keys a client may set, with their types; everything else in a train request is rejected
 ALLOWED = {
@@ -97,30 +130,92 @@ class SemiSupervisedBundleTrain(TrainTask):
         except (TypeError, ValueError) as e:
             raise bad from e
 
+    def configured(self, key: str, settings: Dict[str, Any] | None = None) -> Any:
+        """``key`` as the bundle's ``train.yaml`` plus the extra configs define it, with the request's ``settings``
+        applied (``None`` if they do not define it)."""
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(self.bundle_root / "configs" / "train.yaml"), *self.extra_configs])
+        parser["bundle_root"] = str(self.bundle_root)
+        for name in ("batch_size", "patch_size", "num_iterations"):
+            if settings and name in settings:
+                parser[name] = settings[name]
+        return parser.get_parsed_content(key) if key in parser else None
+
     @staticmethod
-    def split(datastore: Datastore, val_fraction: float, seed: int) -> Dict[str, list]:
-        """``labeled``/``validation`` from the final labels (a seeded shuffle), ``unlabeled`` from the rest."""
+    def n_validation(n_labeled: int, val_fraction: float) -> int:
+        """How many of ``n_labeled`` labelled images :meth:`split` holds out for validation."""
+        return min(n_labeled - 1, max(1, round(val_fraction * n_labeled)))
+
+    def check_labels(self, settings: Dict[str, Any], n_labeled: int) -> None:
+        """``ValueError`` saying how many labelled images a run with ``settings`` needs, when the datastore's
+        ``n_labeled`` are too few: one batch of labelled images plus the validation hold-out."""
+        batch = int(self.configured("batch_size", settings) or 1)
+        needed = next(n for n in range(2, batch + 100) if n - self.n_validation(n, settings["val_fraction"]) >= batch)
+        if n_labeled < needed:
+            raise ValueError(f"{self.name}: training needs at least {needed} labelled images: a batch takes {batch} "
+                             f"(batch_size) and validation holds out {self.n_validation(needed, settings['val_fraction'])}"
+                             f" (val_fraction {settings['val_fraction']}); the datastore has {n_labeled}. Save more "
+                             "labels, or lower batch_size")
+
+    @classmethod
+    def split(cls, datastore: Datastore, val_fraction: float, seed: int, unlabeled_batch: int = 1) -> Dict[str, Any]:
+        """``labeled``/``validation`` from the final labels (a seeded shuffle), ``unlabeled`` from the rest.
+
+        An unlabelled pool smaller than ``unlabeled_batch`` (but not empty) would yield no batch: it is drawn with
+        replacement up to one batch, and ``unlabeled_resampled`` says so."""
         labeled = sorted(datastore.datalist(), key=lambda r: r["image"])
         if len(labeled) < 2:
             raise ValueError(f"training needs at least 2 labelled images (1 to train, 1 to validate); the datastore "
                              f"has {len(labeled)}: save more labels first")
         random.Random(seed).shuffle(labeled)
-        n_val = min(len(labeled) - 1, max(1, round(val_fraction * len(labeled))))
+        n_val = cls.n_validation(len(labeled), val_fraction)
         unlabeled = [{"image": datastore.get_image_uri(i)}
                      for i in sorted(datastore.get_unlabeled_images(DefaultLabelTag.FINAL))]
-        return {"labeled": labeled[n_val:], "unlabeled": unlabeled, "validation": labeled[:n_val]}
+        resampled = 0 < len(unlabeled) < unlabeled_batch
+        if resampled:
+            rng = random.Random(seed)
+            unlabeled = unlabeled + [rng.choice(unlabeled) for _ in range(unlabeled_batch - len(unlabeled))]
+        return {"labeled": labeled[n_val:], "unlabeled": unlabeled, "validation": labeled[:n_val],
+                "unlabeled_resampled": resampled}
 
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
+        """Train and publish. A failure ends with one log line that says what failed (3D Slicer shows the last
+        lines of the task's log, which a traceback would fill); the traceback goes to ``last_error.txt`` beside
+        the weights. In MONAI Label's task process the run then exits with status 1 (the task reads ERROR)."""
+        try:
+            return self._train(request, datastore)
+        except Exception as e:
+            message = f"{self.name}: training failed: {type(e).__name__}: {e}".replace("\n", " ")
+            error_file = self.model_path.parent / "last_error.txt"
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(traceback.format_exc(), error_file)
+            logger.error(f"{message[:1000]} (traceback in {error_file})")
+            if _in_task_process():
+                raise SystemExit(1) from None
+            raise
+
+    def _train(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
         from monai.bundle import ConfigWorkflow
 
         t0 = time.time()
         settings = self.parse(request)
-        datalist = self.split(datastore, settings["val_fraction"], settings["seed"])
+        self.check_labels(settings, len(datastore.datalist()))
+        unlabeled_batch = int(self.configured("unlabeled_batch_size", settings) or 0)
+        datalist = self.split(datastore, settings["val_fraction"], settings["seed"], unlabeled_batch)
+        resampled = datalist.pop("unlabeled_resampled")
+        check_records(datalist, self.spatial_dims)
         run_dir = self.model_path.parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(datalist, indent=2), run_dir / "datalist.json")
         logger.info(f"{self.name}: {len(datalist['labeled'])} labelled, {len(datalist['unlabeled'])} unlabelled, "
                     f"{len(datalist['validation'])} validation images; run folder {run_dir}")
+        if unlabeled_batch and not datalist["unlabeled"]:
+            logger.warning(f"{self.name}: no unlabelled images: training on the labelled images only")
+        elif resampled:
+            logger.warning(f"{self.name}: fewer unlabelled images than one batch ({unlabeled_batch}): drawing them "
+                           "with replacement")
 
         overrides: Dict[str, Any] = {
             "bundle_root": str(self.bundle_root), "dataset_dir": str(run_dir), "output_dir": str(run_dir),
@@ -157,11 +252,12 @@ class SemiSupervisedBundleTrain(TrainTask):
         if not trained.is_file():
             raise RuntimeError(f"{self.name}: training finished without writing {trained}")
         atomic_replace(lambda tmp: shutil.copyfile(trained, tmp), self.model_path)  # publish
-        stats = {
+        stats: Dict[str, Any] = {
             "model": self.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "start_weights": start,
             "iterations": settings["num_iterations"], "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
             "labeled": len(datalist["labeled"]), "unlabeled": len(datalist["unlabeled"]),
             "validation": len(datalist["validation"]), "published": str(self.model_path),
+            "unlabeled_resampled": resampled,
         }
         try:  # the validator the workflow ran (the parser returns its cached instance)
             evaluator = workflow.parser.get_parsed_content("validate#evaluator")
