@@ -31,7 +31,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod  # noqa: E402
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
-from lib import errors  # noqa: E402
+from lib import errors, task_queue  # noqa: E402
 from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
 from lib.configs import CONFIGS  # noqa: E402
 from lib.datastore import SafeLocalDatastore  # noqa: E402
@@ -116,11 +116,9 @@ class SSMISApp(MONAILabelApp):
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per
         method each time, so they piled up behind each other. Here a new round starts only when no scoring is
         queued or running."""
-        from monailabel.utils.async_tasks.utils import tasks
-
-        pending = [t for t in tasks("scoring") if t.get("status") in ("SUBMITTED", "RUNNING")]
-        if pending:
-            logger.info(f"scoring already queued or running ({len(pending)} task(s)): not queueing another round")
+        running = task_queue.pending("scoring")
+        if running:
+            logger.info(f"scoring already queued or running ({len(running)} task(s)): not queueing another round")
             return {}
         return super().async_scoring(method, params)
 

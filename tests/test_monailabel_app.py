@@ -110,6 +110,9 @@ def test_annotation_loop(server):
         stats = json.loads((root / "model" / model / "train_stats.json").read_text())
         assert (stats["labeled"], stats["validation"], stats["unlabeled"]) == (2, 1, 3)
         assert stats["iterations"] == TRAIN["num_iterations"] and 0.0 <= stats["best_val_dice"] <= 1.0
+        kept = sorted(str(p.relative_to(stats["run_dir"])) for p in Path(stats["run_dir"]).rglob("*") if p.is_file())
+        assert "datalist.json" in kept and "models/model_best.pt" in kept, kept
+        assert not {"models/checkpoint.pt", "models/model.pt"} & set(kept), kept  # pruned after publishing
 
     # inference with the new weights, on the image's own grid
     path, params = client.infer("transmedseg_la", "case_001", {})
@@ -186,9 +189,16 @@ def test_stop_training_keeps_served_weights(server):
     assert [f.result().status_code for f in infers] == [200] * 4
     assert len(info_s) >= 3 and max(info_s) < 1.0, f"/info/ during inference: {info_s}"
     assert requests.get(f"{base}/train/").json().get("status") == "RUNNING"
-    client.train_stop()
+    queued = requests.post(f"{base}/train/fixed_dynamic_pl_la?enqueue=true",
+                           json={"num_iterations": 100000, "val_interval": 50000})
+    assert queued.status_code == 200 and queued.json()["status"] == "SUBMITTED", queued.text
+    client.train_stop()  # stops the running training and the queued one
     status = _wait_train(base, timeout=60)
     assert status["status"] != "DONE"
+    time.sleep(3)  # a queued training would have started by now
+    runs = requests.get(f"{base}/train/?all=true").json()
+    assert not [t for t in runs if t["status"] in ("SUBMITTED", "RUNNING")], runs
+    assert {t["id"]: t["status"] for t in runs}[queued.json()["id"]] == "STOPPED"
     assert (model.stat().st_mtime, model.read_bytes()) == before
     assert requests.post(f"{base}/infer/fixed_dynamic_pl_la?image=case_003&output=json").status_code == 200
 

@@ -51,7 +51,8 @@ def check_id(value: Any, what: str) -> str:
 
 class TrainRequestCheck:
     """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it,
-    refuse ``run_sync`` trainings, and answer 404 to ``POST /scoring/<name>`` for a name not in ``scoring_methods``.
+    refuse ``run_sync`` trainings, cancel queued trainings on ``DELETE /train/`` (before MONAI Label stops the
+    running one), and answer 404 to ``POST /scoring/<name>`` for a name not in ``scoring_methods``.
 
     The stock endpoint starts a background task with any parameters, so a typo'd key or a wrong type surfaced only
     as a failed task (or a 500 with ``run_sync``). ``check(model, params)`` raises ``ValueError`` for bad
@@ -70,6 +71,10 @@ class TrainRequestCheck:
             await JSONResponse({"detail": f"unknown scoring method {path[1]!r}; available: "
                                           f"{sorted(self.scoring_methods)}"}, status_code=404)(scope, receive, send)
             return
+        if scope.get("type") == "http" and scope.get("method") == "DELETE" and path == ["train"]:
+            from lib.task_queue import cancel_queued
+
+            cancel_queued("train")  # "Stop" stops the queue too; MONAI Label's endpoint then stops the running one
         if scope.get("type") != "http" or scope.get("method") != "POST" or path[0] != "train":
             await self.app(scope, receive, send)
             return

@@ -72,12 +72,17 @@ class SemiSupervisedBundleTrain(TrainTask):
         model_path: where the served ``model.pt`` is published (atomically, after a run completes).
         extra_configs: config files merged on top of ``train.yaml`` (the inference task merges the same ones).
         defaults: default request values (``num_iterations`` and so on).
+        keep_runs: run folders kept (the newest); a finished run keeps its datalist, TensorBoard logs and
+            ``model_best.pt``, not the resume checkpoint or a second copy of the published weights.
     """
 
     def __init__(self, name: str, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str],
-                 defaults: Dict[str, Any], description: str, spatial_dims: int = 3) -> None:
+                 defaults: Dict[str, Any], description: str, spatial_dims: int = 3, keep_runs: int = 5) -> None:
         super().__init__(description)
         self.name, self.spatial_dims = name, int(spatial_dims)
+        if int(keep_runs) < 1:
+            raise ValueError(f"--conf keep_runs must be >= 1, got {keep_runs}")
+        self.keep_runs = int(keep_runs)
         self.bundle_root = Path(bundle_root)
         self.model_path = Path(model_path)
         self.extra_configs = [str(c) for c in extra_configs]
@@ -129,6 +134,12 @@ class SemiSupervisedBundleTrain(TrainTask):
             return kind(value)
         except (TypeError, ValueError) as e:
             raise bad from e
+
+    def _prune_runs(self) -> None:
+        """Delete all but the newest ``keep_runs`` run folders."""
+        runs = sorted(p for p in (self.model_path.parent / "runs").iterdir() if p.is_dir())
+        for old in runs[: -self.keep_runs]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def configured(self, key: str, settings: Dict[str, Any] | None = None) -> Any:
         """``key`` as the bundle's ``train.yaml`` plus the extra configs define it, with the request's ``settings``
@@ -252,6 +263,9 @@ class SemiSupervisedBundleTrain(TrainTask):
         if not trained.is_file():
             raise RuntimeError(f"{self.name}: training finished without writing {trained}")
         atomic_replace(lambda tmp: shutil.copyfile(trained, tmp), self.model_path)  # publish
+        for done_with in (run_dir / "models" / "checkpoint.pt", trained):  # resume state; a copy of the published
+            done_with.unlink(missing_ok=True)
+        self._prune_runs()
         stats: Dict[str, Any] = {
             "model": self.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "start_weights": start,
             "iterations": settings["num_iterations"], "wall_s": round(time.time() - t0, 1), "run_dir": str(run_dir),
