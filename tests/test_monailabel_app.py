@@ -491,3 +491,42 @@ def test_a_failed_training_names_the_file(server):
         assert "training failed" in last and "case_002.nii.gz" in last and "Traceback" not in last, last
     finally:
         victim.write_bytes(good)
+
+
+def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
+    """A bundle's ``target_spacing``: an image at another voxel size reaches the network resampled to it, and the
+    prediction comes back on the image's own grid; an image already at that spacing is not resampled."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.infers.bundle_predictor import BundlePredictor
+
+    extra, weights = tmp_path / "tiny.yaml", tmp_path / "model.pt"
+    extra.write_text(TINY_YAML + "target_spacing: [2.0, 2.0, 2.0]\nsw_overlap: 0.25\n")
+    predictor = BundlePredictor(ROOT / "bundles" / "transmedseg_la", weights, extra_configs=[extra], device="cpu")
+    assert predictor.target_spacing == (2.0, 2.0, 2.0)
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "bundles" / "transmedseg_la" / "configs" / "inference.yaml"), str(extra)])
+    parser["bundle_root"] = str(ROOT / "bundles" / "transmedseg_la")
+    torch.save({"model": parser.get_parsed_content("network").state_dict()}, weights)
+    network = predictor._load()[1]
+    calls = []
+    network.register_forward_pre_hook(lambda module, inputs: calls.append(tuple(inputs[0].shape[2:])))
+
+    rng = np.random.default_rng(0)
+    for spacing, resampled in ((1.0, True), (2.0, False)):  # 64x64x48 at 1 mm is one 32x32x24 window at 2 mm
+        affine = np.diag([spacing, spacing, spacing, 1.0])
+        affine[:3, 3] = [5.0, -3.0, 2.0]
+        path = tmp_path / f"img_{spacing}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.random((64, 64, 48), dtype=np.float32), affine), path)
+        calls.clear()
+        prediction = predictor.predict(path)
+        assert (len(calls) == 1) == resampled and calls[0] == (32, 32, 24), (spacing, calls)
+        assert tuple(prediction.probs.shape) == (2, 64, 64, 48)
+        assert torch.allclose(prediction.probs.sum(0), torch.ones(64, 64, 48), atol=1e-4)
+        out = tmp_path / f"seg_{spacing}.nii.gz"
+        from lib.infers.bundle_predictor import write_label
+
+        write_label(predictor.segment(prediction), prediction.image, out)
+        seg = nib.load(out)
+        assert seg.shape == (64, 64, 48) and np.allclose(seg.affine, affine)

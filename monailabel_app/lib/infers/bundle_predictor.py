@@ -72,6 +72,12 @@ class BundlePredictor:
         self.num_classes = int(parser.get_parsed_content("num_classes"))
         self.spatial_dims = int(parser.get("network_def", {}).get("spatial_dims", 3))
         self.lcc = bool(parser.get_parsed_content("lcc")) if "lcc" in parser else False
+        spacing = parser.get_parsed_content("target_spacing") if "target_spacing" in parser else None
+        self.target_spacing = None if spacing is None else tuple(float(v) for v in spacing)
+        if self.target_spacing is not None and (len(self.target_spacing) != self.spatial_dims
+                                                or not all(v > 0 for v in self.target_spacing)):
+            raise ValueError(f"{self.bundle_root.name}: target_spacing {spacing} is not {self.spatial_dims} "
+                             "positive voxel sizes")
 
     def _parser(self):
         from monai.bundle import ConfigParser
@@ -136,15 +142,38 @@ class BundlePredictor:
             raise ImageError(f"{Path(path).name}: the image holds NaN or infinite values")
         return img, arr
 
+    def model_shape(self, img: nib.spatialimages.SpatialImage, shape: Sequence[int]) -> tuple[int, ...] | None:
+        """The shape ``img`` (array ``shape``) takes at ``target_spacing``; ``None`` when its spacing already is
+        that (within 1 %) or the bundle declares none."""
+        if self.target_spacing is None:
+            return None
+        zooms = np.asarray(img.header.get_zooms()[: self.spatial_dims], dtype=float)
+        target = np.asarray(self.target_spacing)
+        if np.allclose(zooms, target, rtol=0.01):
+            return None
+        return tuple(max(1, int(round(n * z / t))) for n, z, t in zip(shape, zooms, target))
+
     @torch.no_grad()
     def predict(self, path: str | Path) -> Prediction:
+        """The softmax of the served network(s) for the image at ``path``, on the image's own grid. An image whose
+        voxel size differs from the bundle's ``target_spacing`` is resampled to it (trilinear) for the network, and
+        the probabilities are resampled back to the image's shape."""
+        from monai.transforms import Resize
+
         t0 = time.perf_counter()
         img, arr = self.read(path)
         mtime, network, transforms, inferer = self._load()
-        x = transforms({"image": torch.from_numpy(arr)[None]})["image"]
+        x = torch.from_numpy(arr)[None]
+        resized = self.model_shape(img, arr.shape)
+        if resized is not None:
+            x = Resize(spatial_size=resized, mode="trilinear" if self.spatial_dims == 3 else "bilinear")(x)
+        x = transforms({"image": x})["image"]
         x = torch.as_tensor(x, dtype=torch.float32, device=self.device)[None]
         nets = list(network.nets) if hasattr(network, "nets") else [network]
         per = [torch.softmax(inferer(inputs=x, network=n), 1)[0].float().cpu() for n in nets]
+        if resized is not None:
+            back = Resize(spatial_size=arr.shape, mode="trilinear" if self.spatial_dims == 3 else "bilinear")
+            per = [torch.as_tensor(back(p)) for p in per]
         index = getattr(network, "index", -1)
         probs = per[index] if len(per) > 1 and index >= 0 else torch.stack(per).mean(0)
         return Prediction(probs, per, img, mtime, time.perf_counter() - t0)

@@ -47,5 +47,6 @@ class BundleSegmentation(InferTask):
             "weights_mtime": prediction.weights_mtime,
             "latencies": {"infer": round(prediction.seconds, 4)},
             "foreground_voxels": int((seg > 0).sum()),
+            "model_spacing": self.predictor.target_spacing,  # the image was resampled to it and back when needed
         }
         return out, params
