@@ -42,6 +42,7 @@ graph_channels: 16
 patch_size: [32, 32, 24]
 batch_size: 2
 sw_batch_size: 1
+target_spacing: null
 """
 TRAIN = {"num_iterations": 6, "val_interval": 3, "pretrain_iterations": 2}
 
@@ -530,3 +531,28 @@ def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
         write_label(predictor.segment(prediction), prediction.image, out)
         seg = nib.load(out)
         assert seg.shape == (64, 64, 48) and np.allclose(seg.affine, affine)
+
+
+def test_training_images_at_another_spacing_are_resampled_copies(tmp_path):
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.trainers.resampling import resample_records
+
+    label = np.zeros((20, 20, 16), np.uint8)
+    label[4:12, 4:12, 4:10] = 1
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    for name, arr in (("img", np.random.default_rng(0).random((20, 20, 16), dtype=np.float32)), ("lab", label)):
+        nib.save(nib.Nifti1Image(arr, affine), tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 8), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "ok.nii.gz")
+    datalist = {"labeled": [{"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}],
+                "unlabeled": [{"image": str(tmp_path / "ok.nii.gz")}]}
+    cache = tmp_path / "cache"
+    out = resample_records(datalist, (2.0, 2.0, 2.0), cache)
+    assert out["unlabeled"] == datalist["unlabeled"]  # already at 2 mm: the file itself
+    image, lab = (nib.load(out["labeled"][0][k]) for k in ("image", "label"))
+    assert Path(out["labeled"][0]["image"]).parent == cache
+    assert image.shape == lab.shape == (10, 10, 8) and np.allclose(image.header.get_zooms(), 2.0)
+    assert set(np.unique(np.asarray(lab.dataobj))) == {0, 1} and np.asarray(lab.dataobj).sum() == 4 * 4 * 3
+    mtime = Path(out["labeled"][0]["image"]).stat().st_mtime
+    assert resample_records(datalist, (2.0, 2.0, 2.0), cache) == out  # cached: not remade
+    assert Path(out["labeled"][0]["image"]).stat().st_mtime == mtime
+    assert resample_records(datalist, None, cache) == datalist

@@ -62,7 +62,8 @@ class BundleTaskConfig(TaskConfig):
         return SemiSupervisedBundleTrain(self.name, self.bundle_root, self.path, self.extra_configs,
                                          dict(self.train_defaults), f"Semi-supervised retraining of {self.name}",
                                          spatial_dims=self.predictor.spatial_dims,
-                                         keep_runs=int((self.conf or {}).get("keep_runs", 5)))
+                                         keep_runs=int((self.conf or {}).get("keep_runs", 5)),
+                                         target_spacing=self.predictor.target_spacing)
 
     def scoring_method(self) -> UncertaintyScoring:
         return UncertaintyScoring(self.predictor, self.cache, self.uncertainty,

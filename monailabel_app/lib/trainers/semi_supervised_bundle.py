@@ -22,6 +22,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.infers.bundle_predictor import load_weights
+from lib.trainers.resampling import resample_records
 from lib.volumes import VolumeError, VolumeLimits, read_header
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
@@ -72,17 +73,21 @@ class SemiSupervisedBundleTrain(TrainTask):
         model_path: where the served ``model.pt`` is published (atomically, after a run completes).
         extra_configs: config files merged on top of ``train.yaml`` (the inference task merges the same ones).
         defaults: default request values (``num_iterations`` and so on).
+        target_spacing: the voxel size the network expects; datastore images at another one are trained on through
+            resampled copies (``<model_dir>/<model>/resampled/``), as inference resamples them.
         keep_runs: run folders kept (the newest); a finished run keeps its datalist, TensorBoard logs and
             ``model_best.pt``, not the resume checkpoint or a second copy of the published weights.
     """
 
     def __init__(self, name: str, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str],
-                 defaults: Dict[str, Any], description: str, spatial_dims: int = 3, keep_runs: int = 5) -> None:
+                 defaults: Dict[str, Any], description: str, spatial_dims: int = 3, keep_runs: int = 5,
+                 target_spacing: Sequence[float] | None = None) -> None:
         super().__init__(description)
         self.name, self.spatial_dims = name, int(spatial_dims)
         if int(keep_runs) < 1:
             raise ValueError(f"--conf keep_runs must be >= 1, got {keep_runs}")
         self.keep_runs = int(keep_runs)
+        self.target_spacing = None if target_spacing is None else tuple(float(v) for v in target_spacing)
         self.bundle_root = Path(bundle_root)
         self.model_path = Path(model_path)
         self.extra_configs = [str(c) for c in extra_configs]
@@ -217,6 +222,7 @@ class SemiSupervisedBundleTrain(TrainTask):
         datalist = self.split(datastore, settings["val_fraction"], settings["seed"], unlabeled_batch)
         resampled = datalist.pop("unlabeled_resampled")
         check_records(datalist, self.spatial_dims)
+        datalist = resample_records(datalist, self.target_spacing, self.model_path.parent / "resampled")
         run_dir = self.model_path.parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(datalist, indent=2), run_dir / "datalist.json")
