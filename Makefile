@@ -1,13 +1,14 @@
 # The two set-up commands of the README:
 #   make demo   create/refresh .venv, generate synthetic data, train, evaluate, print Dice, write a PNG overlay
-#   make test   create/refresh .venv and run the whole test suite
+#   make test   create/refresh .venv and run the whole test suite (the 15 slowest tests are listed at the end)
+#   make test-fast   the same without the tests marked slow (servers, trainings, process groups), for the edit loop
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssmis-installed
 DEMO_DIR ?= demo
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test test-fast venv clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +23,10 @@ demo: venv
 	$(PY) -m ssmis.demo --output $(DEMO_DIR)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

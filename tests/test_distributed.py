@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
@@ -35,6 +37,7 @@ def _two_ranks(rank: int, init_file: str, out_dir: str) -> None:
     Path(out_dir, f"seen{rank}.json").write_text(json.dumps(seen))
 
 
+@pytest.mark.slow  # two processes in a gloo group
 def test_rank_world_size_and_rank0_only_writes(tmp_path):
     torch.multiprocessing.spawn(_two_ranks, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     for rank in range(2):

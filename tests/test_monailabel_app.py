@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real server, trainings in subprocesses
+
 monailabel_client = pytest.importorskip("monailabel.client.client")
 MONAILabelClient = monailabel_client.MONAILabelClient
 MONAILabelClientException = monailabel_client.MONAILabelClientException
