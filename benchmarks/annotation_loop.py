@@ -108,6 +108,13 @@ def run_curve(args: argparse.Namespace) -> dict:
     curve = all_curves.get(name, {"model": args.model, "strategy": args.strategy, "rounds": []})
     curve.update(iterations_first=args.first_iterations, iterations_per_round=args.iterations, start=args.start,
                  end=args.end, validation=len(data["validation"]), pool=len(pool))
+
+    def save(curve: dict) -> None:
+        all_curves = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        all_curves[name] = curve
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(all_curves, indent=2), results_file)
+
     conf = {"models": args.model, "model_dir": str(model_dir), "extra_config": "cpu_protocol.yaml", "device": "cpu"}
     env = {"OMP_NUM_THREADS": str(args.threads), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     proc, base = start_server(studies, conf, run_dir / "server.log", env=env, timeout_s=300)
@@ -138,8 +145,7 @@ def run_curve(args: argparse.Namespace) -> dict:
                     score_s = 0.0
                     if args.strategy == "uncertainty" and n < args.end:
                         t1 = time.time()
-                        r = requests.post(f"{base}/scoring/{args.model}_uncertainty?run_sync=true", timeout=3600)
-                        r.raise_for_status()
+                        score(base, args.model)
                         score_s = time.time() - t1
                 stats = json.loads((model_dir / args.model / "train_stats.json").read_text())
                 curve["rounds"].append({
@@ -148,14 +154,19 @@ def run_curve(args: argparse.Namespace) -> dict:
                     "labeled_train": stats["labeled"], "labeled_validation": stats["validation"],
                     "unlabeled": stats["unlabeled"], "train_s": round(train_s, 1), "scoring_s": round(score_s, 1),
                     "round_s": round(time.time() - t0, 1), "steal": round(steal.fraction or 0.0, 3)})
-                all_curves = json.loads(results_file.read_text()) if results_file.is_file() else {}
-                all_curves[name] = curve
-                args.results_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(json.dumps(all_curves, indent=2), results_file)
+                save(curve)
                 print(f"{name}: {n} labelled, mean Dice {np.mean(scores):.4f}, round {time.time() - t0:.0f} s",
                       flush=True)
             if n >= args.end:
                 break
+            last = next(r for r in curve["rounds"] if r["labelled"] == n)
+            if args.strategy == "uncertainty" and not last["scoring_s"]:
+                # a curve resumed past its old --end: the last round's model has not scored the pool yet
+                t1 = time.time()
+                score(base, args.model)
+                last["scoring_s"] = round(time.time() - t1, 1)
+                last["round_s"] = round(last["round_s"] + last["scoring_s"], 1)
+                save(curve)
             sample = client.next_sample(args.strategy, {})
             image_id = sample["id"]
             client.save_label(image_id, truth[image_id])
@@ -163,6 +174,12 @@ def run_curve(args: argparse.Namespace) -> dict:
     finally:
         stop_server(proc)
     return curve
+
+
+def score(base: str, model: str) -> None:
+    """Score every unlabelled datastore image with the served model's disagreement (blocks until done)."""
+    r = requests.post(f"{base}/scoring/{model}_uncertainty?run_sync=true", timeout=3600)
+    r.raise_for_status()
 
 
 def labels_to_reach(curve: dict, target: float) -> int | None:

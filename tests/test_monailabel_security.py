@@ -352,3 +352,12 @@ def test_a_small_unlabelled_pool_is_drawn_with_replacement():
     assert split["unlabeled"] == [] and not split["unlabeled_resampled"]
     split = SemiSupervisedBundleTrain.split(Store(7, 3), 0.2, 0, unlabeled_batch=2)
     assert len(split["unlabeled"]) == 3 and not split["unlabeled_resampled"]
+
+
+def test_downloads_are_served_from_the_worker_threads(server):
+    """Slicer downloads the proposed volume (``GET /datastore/image``): a file response streamed from a worker
+    thread's event loop reaches the client whole."""
+    base, studies = server["base"], server["studies"]
+    r = requests.get(f"{base}/datastore/image?image=case_1")
+    assert r.status_code == 200 and r.content == (studies / "case_1.nii.gz").read_bytes()
+    assert requests.head(f"{base}/datastore/image?image=case_1").status_code == 200

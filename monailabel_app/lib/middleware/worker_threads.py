@@ -16,7 +16,6 @@ import threading
 from typing import Any, Sequence
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 from fastapi.responses import JSONResponse
 
@@ -61,12 +60,15 @@ class WorkerThreads:
             await self.app(scope, receive, send)
             return
         gated = scope.get("method") == "POST" and path.startswith(self.computing)
+        server_loop = asyncio.get_running_loop()
 
+        # ``receive`` and ``send`` run on the server's loop; the worker's loop awaits them without blocking, since
+        # a streamed response (a file download) listens for the disconnect while it sends
         async def thread_receive() -> dict:
-            return anyio.from_thread.run(receive)
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), server_loop))
 
         async def thread_send(message: dict) -> None:
-            anyio.from_thread.run(send, message)
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), server_loop))
 
         def serve() -> None:
             if gated and not self.gate.acquire():
