@@ -13,7 +13,7 @@ DEMO_DIR ?= demo
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[app,dev]"
 	$(PY) -c "import monailabel.main, pydicom_seg, ssmis; print('environment ready:', ssmis.__version__)"
 	touch $(STAMP)
 

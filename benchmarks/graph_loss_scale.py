@@ -53,12 +53,12 @@ def measure(bundle_dir: Path, dataset_dir: Path, checkpoint: str | None, steps: 
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
+    from ssmis.bundle.layout import config_files
     from ssmis.losses import GraphClusteringLoss
 
     set_determinism(seed=seed)
-    cfg = bundle_dir / "configs"
     parser = ConfigParser()
-    parser.read_config([str(cfg / "train.yaml"), *[str(cfg / c) for c in extra_configs]])
+    parser.read_config(config_files(bundle_dir, "train", *extra_configs))
     parser["bundle_root"] = str(bundle_dir)
     parser["dataset_dir"] = str(dataset_dir)
     parser["device"] = "$torch.device('cpu')"

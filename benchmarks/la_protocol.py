@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from benchmarks.paused_time import PausedMeter  # noqa: E402
+from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 # settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
@@ -86,8 +87,8 @@ def ensure_data(data_root: Path, labeled: int, spacing: float, val: int, source:
 
 
 def bundle_configs(bundle: str, *names: str) -> str:
-    files = [str(ROOT / "bundles" / bundle / "configs" / n) for n in names]
-    return "[" + ",".join(repr(f) for f in files) + "]"
+    """The ``--config_file`` value for ``names`` of a bundle: each shared config, then the bundle's own."""
+    return repr(config_files(ROOT / "bundles" / bundle, *names))
 
 
 def trained_iterations(out: Path) -> int:
@@ -360,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--config {item!r}: expected BUNDLE=FILE, e.g. transmedseg_la=ablation_no_tsa.yaml")
         if b not in args.bundles:
             p.error(f"--config {item!r}: bundle {b!r} is not among --bundles {args.bundles}")
-        if not (ROOT / "bundles" / b / "configs" / f).is_file():
-            p.error(f"--config {item!r}: bundles/{b}/configs/{f} does not exist")
+        try:
+            config_files(ROOT / "bundles" / b, f)
+        except FileNotFoundError as e:
+            p.error(f"--config {item!r}: {e}")
         args.extra_configs.setdefault(b, []).append(f)
     for b in args.bundles:
         if not (ROOT / "bundles" / b / "configs" / "train.yaml").is_file():

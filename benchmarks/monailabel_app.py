@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def bundle_inference_seconds(bundle: str, image: Path, weights: Path, out: Path)
     """Time of the bundle's own inference workflow (evaluator run only) on ``image``."""
     from monai.bundle import ConfigWorkflow
 
-    configs = [str(ROOT / "bundles" / bundle / "configs" / n) for n in ("inference.yaml", "cpu_protocol.yaml")]
+    configs = config_files(ROOT / "bundles" / bundle, "inference", "cpu_protocol")
     wf = ConfigWorkflow(config_file=configs, workflow_type="infer", bundle_root=str(ROOT / "bundles" / bundle),
                         datalist=[{"image": str(image)}], output_dir=str(out), ckpt_path=str(weights),
                         device="$torch.device('cpu')", amp=False)

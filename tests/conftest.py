@@ -14,8 +14,8 @@ BUNDLES = ROOT / "bundles"
 
 # a tiny network and patch so a bundle run takes seconds on 2 CPU cores
 TINY = [
-    "--network_def#_target_", "BasicUNet",
-    "--network_def#features", "[4, 4, 8, 8, 16, 4]",
+    "--backbone_def#_target_", "BasicUNet",
+    "--backbone_def#features", "[4, 4, 8, 8, 16, 4]",
     "--patch_size", "[32, 32, 24]",
     "--batch_size", "2",
     "--device", "$torch.device('cpu')",
@@ -24,8 +24,17 @@ TINY = [
 
 
 def configs(bundle: str, *names: str) -> str:
-    """A ``--config_file`` value merging ``names`` from ``bundles/<bundle>/configs``."""
-    return "[" + ",".join(repr(str(BUNDLES / bundle / "configs" / n)) for n in names) + "]"
+    """A ``--config_file`` value merging ``names`` of a bundle: each shared config, then the bundle's own."""
+    from ssmis.bundle.layout import config_files
+
+    return repr(config_files(BUNDLES / bundle, *names))
+
+
+def config_list(bundle: str, *names: str) -> list[str]:
+    """The files of :func:`configs`, for ``ConfigParser.read_config``."""
+    from ssmis.bundle.layout import config_files
+
+    return config_files(BUNDLES / bundle, *names)
 
 
 def run_bundle(bundle: str, names: list[str], *overrides: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:

@@ -6,14 +6,14 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import BUNDLES
+from conftest import BUNDLES, config_list
 
-CFG = BUNDLES / "transmedseg_la" / "configs"
+TMS = "transmedseg_la"
 
 
 def strategy(*extra: str):
     parser = ConfigParser()
-    parser.read_config([str(CFG / "train.yaml"), str(CFG / "cpu_protocol.yaml"), *[str(CFG / e) for e in extra]])
+    parser.read_config(config_list(TMS, "train", "cpu_protocol", *extra))
     parser["bundle_root"] = str(BUNDLES / "transmedseg_la")
     return parser.get_parsed_content("train#strategy"), parser
 
@@ -39,8 +39,8 @@ def test_graph_reduction_ablation():
 def test_tsa_on_mean_teacher():
     s, parser = strategy("ablation_tsa_mean_teacher.yaml")
     assert type(s).__name__ == "MeanTeacherStrategy" and s.tsa is not None
-    assert parser["train#handlers"][-1].replace("::", "#") == "@train#rampup"  # merged into the list, not replacing it
-    assert len(parser["train#handlers"]) > 5
+    handlers = parser["train#method_handlers"]
+    assert handlers[-1].replace("::", "#") == "@train#rampup" and len(handlers) == 3  # merged, not replacing them
     parser["use_tsa"] = False  # the switch is honoured here too (the plain mean teacher of this bundle's pieces)
     assert parser.get_parsed_content("train#strategy", lazy=False).tsa is None
 
@@ -51,7 +51,7 @@ def test_beta_sweep(beta):
     assert s.tsa.beta == float(beta)
 
 
-FD = BUNDLES / "fixed_dynamic_pl_la" / "configs"
+FD = "fixed_dynamic_pl_la"
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ FD = BUNDLES / "fixed_dynamic_pl_la" / "configs"
 )
 def test_co_training_ablations(extra, fixed, dynamic, cut):
     parser = ConfigParser()
-    parser.read_config([str(FD / "train.yaml"), str(FD / "cpu_protocol.yaml"), str(FD / extra)])
+    parser.read_config(config_list(FD, "train", "cpu_protocol", extra))
     parser["bundle_root"] = str(BUNDLES / "fixed_dynamic_pl_la")
     s = parser.get_parsed_content("train#strategy")
     assert (s.use_fixed, s.use_dynamic, s.use_cut) == (fixed, dynamic, cut)
@@ -80,7 +80,7 @@ def test_co_training_control_has_no_unlabeled_data(tmp_path):
     counts = {}
     for extra in ([], ["control_no_unlabeled.yaml"]):
         parser = ConfigParser()
-        parser.read_config([str(FD / "train.yaml"), str(FD / "cpu_protocol.yaml"), *[str(FD / e) for e in extra]])
+        parser.read_config(config_list(FD, "train", "cpu_protocol", *extra))
         parser["bundle_root"] = str(BUNDLES / "fixed_dynamic_pl_la")
         parser["dataset_dir"] = str(tmp_path)
         counts[bool(extra)] = len(parser.get_parsed_content("train#unlabeled_dataset#data"))
@@ -105,7 +105,7 @@ def test_bcp_step_schedule_counts_from_self_training(origin, changes):
     """BCP restarts its iteration counter after the 2,000 pre-training iterations: x0.1 every 2,500 of the 15,000
     self-training iterations. ``lr_step_origin: run`` counts from the first iteration instead."""
     parser = ConfigParser()
-    parser.read_config(str(CFG / "train.yaml"))
+    parser.read_config(config_list(TMS, "train"))
     parser["lr_step_origin"] = origin
     parser["network_def"] = {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}
     parser["use_graph"] = False
@@ -146,7 +146,7 @@ def test_tsa_lambda_ramp_origin(origin):
     grows by λ0 / 15,000 per iteration (one step short of λ0 = 0.25 at iteration 17,000, as before this switch);
     ``tsa_ramp_origin: run`` ramps from iteration 1."""
     parser = ConfigParser()
-    parser.read_config(str(CFG / "train.yaml"))
+    parser.read_config(config_list(TMS, "train"))
     parser["tsa_ramp_origin"] = origin
     parser["network_def"] = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
     lam = _lambdas(parser.get_parsed_content("tsa"), 17001)
@@ -169,7 +169,7 @@ def test_run_shorter_than_pre_training_keeps_lambda_at_zero():
     from ssmis.handlers import TransferableSemanticAugmentation
 
     parser = ConfigParser()
-    parser.read_config(str(CFG / "train.yaml"))
+    parser.read_config(config_list(TMS, "train"))
     parser["network_def"] = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
     parser["num_iterations"], parser["val_interval"] = 50, 10
     tsa = parser.get_parsed_content("tsa")
@@ -182,7 +182,7 @@ def test_run_shorter_than_pre_training_keeps_lambda_at_zero():
 def test_graph_head_lives_on_the_training_device():
     # the GCN/MLP head is trained with the network, so it must be on @device (on a GPU run, CPU weights would crash)
     parser = ConfigParser()
-    parser.read_config([str(CFG / "train.yaml"), str(CFG / "cpu_protocol.yaml")])
+    parser.read_config(config_list(TMS, "train", "cpu_protocol"))
     parser["bundle_root"] = str(BUNDLES / "transmedseg_la")
     parser["device"] = "$torch.device('meta')"
     head = parser.get_parsed_content("graph_loss")
@@ -191,7 +191,7 @@ def test_graph_head_lives_on_the_training_device():
 
 def test_graph_loss_switches_are_reachable_by_override():
     parser = ConfigParser()
-    parser.read_config([str(CFG / "train.yaml"), str(CFG / "cpu_protocol.yaml")])
+    parser.read_config(config_list(TMS, "train", "cpu_protocol"))
     parser["bundle_root"] = str(BUNDLES / "transmedseg_la")
     parser["graph_loss_def#normalize"] = False
     parser["graph_reduction"] = "nodes"

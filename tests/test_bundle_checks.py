@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from conftest import BUNDLES, ROOT, configs
+from conftest import BUNDLES, ROOT, config_list, configs
 from ssmis.bundle import SETTING_RULES, check_overrides, check_settings
 
-TRAIN = str(BUNDLES / "transmedseg_la" / "configs" / "train.yaml")
+TRAIN = configs("transmedseg_la", "train")
 
 
 def argv(*options: str, files: str = TRAIN) -> list[str]:
@@ -20,13 +20,13 @@ def test_known_overrides_pass():
     check_overrides(argv("--num_iterations", "5", "--train#trainer#max_epochs", "2", "--run_id", "run",
                          "--logging_file=x.conf", "--_meta_#version", "9"))
     # MONAI's "::" separator, python-fire's spellings, run's workflow arguments and flags after a bare "--"
-    check_overrides(argv("--network_def::features", "[4]", "--num-iterations", "5", "--noamp", "--workflow_type",
+    check_overrides(argv("--backbone_def::features", "[4]", "--num-iterations", "5", "--noamp", "--workflow_type",
                          "train", "--local-rank=0", "--", "--trace"))
     # a key that only an extra config file defines is known once that file is merged
-    merged = configs("transmedseg_la", "train.yaml", "cpu_protocol.yaml")
-    check_overrides(argv("--eval_sw_stride", "0", files=merged))
-    cpu = str(BUNDLES / "transmedseg_la" / "configs" / "cpu_protocol.yaml")
-    check_overrides(argv("--eval_sw_stride", "0", files=f"{TRAIN},{cpu}"))  # MONAI's comma-separated form
+    merged = configs("transmedseg_la", "train", "cpu_protocol")
+    check_overrides(argv("--graph_layer", "down_4", files=merged))
+    # MONAI's comma-separated form
+    check_overrides(argv("--graph_layer", "down_4", files=",".join(config_list("transmedseg_la", "train", "cpu_protocol"))))
 
 
 def test_misspelt_override_is_named_with_a_suggestion(tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 BUNDLE_NAMES = ["supervised_la", "mean_teacher_la", "transmedseg_la", "fixed_dynamic_pl_la"]
-LOSS_TAG = {"supervised_la": "train_loss", "mean_teacher_la": "loss", "transmedseg_la": "loss",
+LOSS_TAG = {"supervised_la": "loss", "mean_teacher_la": "loss", "transmedseg_la": "loss",
             "fixed_dynamic_pl_la": "loss"}
 # bundle-specific overrides that fit the tiny network of conftest.TINY (bottleneck "down_4" with 16 channels)
 EXTRA = {"transmedseg_la": ["--graph_layer", "down_4", "--graph_channels", "16", "--pretrain_iterations", "20",
@@ -73,7 +74,7 @@ def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
             assert np.mean(v[-10:]) < 0.8 * np.mean(v[:10]), (tag, v)
         for tag in ("loss/fix1", "loss/fix2", "loss/dyn1", "loss/dyn2", "weight/unlabeled"):
             assert len(tb_scalars(trained / "logs", tag)) == n, tag
-        ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+        ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
         assert any(k.startswith("nets.0.") for k in ckpt) and any(k.startswith("nets.1.") for k in ckpt)
     if bundle == "transmedseg_la":  # self-training terms and TSA diagnostics from iteration 21 on
         for tag in ("loss/graph", "loss/tsa", "tsa/lambda", "tsa/cond_class1", "pseudo/entropy"):
@@ -84,7 +85,8 @@ def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
     best = torch.load(trained / "models" / "model_best.pt", map_location="cpu", weights_only=True)
     assert "model" in best and best["best_metric"] == pytest.approx(max(v for _, v in dice), abs=1e-6)
     ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert list(ckpt) == ["model"]
+    # a plain state dict, as the model zoo's export reads it: the network itself loads it
+    assert "model" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
     state = torch.load(trained / "models" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == n
     assert state["best_model"]["best_metric"] == pytest.approx(best["best_metric"])  # resumable with the run
@@ -172,7 +174,7 @@ def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
     ckpt = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
+    assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loadable without DDP
     state = torch.load(out / "models" / "checkpoint.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 6
     if name == "transmedseg_la":  # the statistics were summed over both processes: every voxel counted once
@@ -190,20 +192,60 @@ def test_tsa_plugs_into_mean_teacher_with_one_override(synthetic_3d, tmp_path):
     assert "statistics.target.cov" in state["tsa"]  # the memory module is checkpointed
 
 
-def test_co_training_export_holds_both_networks(bundle, trained, tmp_path):
-    if bundle != "fixed_dynamic_pl_la":
-        pytest.skip("ensemble export is specific to the co-training bundle")
+# the exported bundle must run with the packages its metadata names: these are the MONAI Label app's alone
+APP_ONLY_MODULES = ("monailabel", "itk", "pydicom", "pynetdicom", "dicomweb_client")
+IMPORT_BLOCKER = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in %r:
+            raise ImportError(f"{name} is not among the exported bundle's packages")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_exported_zip_runs_inference_outside_the_repository(bundle, trained, synthetic_3d, tmp_path):
+    """``python -m ssmis.bundle export``: the zip, unpacked outside the repository, runs its inference.yaml with the
+    shipped weights from inside the folder (literal ``bundle_root: .``), without MONAI Label's packages, and
+    ``ckpt_export`` reads its plain state dict into a TorchScript network that matches the eager one."""
+    import zipfile
+
+    from ssmis.bundle.export import export_bundle
+
+    archive = export_bundle(BUNDLES / bundle, tmp_path / "dist", weights=trained / "models" / "model.pt")
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp_path / "unpacked")
+    folder = tmp_path / "unpacked" / bundle
+    assert (folder / "large_files.yml").is_file() and "sha256" in (folder / "large_files.yml").read_text()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(IMPORT_BLOCKER % (APP_ONLY_MODULES,))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    (tmp_path / "data" / "imagesTs").mkdir(parents=True)
+    shutil.copy(synthetic_3d / "imagesTr" / "case_007.nii.gz", tmp_path / "data" / "imagesTs")
+    tiny = [a for a in TINY if a not in ("--batch_size", "2")]
+    p = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+                        "--dataset_dir", str(tmp_path / "data"), *tiny], cwd=folder, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-4000:])
+    seg = nib.load(folder / "eval" / "case_007" / "case_007_seg.nii.gz")
+    assert seg.shape == nib.load(synthetic_3d / "imagesTr" / "case_007.nii.gz").shape
     ts = tmp_path / "model.ts"
-    p = subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network", "--filepath", str(ts),
-                        "--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file",
-                        str(BUNDLES / bundle / "configs" / "metadata.json"), "--config_file",
-                        configs(bundle, "inference.yaml"), "--bundle_root", str(BUNDLES / bundle), "--key_in_ckpt",
-                        "model", *[a for a in TINY if a not in ("--batch_size", "2")]],
-                       capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
+                        "--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+                        "--config_file", "configs/inference.yaml", *tiny], cwd=folder, env=env,
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.yaml"))
+    parser["backbone_def#_target_"], parser["backbone_def#features"] = "BasicUNet", [4, 4, 8, 8, 16, 4]
+    net = parser.get_parsed_content("network_def").eval()
+    net.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
     scripted = torch.jit.load(str(ts))
-    names = {n for n, _ in scripted.named_parameters()}
-    assert any(n.startswith("nets.0.") for n in names) and any(n.startswith("nets.1.") for n in names)
     x = torch.randn(1, 1, 32, 32, 24)
-    prob = torch.softmax(scripted(x), 1)
-    torch.testing.assert_close(prob.sum(1), torch.ones(1, 32, 32, 24), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-4)
+    if bundle == "fixed_dynamic_pl_la":  # the pair: both networks are in the export
+        names = {n for n, _ in scripted.named_parameters()}
+        assert any(n.startswith("nets.0.") for n in names) and any(n.startswith("nets.1.") for n in names)

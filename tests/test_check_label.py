@@ -10,7 +10,7 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from conftest import BUNDLES
+from conftest import BUNDLES, config_list
 from ssmis.data import DataError
 from ssmis.transforms import CheckLabeld
 
@@ -69,7 +69,7 @@ def test_bundles_check_labels_on_load(tmp_path, bundle):
     lab[4, 4, 4] = 5
     label = _save(tmp_path / "bad_label.nii.gz", lab)
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES / bundle / "configs" / "train.yaml"))
+    parser.read_config(config_list(bundle, "train"))
     parser["bundle_root"] = str(BUNDLES / bundle)
     for key in ("train#deterministic_transforms", "validate#preprocessing#transforms"):
         t = Compose(parser.get_parsed_content(key))

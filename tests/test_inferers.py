@@ -112,13 +112,11 @@ def test_evaluate_uses_the_protocol_stride_and_the_cpu_protocol_keeps_its_overla
     from monai.bundle import ConfigParser
     from monai.inferers.utils import _get_scan_interval
 
-    from conftest import BUNDLES
-
-    cfg = BUNDLES / bundle / "configs"
+    from conftest import BUNDLES, config_list
 
     def overlap(*names: str, **overrides):
         parser = ConfigParser()
-        parser.read_config([str(cfg / n) for n in names])
+        parser.read_config(config_list(bundle, *names))
         parser["bundle_root"] = str(BUNDLES / bundle)
         for k, v in overrides.items():
             parser[k] = v
@@ -142,11 +140,11 @@ def test_inference_steps_by_sw_overlap_or_by_sw_stride(bundle) -> None:
     from monai.bundle import ConfigParser
     from monai.inferers.utils import _get_scan_interval
 
-    from conftest import BUNDLES
+    from conftest import BUNDLES, config_list
 
     def inferer(**overrides):
         parser = ConfigParser()
-        parser.read_config(str(BUNDLES / bundle / "configs" / "inference.yaml"))
+        parser.read_config(config_list(bundle, "inference"))
         parser["bundle_root"] = str(BUNDLES / bundle)
         for k, v in overrides.items():
             parser[k] = v

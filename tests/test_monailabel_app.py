@@ -21,6 +21,7 @@ import requests
 import torch
 
 from conftest import ROOT
+from ssmis.bundle.layout import config_files
 
 sys.path.insert(0, str(ROOT))
 
@@ -33,7 +34,7 @@ MONAILabelClient = monailabel_client.MONAILabelClient
 MONAILabelClientException = monailabel_client.MONAILabelClientException
 
 TINY_YAML = """
-network_def:
+backbone_def:
   _target_: BasicUNet
   spatial_dims: 3
   in_channels: 1
@@ -331,7 +332,7 @@ def test_unusable_weights_are_named(server):
 
         parser = ConfigParser()
         bundle = ROOT / "bundles" / "transmedseg_la"
-        parser.read_config([str(bundle / "configs" / "inference.yaml"), str(root / "tiny.yaml")])
+        parser.read_config([*config_files(bundle, "inference"), str(root / "tiny.yaml")])
         parser["bundle_root"] = str(bundle)
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": parser.get_parsed_content("network").state_dict()}, weights)
@@ -379,7 +380,7 @@ def test_loopback_guard_refuses_remote_clients():
 
 
 def test_prediction_key_follows_weights_version_and_configs(tmp_path):
-    """The uncertainty cache key changes with the weights, the bundle version, inference.yaml and an extra config,
+    """The uncertainty cache key changes with the weights, the bundle version, the inference configs and an extra config,
     and with nothing else."""
     import os
 
@@ -388,6 +389,7 @@ def test_prediction_key_follows_weights_version_and_configs(tmp_path):
 
     bundle = tmp_path / "transmedseg_la"
     shutil.copytree(ROOT / "bundles" / "transmedseg_la" / "configs", bundle / "configs")
+    shutil.copytree(ROOT / "bundles" / "common" / "configs", tmp_path / "common" / "configs")  # the shared ones
     extra, model = tmp_path / "tiny.yaml", tmp_path / "model.pt"
     extra.write_text(TINY_YAML)
     model.write_bytes(b"weights")
@@ -405,7 +407,7 @@ def test_prediction_key_follows_weights_version_and_configs(tmp_path):
     meta = bundle / "configs" / "metadata.json"
     assert changed(lambda: os.utime(model, (1e9, 1e9)))
     assert changed(lambda: meta.write_text(json.dumps({**json.loads(meta.read_text()), "version": "9.9.9"})))
-    inference = bundle / "configs" / "inference.yaml"
+    inference = tmp_path / "common" / "configs" / "inference.yaml"
     assert changed(lambda: inference.write_text(inference.read_text() + "\nsw_average: logits\n"))
     assert changed(lambda: extra.write_text(TINY_YAML + "sw_overlap: 0.25\n"))
     assert not changed(lambda: (bundle / "configs" / "train.yaml").write_text("# not read at inference\n"))
@@ -509,7 +511,7 @@ def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "bundles" / "transmedseg_la" / "configs" / "inference.yaml"), str(extra)])
+    parser.read_config([*config_files(ROOT / "bundles" / "transmedseg_la", "inference"), str(extra)])
     parser["bundle_root"] = str(ROOT / "bundles" / "transmedseg_la")
     torch.save({"model": parser.get_parsed_content("network").state_dict()}, weights)
     network = predictor._load()[1]

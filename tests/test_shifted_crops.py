@@ -195,10 +195,10 @@ def test_bundle_fixed_crop_is_random_over_every_position():
     from monai.bundle import ConfigParser
     from monai.transforms import BorderPadd, RandSpatialCropd, SpatialPadd
 
-    from conftest import BUNDLES
+    from conftest import BUNDLES, config_list
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES / "fixed_dynamic_pl_la" / "configs" / "train.yaml"))
+    parser.read_config(config_list("fixed_dynamic_pl_la", "train"))
     parser["patch_size"] = [8, 8, 6]  # max_shift = patch // 4 = [2, 2, 1]
     crop, shift = parser.get_parsed_content("patch_size"), parser.get_parsed_content("max_shift")
     kinds = (BorderPadd, SpatialPadd, RandSpatialCropd)
@@ -310,11 +310,10 @@ def test_co_training_cut_beta_reaches_the_box(monkeypatch):
 def test_bundle_passes_cut_beta():
     from monai.bundle import ConfigParser
 
-    from conftest import BUNDLES
+    from conftest import BUNDLES, config_list
 
-    cfg = BUNDLES / "fixed_dynamic_pl_la" / "configs"
     parser = ConfigParser()
-    parser.read_config([str(cfg / "train.yaml"), str(cfg / "cpu_protocol.yaml")])
+    parser.read_config(config_list("fixed_dynamic_pl_la", "train", "cpu_protocol"))
     parser["bundle_root"] = str(BUNDLES / "fixed_dynamic_pl_la")
     assert parser.get_parsed_content("train#strategy").cut_beta == (4.0, 4.0)
     parser["cut_beta"] = [2.0, 3.0]

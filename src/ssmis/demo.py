@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .bundle.layout import config_files
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -49,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     print("[1/3] synthetic 3D dataset", flush=True)
     _run([py, "-m", "ssmis.data", "demo", "--output", str(data)])
-    cfg = bundle / "configs"
     overrides = ["--bundle_root", str(bundle), "--dataset_dir", str(data), "--output_dir", str(run)]
-    train = f"['{cfg}/train.yaml','{cfg}/cpu_protocol.yaml']"
-    evaluate = f"['{cfg}/train.yaml','{cfg}/cpu_protocol.yaml','{cfg}/evaluate.yaml']"
+    train = repr(config_files(bundle, "train", "cpu_protocol"))
+    evaluate = repr(config_files(bundle, "train", "cpu_protocol", "evaluate"))
     print(f"[2/3] training {args.bundle} for {args.iterations} iterations (log: {run / 'train.log'})", flush=True)
     run.mkdir(parents=True, exist_ok=True)
     _run([py, "-m", "monai.bundle", "run", "--config_file", train, *overrides,

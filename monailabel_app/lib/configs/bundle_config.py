@@ -13,6 +13,7 @@ from lib.activelearning import ScoreCache, UncertaintyScoring
 from lib.infers import BundlePredictor, BundleSegmentation
 from lib.trainers import SemiSupervisedBundleTrain
 from lib.volumes import VolumeLimits
+from ssmis.bundle.layout import config_files
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ class BundleTaskConfig(TaskConfig):
     """One bundle served and retrained by the app. Subclasses name the bundle and its uncertainty measure.
 
     Conf keys (``--conf key value``): ``bundles`` (folder of bundles, default the repository's ``bundles/``),
-    ``extra_config`` (a file, or a name in the bundle's ``configs/``, merged on top of both ``train.yaml`` and
-    ``inference.yaml``, e.g. ``cpu_protocol.yaml``), ``device`` (cpu or cuda).
+    ``extra_config`` (a file, or a config name such as ``cpu_protocol.yaml``: the shared one, then the bundle's own;
+    merged on top of both the train and the inference configs), ``device`` (cpu or cuda).
     """
 
     bundle: str = ""
@@ -42,11 +43,13 @@ class BundleTaskConfig(TaskConfig):
         self.path = str(Path(model_dir) / name / "model.pt")
         extra = conf.get("extra_config")
         self.extra_configs = []
-        if extra:
-            p = Path(extra) if Path(extra).is_file() else self.bundle_root / "configs" / extra
-            if not p.is_file():
-                raise FileNotFoundError(f"--conf extra_config {extra!r}: neither a file nor in {p.parent}")
-            self.extra_configs = [str(p.resolve())]
+        if Path(extra or "").is_file():
+            self.extra_configs = [str(Path(extra).resolve())]
+        elif extra:  # a config name: the shared one and the bundle's own (``cpu_protocol.yaml``)
+            try:
+                self.extra_configs = config_files(self.bundle_root, extra)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"--conf extra_config {extra!r}: neither a file nor a config name ({e})") from e
         self.predictor = BundlePredictor(self.bundle_root, self.path, self.extra_configs, conf.get("device"),
                                          limits=VolumeLimits.from_conf(conf))
         self.cache = ScoreCache(Path(model_dir) / name / "scores.json")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_volume
+from ssmis.bundle.layout import config_files
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Prediction:
 
 class BundlePredictor:
     """Args:
-        bundle_root: the bundle folder (``configs/inference.yaml`` is read from it).
+        bundle_root: the bundle folder (its inference configs, the shared ones first, are read from it).
         model_path: the published ``model.pt`` (``{"model": state_dict}``).
         extra_configs: config files merged on top of ``inference.yaml`` (the same ones training used, so the
             network definitions agree).
@@ -70,7 +71,7 @@ class BundlePredictor:
         self._loaded: tuple | None = None  # (mtime, network, transforms, inferer)
         parser = self._parser()
         self.num_classes = int(parser.get_parsed_content("num_classes"))
-        self.spatial_dims = int(parser.get("network_def", {}).get("spatial_dims", 3))
+        self.spatial_dims = int(parser.get("backbone_def", {}).get("spatial_dims", 3))
         self.lcc = bool(parser.get_parsed_content("lcc")) if "lcc" in parser else False
         spacing = parser.get_parsed_content("target_spacing") if "target_spacing" in parser else None
         self.target_spacing = None if spacing is None else tuple(float(v) for v in spacing)
@@ -83,7 +84,7 @@ class BundlePredictor:
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
-        parser.read_config([str(self.bundle_root / "configs" / "inference.yaml"), *self.extra_configs])
+        parser.read_config([*config_files(self.bundle_root, "inference"), *self.extra_configs])
         parser["bundle_root"] = str(self.bundle_root)
         parser["device"] = f"$torch.device('{self.device}')"
         return parser
@@ -97,7 +98,7 @@ class BundlePredictor:
         under another key are stale."""
         configs = self.bundle_root / "configs"
         digest = hashlib.sha1()
-        for path in [configs / "inference.yaml", *map(Path, self.extra_configs)]:
+        for path in map(Path, [*config_files(self.bundle_root, "inference"), *self.extra_configs]):
             digest.update(path.read_bytes() if path.is_file() else str(path).encode())
         meta = configs / "metadata.json"
         version = json.loads(meta.read_text()).get("version") if meta.is_file() else None

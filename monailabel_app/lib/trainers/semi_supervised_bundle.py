@@ -24,6 +24,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from lib.infers.bundle_predictor import load_weights
 from lib.trainers.resampling import resample_records
 from lib.volumes import VolumeError, VolumeLimits, read_header
+from ssmis.bundle.layout import config_files
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class SemiSupervisedBundleTrain(TrainTask):
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
-        parser.read_config([str(self.bundle_root / "configs" / "train.yaml"), *self.extra_configs])
+        parser.read_config([*config_files(self.bundle_root, "train"), *self.extra_configs])
         parser["bundle_root"] = str(self.bundle_root)
         for name in ("batch_size", "patch_size", "num_iterations"):
             if settings and name in settings:
@@ -242,7 +243,7 @@ class SemiSupervisedBundleTrain(TrainTask):
                     "seed", "patch_size"):
             if key in settings:
                 overrides[key] = settings[key]
-        configs = [str(self.bundle_root / "configs" / "train.yaml"), *self.extra_configs]
+        configs = [*config_files(self.bundle_root, "train"), *self.extra_configs]
         # no logging_file: the bundle's logging.conf would replace the server's handlers (app.log went silent after
         # the first training); the run logs through the server's own logging set-up instead
         workflow = ConfigWorkflow(config_file=configs, workflow_type="train", logging_file=None, **overrides)

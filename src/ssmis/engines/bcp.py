@@ -97,7 +97,7 @@ class BCPStrategy(Strategy):
         if unlabeled is None or iteration <= self.pretrain_iterations:
             x_mix, _ = bidirectional_copy_paste(xa, xb, mask)
             y_mix, _ = bidirectional_copy_paste(ya, yb, mask)
-            logits = self.network(x_mix)
+            logits = self.forward(engine, self.network, x_mix)
             loss = region_weighted_dice_ce(logits, y_mix, y_mix, mask, 1.0, 1.0)
             return {"loss": loss, "loss/bcp": loss, "stage": torch.tensor(0.0)}
         if iteration == self.pretrain_iterations + 1:
@@ -114,7 +114,7 @@ class BCPStrategy(Strategy):
         _, x_out = bidirectional_copy_paste(xb, ub, mask)
         y_in, _ = bidirectional_copy_paste(ya, pa, mask)
         _, y_out = bidirectional_copy_paste(yb, pb, mask)
-        logits = self.network(torch.cat([x_in, x_out]))
+        logits = self.forward(engine, self.network, torch.cat([x_in, x_out]))
         h = x_in.shape[0]
         # x_in: ground truth inside M, pseudo-label outside; x_out: pseudo-label inside M, ground truth outside
         l_in = region_weighted_dice_ce(logits[:h], y_in, y_in, mask, 1.0, self.pseudo_weight)

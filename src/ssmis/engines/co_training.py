@@ -149,14 +149,15 @@ class CoTrainingStrategy(Strategy):
         x_l, y = labeled["image"], labeled["label"]
         b_l = x_l.shape[0]
         if unlabeled is None:
-            s1, s2 = self.sup_loss(sn1(x_l), y), self.sup_loss(sn2(x_l), y)
+            s1, s2 = (self.sup_loss(self.forward(engine, sn1, x_l), y),
+                      self.sup_loss(self.forward(engine, sn2, x_l), y))
             return {"loss": s1 + s2, "loss/sup1": s1, "loss/sup2": s2}
         ctx = unlabeled["image"]
         if self.input_noise > 0:
             ctx = ctx + (torch.rand_like(ctx) * 2 - 1) * self.input_noise
         x_u = self._fixed_crop(ctx)
         # SN1 trains on the original crops; its own prediction (detached) is SN2's fixed pseudo-label
-        out1 = sn1(torch.cat([x_l, x_u]))
+        out1 = self.forward(engine, sn1, torch.cat([x_l, x_u]))
         if self.teacher_mode == "eval":
             with self._teacher(sn1) as teacher:
                 p1_fix = torch.softmax(teacher(x_u).float(), 1)
@@ -177,7 +178,7 @@ class CoTrainingStrategy(Strategy):
             x_u2 = apply_cutmix(x_u, box, perm)
             t1_fix = apply_cutmix(p1_fix, box, perm)
             t1_dyn = apply_cutmix(p1_dyn, box, perm) if p1_dyn is not None else None
-        out2 = sn2(torch.cat([x_l, x_u2]))
+        out2 = self.forward(engine, sn2, torch.cat([x_l, x_u2]))
         s1, s2 = self.sup_loss(out1[:b_l], y), self.sup_loss(out2[:b_l], y)
         w = weight_value(self.unlabeled_weight)
         out = {"loss/sup1": s1, "loss/sup2": s2, "weight/unlabeled": torch.tensor(w),

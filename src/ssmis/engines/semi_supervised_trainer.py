@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.engines.trainer import Trainer
 from monai.engines.workflow import Workflow
+from monai.inferers import Inferer, SimpleInferer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
@@ -100,6 +101,8 @@ class SemiSupervisedTrainer(Trainer):
         amp: autocast the strategy: float16 with a ``GradScaler`` on CUDA; on the CPU only with
             ``amp_dtype=torch.bfloat16``.
         amp_dtype: autocast dtype (default float16 on CUDA, bfloat16 on the CPU).
+        inferer: the forward pass of the trained networks (default ``SimpleInferer``); strategies call it
+            through ``Strategy.forward``.
         train_handlers, key_train_metric, additional_metrics, postprocessing, metric_cmp_fn, event_names,
         event_to_attr, decollate, non_blocking: as in ``monai.engines.SupervisedTrainer``.
 
@@ -118,6 +121,7 @@ class SemiSupervisedTrainer(Trainer):
         epoch_length: int | None = None,
         non_blocking: bool = False,
         postprocessing: Callable | None = None,
+        inferer: Inferer | None = None,
         key_train_metric: dict[str, Metric] | None = None,
         additional_metrics: dict[str, Metric] | None = None,
         metric_cmp_fn: Callable | None = None,
@@ -147,6 +151,8 @@ class SemiSupervisedTrainer(Trainer):
             **kwargs,
         )
         self.strategy = strategy
+        # the trained networks' forward passes go through it (``Strategy.forward``), as in MONAI's trainers
+        self.inferer = SimpleInferer() if inferer is None else inferer
         if isinstance(optimizers, Optimizer):
             optimizers = [optimizers]
         self.optimizers = list(optimizers.values()) if isinstance(optimizers, Mapping) else list(optimizers)

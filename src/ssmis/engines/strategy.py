@@ -34,6 +34,13 @@ class Strategy:
     def attach(self, engine: Any) -> None:
         """Called once by the engine; register event handlers here if the strategy needs any."""
 
+    @staticmethod
+    def forward(engine: Any, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A trained network's forward pass ``[B, K, *S]``, through the engine's ``inferer`` (its ``train#inferer``,
+        ``SimpleInferer`` by default); a plain call for an engine without one (a test's stand-in)."""
+        inferer = getattr(engine, "inferer", None)
+        return network(x) if inferer is None else inferer(x, network)
+
     def train(self) -> None:
         """Put the trained networks in training mode (teachers are left as they are)."""
         for net in self.networks:
@@ -53,7 +60,7 @@ class SupervisedStrategy(Strategy):
         self.networks = (network,)
 
     def __call__(self, engine, labeled, unlabeled):
-        loss = self.loss_function(self.network(labeled["image"]), labeled["label"])
+        loss = self.loss_function(self.forward(engine, self.network, labeled["image"]), labeled["label"])
         return {"loss": loss, "loss/sup": loss}
 
 
@@ -98,10 +105,10 @@ class MeanTeacherStrategy(Strategy):
     def __call__(self, engine, labeled, unlabeled):
         x_l, y = labeled["image"], labeled["label"]
         if unlabeled is None:
-            sup = self.loss_function(self.network(x_l), y)
+            sup = self.loss_function(self.forward(engine, self.network, x_l), y)
             return {"loss": sup, "loss/sup": sup}
         x_u = unlabeled["image"]
-        logits = self.network(torch.cat([x_l, x_u]))
+        logits = self.forward(engine, self.network, torch.cat([x_l, x_u]))
         sup = self.loss_function(logits[: x_l.shape[0]], y)
         with torch.no_grad():
             noise = torch.clamp(torch.randn_like(x_u) * self.noise_std, -self.noise_clip, self.noise_clip)

@@ -31,7 +31,9 @@ class ResumableCheckpoint:
     - ``checkpoint.pt``: ``{name: obj.state_dict()}`` for every entry of ``save_dict`` (networks, optimisers,
       schedulers, handlers with state) plus ``"trainer"``, the state of the engine it is attached to (iteration,
       epoch) — what a resumed run needs;
-    - ``model.pt``: ``{"model": network weights}`` (model-zoo convention; ``model_keys`` chooses the entries).
+    - ``model.pt``: the network's plain state dict, which the model zoo's export step and MONAI's
+      ``CheckpointLoader`` (one-entry ``load_dict``) both read; with several ``model_keys``,
+      ``{key: state dict}`` for each.
 
     Both are written to a temporary file and renamed, so a kill mid-write never leaves a truncated checkpoint.
     Under DDP only rank 0 writes.
@@ -127,7 +129,7 @@ class ResumableCheckpoint:
         states = {name: unwrap_module(obj).state_dict() for name, obj in self.save_dict.items()}
         atomic_torch_save(states, self.state_path)
         if len(self.model_keys) == 1:
-            model = {"model": states[self.model_keys[0]]}
+            model = states[self.model_keys[0]]
         else:
             model = {k: states[k] for k in self.model_keys}
         atomic_torch_save(model, self.model_path)

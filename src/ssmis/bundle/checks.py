@@ -1,16 +1,16 @@
-"""Helpers the bundle configs call: locating the bundle folder when ``--bundle_root`` is not given, and checking
-the command line's overrides and the settings before a run starts."""
+"""Checks the bundle configs run first (``initialize``): the command line's overrides name config keys, and each
+setting lies in its range."""
 
 from __future__ import annotations
 
-import ast
 import difflib
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-__all__ = ["check_overrides", "check_settings", "default_bundle_root"]
+from .layout import config_files_on_command_line
+
+__all__ = ["check_overrides", "check_settings"]
 
 # the arguments of ``monai.bundle run`` itself: everything else on its command line overrides a config key
 # (and of the workflow it creates), and what launchers add
@@ -18,39 +18,6 @@ RUN_ARGUMENTS = frozenset(
     {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
      "workflow_type", "workflow_name", "properties_path", "local_rank"}
 )
-
-
-def _config_files(argv: list[str]) -> list[str]:
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value is not None:
-            if value.lstrip().startswith("["):
-                try:
-                    return [str(v) for v in ast.literal_eval(value)]
-                except (ValueError, SyntaxError):
-                    return []
-            if not Path(value).is_file() and "," in value:  # MONAI's own "a.yaml,b.yaml" form
-                return [v for v in value.split(",") if v]
-            return [value]
-    return []
-
-
-def default_bundle_root(argv: list[str] | None = None) -> str:
-    """The bundle folder of the first ``--config_file`` on the command line (the parent of its ``configs/``).
-
-    ``python -m monai.bundle run --config_file bundles/x/configs/train.yaml`` then works from any folder, as does
-    the model-zoo habit of running ``--config_file configs/train.yaml`` inside the bundle. Falls back to ``"."``.
-    An explicit ``--bundle_root`` always overrides this default.
-    """
-    files = _config_files(sys.argv if argv is None else argv)
-    if not files:
-        return "."
-    parent = Path(files[0]).absolute().parent
-    return str(parent.parent if parent.name == "configs" else parent)
 
 
 def _option_keys(argv: list[str]) -> list[str]:
@@ -83,7 +50,7 @@ def check_overrides(argv: list[str] | None = None) -> None:
     process was not started with ``--config_file`` (e.g. a MONAI Label server building the workflow itself).
     """
     argv = sys.argv if argv is None else argv
-    files = _config_files(argv)
+    files = config_files_on_command_line(argv)
     if not files:
         return
     from monai.bundle import ConfigParser

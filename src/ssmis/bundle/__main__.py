@@ -1,0 +1,58 @@
+"""``python -m ssmis.bundle``: the config list of a bundle, and its export for the model zoo.
+
+    python -m ssmis.bundle configs supervised_la train evaluate      # the --config_file value, printed
+    python -m monai.bundle run --config_file "$(python -m ssmis.bundle configs supervised_la train)" ...
+    python -m ssmis.bundle export supervised_la --output dist/       # a self-contained bundle folder and zip
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .layout import config_files
+
+
+def _bundle_folder(name: str, bundles: Path) -> Path:
+    path = Path(name)
+    folder = path if (path / "configs" / "metadata.json").is_file() else bundles / name
+    if not (folder / "configs" / "metadata.json").is_file():
+        known = sorted(p.name for p in bundles.glob("*") if (p / "configs" / "metadata.json").is_file())
+        raise SystemExit(f"{name}: not a bundle (no configs/metadata.json in {folder}); bundles in {bundles}: "
+                         f"{', '.join(known) or 'none'}")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssmis.bundle", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--bundles", type=Path, default=Path("bundles"),
+                        help="folder of the bundles, where a bare bundle name is looked up (default: ./bundles)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("configs", help="print the --config_file list (shared configs first) for a bundle")
+    c.add_argument("bundle", help="bundle name or folder")
+    c.add_argument("names", nargs="+", help="config names in merge order: train, evaluate, inference, "
+                                            "multi_gpu_train, cpu_protocol, ablation_no_tsa, ...")
+    e = sub.add_parser("export", help="write a self-contained bundle folder and zip for the model zoo")
+    e.add_argument("bundle", help="bundle name or folder")
+    e.add_argument("--output", type=Path, default=Path("dist"), help="where the folder and zip go (default dist/)")
+    e.add_argument("--weights", type=Path, default=None,
+                   help="models/model.pt to ship (default: the bundle's own models/model.pt, if any)")
+    args = parser.parse_args(argv)
+    folder = _bundle_folder(args.bundle, args.bundles)
+    if args.command == "configs":
+        try:
+            print(repr(config_files(folder, *args.names)))
+        except FileNotFoundError as err:
+            parser.error(str(err))
+        return 0
+    from .export import export_bundle
+
+    zip_path = export_bundle(folder, args.output, weights=args.weights)
+    print(zip_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

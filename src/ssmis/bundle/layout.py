@@ -1,0 +1,82 @@
+"""Where a bundle's configs come from: the shared ones in ``bundles/common/configs`` and the bundle's own.
+
+Every LA bundle shares its workflow (data, transforms, validation, checkpoints, logging, inference, evaluation,
+DDP, the CPU protocol) through ``bundles/common/configs/<name>.yaml``; a bundle's ``configs/<name>.yaml`` holds only
+its method and is merged on top (MONAI merges ``--config_file`` lists left to right). :func:`config_files` builds
+that list for a bundle, ``python -m ssmis.bundle configs <bundle> <names...>`` prints it for the command line, and
+``python -m ssmis.bundle export`` merges it into a self-contained bundle for the model zoo.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["SHARED_BUNDLE", "config_files", "config_files_on_command_line", "default_bundle_root", "shared_configs"]
+
+#: the folder beside the bundles that holds the shared configs
+SHARED_BUNDLE = "common"
+
+
+def shared_configs(bundle: str | os.PathLike) -> Path:
+    """``<bundles>/common/configs`` for the bundle folder ``bundle``."""
+    return Path(bundle).resolve().parent / SHARED_BUNDLE / "configs"
+
+
+def config_files(bundle: str | os.PathLike, *names: str) -> list[str]:
+    """The ``--config_file`` list for ``names`` (e.g. ``"train"``, ``"evaluate"``, ``"cpu_protocol.yaml"``) of a
+    bundle folder: for each name, the shared ``common/configs/<name>.yaml`` where it exists, then the bundle's own
+    ``configs/<name>.yaml`` where it exists. An absolute or relative path to an existing file is taken as is.
+
+    Raises:
+        FileNotFoundError: a name that neither the shared configs nor the bundle has, naming both folders.
+    """
+    bundle = Path(bundle)
+    shared, own = shared_configs(bundle), bundle / "configs"
+    files: list[str] = []
+    for name in names:
+        if Path(name).is_file() and (os.sep in str(name) or "/" in str(name)):
+            files.append(str(Path(name).resolve()))
+            continue
+        file = name if name.endswith((".yaml", ".json")) else f"{name}.yaml"
+        found = [str(p.resolve()) for p in (shared / file, own / file) if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"config {name!r} does not exist: neither {shared / file} nor {own / file} is a file")
+        files += found
+    return files
+
+
+def config_files_on_command_line(argv: list[str]) -> list[str]:
+    """The files of ``--config_file`` on a ``monai.bundle run`` command line, in its three spellings: one path, a
+    Python list literal, or MONAI's ``"a.yaml,b.yaml"``."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            if value.lstrip().startswith("["):
+                try:
+                    return [str(v) for v in ast.literal_eval(value)]
+                except (ValueError, SyntaxError):
+                    return []
+            if not Path(value).is_file() and "," in value:  # MONAI's own "a.yaml,b.yaml" form
+                return [v for v in value.split(",") if v]
+            return [value]
+    return []
+
+
+def default_bundle_root(argv: list[str] | None = None) -> str:
+    """The bundle folder of the last ``--config_file`` that lies in a bundle (a ``configs/`` with
+    ``metadata.json``), so ``--config_file "['bundles/common/configs/train.yaml','bundles/x/configs/train.yaml']"``
+    works from any folder, as does the model-zoo habit of running ``--config_file configs/train.yaml`` inside an
+    exported bundle. Falls back to ``"."``. An explicit ``--bundle_root`` always overrides this default.
+    """
+    for file in reversed(config_files_on_command_line(sys.argv if argv is None else argv)):
+        configs = Path(file).absolute().parent
+        if (configs / "metadata.json").is_file():
+            return str(configs.parent if configs.name == "configs" else configs)
+    return "."
