@@ -8,8 +8,9 @@
   folder, as the zoo's bundles do;
 - ``configs/evaluate.yaml``, ``multi_gpu_train.yaml``, ``cpu_protocol.yaml``: overlays merged into one file each,
   still to be merged on top of ``train.yaml`` (or ``inference.yaml``);
-- the bundle's other configs (ablations) as they are, ``configs/logging.conf``, ``metadata.json``, ``docs/``,
-  ``LICENSE``;
+- the bundle's other configs (ablations) as they are, ``configs/logging.conf``, ``metadata.json``, ``LICENSE``, and
+  ``docs/`` with the shared README sections (``bundles/common/docs/README.md``) appended to the bundle's README and
+  the shared ``data_license.txt``;
 - ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them, with
   ``large_files.yml`` naming it and its SHA-256.
 
@@ -71,6 +72,23 @@ def _dump(content: dict[str, Any]) -> str:
     return yaml.dump(content, Dumper=Dumper, sort_keys=False, width=120, allow_unicode=True)
 
 
+def _shared_docs(bundle: Path, folder: Path) -> None:
+    """Append the shared README sections (from their first ``##``, ``{bundle}`` filled in) to the bundle's README and
+    add the shared data licence, unless the bundle has its own."""
+    shared = shared_configs(bundle).parent / "docs"
+    (folder / "docs").mkdir(exist_ok=True)
+    common = shared / "README.md"
+    if common.is_file():
+        text = common.read_text()
+        text = text[text.index("\n## ") + 1:] if "\n## " in text else text
+        readme = folder / "docs" / "README.md"
+        own = readme.read_text().rstrip() + "\n\n" if readme.is_file() else f"# {bundle.name}\n\n"
+        readme.write_text(own + text.replace("{bundle}", bundle.name))
+    licence = folder / "docs" / "data_license.txt"
+    if not licence.is_file() and (shared / "data_license.txt").is_file():
+        shutil.copyfile(shared / "data_license.txt", licence)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -129,6 +147,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             shutil.copytree(source, partial / item)
         elif source.is_file():
             shutil.copyfile(source, partial / item)
+    _shared_docs(bundle, partial)
     if weights.is_file():
         (partial / "models").mkdir()
         shutil.copyfile(weights, partial / "models" / "model.pt")
