@@ -112,7 +112,7 @@ class BundlePredictor:
         mtime = self.model_path.stat().st_mtime
         with self._lock:
             if self._loaded is None or self._loaded[0] != mtime:
-                from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+                from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Spacingd
 
                 parser = self._parser()
                 network = parser.get_parsed_content("network")
@@ -125,8 +125,9 @@ class BundlePredictor:
                                                "it or replace the file") from e
                 network.eval()
                 pre = parser.get_parsed_content("preprocessing")
-                # the image is read here with nibabel (exact geometry, clear errors); the rest of the chain applies
-                steps = [t for t in pre.transforms if not isinstance(t, (LoadImaged, EnsureChannelFirstd))]
+                # the image is read here with nibabel (exact geometry, clear errors) and resampled to target_spacing
+                # by predict(); the rest of the chain applies
+                steps = [t for t in pre.transforms if not isinstance(t, (LoadImaged, EnsureChannelFirstd, Spacingd))]
                 self._loaded = (mtime, network, Compose(steps), parser.get_parsed_content("inferer"))
                 logger.info(f"loaded {self.model_path} (mtime {mtime})")
             return self._loaded
