@@ -1,4 +1,4 @@
-"""Command line: ``python -m ssmis.data {prepare-la,prepare-images,demo} --help``."""
+"""Command line: ``python -m ssmis.data {prepare-la,prepare-acdc,prepare-images,demo} --help``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 8, the 10%% setting; 16 is the 20%% setting)")
     la.add_argument("--val", type=int, default=8, help="number of validation cases, from the end of train.list (default 8)")
     la.add_argument("--classes", type=int, default=2, help="declared number of classes incl. background (default 2)")
+
+    acdc = sub.add_parser(
+        "prepare-acdc",
+        help="convert ACDC (volumes/patientNNN_frameMM.h5 + patients.list) to NIfTI, split by patient",
+        description="Convert ACDC frames in the SSL4MIS layout to DIR/imagesTr/<patient>_<frame>.nii.gz, "
+        "DIR/labelsTr/... (H x W x slices, 4 classes: background, right ventricle, myocardium, left ventricle; no "
+        "spacing in the files, so distances are in pixels) and DIR/datalist.json. Patients are split, never frames: "
+        "both frames of a patient are labelled, unlabelled or validation together. By default in patients.list "
+        "order: the first --labeled-patients labelled, the last --val-patients validation, the rest unlabelled.",
+    )
+    acdc.add_argument("--source", required=True, help="ACDC folder holding patients.list and volumes/ "
+                      "(e.g. ../shared/data/ACDC)")
+    acdc.add_argument("--output", required=True, help="output dataset folder (replaced atomically)")
+    acdc.add_argument("--labeled-patients", type=int, default=3, help="labelled patients (default 3)")
+    acdc.add_argument("--val-patients", type=int, default=4, help="validation patients (default 4)")
+    acdc.add_argument("--seed", type=int, help="shuffle the patients with this seed before splitting (default: "
+                      "patients.list order)")
+    acdc.add_argument("--labeled-ids", help="comma-separated patients to label, instead of --labeled-patients "
+                      "(e.g. patient038,patient050,patient099, the literature's 3-patient setting)")
+    acdc.add_argument("--val-ids", help="comma-separated validation patients, instead of --val-patients")
 
     im = sub.add_parser(
         "prepare-images",
@@ -74,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             from .la import prepare_la
 
             out = prepare_la(args.source, args.output, args.spacing, args.labeled, args.val, args.classes)
+        elif args.command == "prepare-acdc":
+            from .acdc import prepare_acdc
+
+            ids = {k: [i.strip() for i in v.split(",") if i.strip()] if v else None
+                   for k, v in (("labeled", args.labeled_ids), ("val", args.val_ids))}
+            out = prepare_acdc(args.source, args.output, args.labeled_patients, args.val_patients, args.seed,
+                               ids["labeled"], ids["val"])
         elif args.command == "prepare-images":
             from .images import prepare_images
 

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..utils.atomic import atomic_output_dir
 from .datalist import split_cases, write_datalist
 from .errors import DataError
+from .h5 import read_h5_volume
 from .output import check_output_dir
 from .nifti import check_label, save_image, save_label, spacing_affine
 
@@ -21,26 +22,7 @@ LA_SPACING = 0.625  # mm, isotropic; the h5 files carry no geometry
 
 def read_la_case(path: str | os.PathLike, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Read ``image`` (float32, H×W×D) and ``label`` (uint8, H×W×D) from one ``mri_norm2.h5``, checking both."""
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            for key in ("image", "label"):
-                if key not in f:
-                    raise DataError(f"{path}: missing the {key!r} dataset (it has {sorted(f.keys())})")
-            image = np.asarray(f["image"][()], dtype=np.float32)
-            label = np.asarray(f["label"][()])
-    except DataError:
-        raise
-    except Exception as e:  # h5py raises OSError/KeyError/RuntimeError for corrupt or truncated files
-        raise DataError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e})") from e
-    if image.ndim != 3:
-        raise DataError(f"{path}: image has {image.ndim} dimensions, expected 3")
-    if not np.all(np.isfinite(image)):
-        raise DataError(f"{path}: image holds NaN or infinite values")
+    image, label = read_h5_volume(path)
     check_label(label, image.shape, classes, str(path))
     return image, label.astype(np.uint8)
 
