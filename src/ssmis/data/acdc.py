@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.atomic import atomic_output_dir
-from .datalist import write_datalist
+from .datalist import read_id_list, write_datalist
 from .errors import DataError
 from .h5 import read_h5_volume
 from .nifti import check_label, save_image, save_label, spacing_affine
@@ -107,14 +107,7 @@ def prepare_acdc(
     check_output_dir(output, {"--source": source})
     source = Path(source)
     list_file = source / "patients.list"
-    if not list_file.is_file():
-        raise DataError(f"{list_file}: not found (expected the SSL4MIS layout: patients.list and volumes/)")
-    patients = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-    if not patients:
-        raise DataError(f"{list_file}: empty, no patients to prepare")
-    repeated = sorted({p for p in patients if patients.count(p) > 1})
-    if repeated:
-        raise DataError(f"{list_file}: lists these patients more than once: {repeated[:5]}")
+    patients = read_id_list(list_file, "patients", "SSL4MIS layout: patients.list and volumes/")
     frames = patient_frames(source / "volumes")
     missing = [p for p in patients if p not in frames]
     if missing:

@@ -14,9 +14,24 @@ from typing import Sequence
 from ..utils.atomic import atomic_write_text
 from .errors import DataError
 
-__all__ = ["DATALIST_KEYS", "check_distinct_outputs", "load_datalist", "split_cases", "write_datalist"]
+__all__ = ["DATALIST_KEYS", "check_distinct_outputs", "load_datalist", "read_id_list", "split_cases", "write_datalist"]
 
 DATALIST_KEYS = ("labeled", "unlabeled", "validation")
+
+
+def read_id_list(path: Path, what: str, layout: str) -> list[str]:
+    """The ids of a ``*.list`` file, one per line; a missing or empty file, or an id listed twice (it could land
+    on both sides of a split), is a :class:`DataError` naming the file. ``what``: "cases" or "patients";
+    ``layout``: the expected source layout, for the missing-file message."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found (expected the {layout})")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: empty, no {what} to prepare")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataError(f"{path}: lists these {what} more than once: {repeated[:5]}")
+    return ids
 
 
 def split_cases(ids: Sequence[str], labeled: int, val: int) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.atomic import atomic_output_dir
-from .datalist import split_cases, write_datalist
+from .datalist import read_id_list, split_cases, write_datalist
 from .errors import DataError
 from .h5 import read_h5_volume
 from .output import check_output_dir
@@ -68,15 +68,7 @@ def prepare_la(
         raise DataError(f"--classes {classes}: must be at least 2 (the background and one class)")
     check_output_dir(output, {"--source": source})
     source = Path(source)
-    list_file = source / "train.list"
-    if not list_file.is_file():
-        raise DataError(f"{list_file}: not found (expected the UA-MT layout: train.list and volumes/<id>/mri_norm2.h5)")
-    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DataError(f"{list_file}: empty, no cases to prepare")
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:  # a repeated case could land in both the labelled and the validation split
-        raise DataError(f"{list_file}: lists these cases more than once: {repeated[:5]}")
+    ids = read_id_list(source / "train.list", "cases", "UA-MT layout: train.list and volumes/<id>/mri_norm2.h5")
     split = split_cases(ids, labeled, val)
     output = Path(output)
     with atomic_output_dir(output, keep_others=True) as tmp:
