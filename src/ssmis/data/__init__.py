@@ -1,7 +1,7 @@
 """Data preparation (``python -m ssmis.data``) and datalist loading for the bundles."""
 
 from .datalist import DATALIST_KEYS, check_distinct_outputs, load_datalist, write_datalist
-from .errors import DataError
+from ..utils.errors import DataError
 from .image_writer import AtomicNibabelWriter
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import DataError
+from ..utils.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from ..utils.atomic import atomic_output_dir
 from .datalist import read_id_list, write_datalist
-from .errors import DataError
+from ..utils.errors import DataError
 from .h5 import read_h5_volume
-from .nifti import check_label, save_image, save_label, spacing_affine
+from ..transforms.check_label import check_label
+from .nifti import save_image, save_label, spacing_affine
 from .output import check_output_dir
 
 __all__ = ["ACDC_CLASSES", "ACDC_LABELS", "patient_frames", "prepare_acdc", "read_acdc_frame", "split_patients"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..utils.atomic import atomic_write_text
-from .errors import DataError
+from ..utils.errors import DataError
 
 __all__ = ["DATALIST_KEYS", "check_distinct_outputs", "load_datalist", "read_id_list", "split_cases", "write_datalist"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from ..utils.errors import DataError
 
 __all__ = ["read_h5_volume"]
 

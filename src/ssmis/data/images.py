@@ -10,9 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .datalist import split_cases, write_datalist
-from .errors import DataError
+from ..utils.errors import DataError
 from .output import check_output_dir
-from .nifti import check_label
+from ..transforms.check_label import check_label
 
 __all__ = ["case_name", "prepare_images"]
 

@@ -10,10 +10,11 @@ from tqdm import tqdm
 
 from ..utils.atomic import atomic_output_dir
 from .datalist import read_id_list, split_cases, write_datalist
-from .errors import DataError
+from ..utils.errors import DataError
 from .h5 import read_h5_volume
 from .output import check_output_dir
-from .nifti import check_label, save_image, save_label, spacing_affine
+from ..transforms.check_label import check_label
+from .nifti import save_image, save_label, spacing_affine
 
 __all__ = ["LA_SPACING", "read_la_case", "resample", "prepare_la"]
 

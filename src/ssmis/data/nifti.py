@@ -8,9 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .errors import DataError
 
-__all__ = ["spacing_affine", "save_image", "save_label", "check_label", "LOSSLESS_ATOL"]
+__all__ = ["spacing_affine", "save_image", "save_label", "LOSSLESS_ATOL"]
 
 LOSSLESS_ATOL = 1e-5
 
@@ -70,17 +69,3 @@ def save_label(label: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -
     img.header.set_xyzt_units("mm")
     nib.save(img, path)
     return path
-
-
-def check_label(label: np.ndarray, image_shape: tuple[int, ...], classes: int, name: str) -> None:
-    """Raise ``DataError`` naming ``name`` if ``label`` does not match ``image_shape`` or holds values >= classes."""
-    if tuple(label.shape) != tuple(image_shape):
-        raise DataError(f"{name}: label shape {tuple(label.shape)} does not match image shape {tuple(image_shape)}")
-    if not np.all(np.isfinite(label)) or np.any(label != np.rint(label)):
-        raise DataError(f"{name}: label holds non-integer values")
-    values = np.unique(label)
-    bad = values[(values < 0) | (values >= classes)]
-    if bad.size:
-        raise DataError(
-            f"{name}: label values {bad.tolist()[:10]} are outside the {classes} declared classes 0..{classes - 1}"
-        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DataError
+from ..utils.errors import DataError
 
 __all__ = ["check_output_dir"]
 

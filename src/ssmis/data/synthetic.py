@@ -9,7 +9,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_output_dir
 from .datalist import split_cases, write_datalist
-from .errors import DataError
+from ..utils.errors import DataError
 from .nifti import save_image, save_label, spacing_affine
 from .output import check_output_dir
 

@@ -1,7 +1,7 @@
 """Batch-level transforms of the semi-supervised methods (tensor ops on ``[B, C, *S]`` batches), a label check, and
 an image loader whose errors name the file."""
 
-from .check_label import CheckLabeld
+from .check_label import CheckLabeld, check_label
 from .copy_paste import bidirectional_copy_paste, cuboid_mask
 from .cutmix import apply_cutmix, cutmix_box, sample_beta
 from .load_image import NamedLoadImage, NamedLoadImaged
@@ -9,6 +9,7 @@ from .shifted_crops import combine_fixed_dynamic, context_size, crop_at, map_bac
 
 __all__ = [
     "CheckLabeld",
+    "check_label",
     "NamedLoadImage",
     "NamedLoadImaged",
     "apply_cutmix",

@@ -1,4 +1,5 @@
-"""A dictionary transform that refuses a label which does not fit its image or the classes, naming the file."""
+"""A label that does not fit its image or the classes is refused, naming the file: ``check_label`` on arrays (data
+preparation) and the ``CheckLabeld`` transform (training)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..data.nifti import check_label
+from ..utils.errors import DataError
 
-__all__ = ["CheckLabeld"]
+__all__ = ["CheckLabeld", "check_label"]
+
+
+def check_label(label: np.ndarray, image_shape: tuple[int, ...], classes: int, name: str) -> None:
+    """Raise ``DataError`` naming ``name`` if ``label`` does not match ``image_shape`` or holds values >= classes."""
+    if tuple(label.shape) != tuple(image_shape):
+        raise DataError(f"{name}: label shape {tuple(label.shape)} does not match image shape {tuple(image_shape)}")
+    if not np.all(np.isfinite(label)) or np.any(label != np.rint(label)):
+        raise DataError(f"{name}: label holds non-integer values")
+    values = np.unique(label)
+    bad = values[(values < 0) | (values >= classes)]
+    if bad.size:
+        raise DataError(
+            f"{name}: label values {bad.tolist()[:10]} are outside the {classes} declared classes 0..{classes - 1}"
+        )
 
 
 def _source(x: Any, key: Hashable) -> str:

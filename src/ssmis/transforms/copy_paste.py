@@ -20,7 +20,9 @@ def cuboid_mask(
 ) -> torch.Tensor:
     """A ``[1, 1, *spatial_shape]`` float mask, 1 inside a cuboid (a square in 2D) at a random position.
 
-    The cuboid spans ``round(ratio · size)`` voxels along every axis (2/3 in BCP) and lies fully inside the volume.
+    The cuboid spans ``round(ratio · size)`` voxels (at least 1, at most ``size``) along every axis (2/3 in BCP)
+    and lies fully inside the volume; its position is drawn from ``generator`` (torch's global one without). BCP's
+    mask and CUT's CutMix box (``cutmix_box``, with a random ``ratio``) are both this.
     """
     mask = torch.zeros(1, 1, *spatial_shape, device=device)
     idx = []

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from .copy_paste import cuboid_mask
+
 __all__ = ["sample_beta", "cutmix_box", "apply_cutmix"]
 
 
@@ -50,15 +52,7 @@ def cutmix_box(
     With ``generator``, λ and the position both come from it, so a seeded generator gives the same box every time;
     without, both come from torch's global generator."""
     lam = sample_beta(alpha, beta, generator)
-    ratio = (1.0 - lam) ** 0.5
-    mask = torch.zeros(1, 1, *spatial_shape)
-    idx = []
-    for size in spatial_shape:
-        extent = max(1, min(size, int(round(ratio * size))))
-        start = int(torch.randint(0, size - extent + 1, (1,), generator=generator))
-        idx.append(slice(start, start + extent))
-    mask[(slice(None), slice(None), *idx)] = 1.0
-    return mask
+    return cuboid_mask(spatial_shape, (1.0 - lam) ** 0.5, generator=generator)
 
 
 def apply_cutmix(x: torch.Tensor, box: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 from monai.data import ImageReader
 from monai.transforms import LoadImage, LoadImaged
 
-from ..data.errors import DataError
+from ..utils.errors import DataError
 
 __all__ = ["NamedLoadImage", "NamedLoadImaged"]
 

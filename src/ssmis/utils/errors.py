@@ -1,4 +1,4 @@
-"""The one exception that data preparation raises for bad input."""
+"""The exception bad input data raises (data preparation, image loading, label checks)."""
 
 
 class DataError(ValueError):
