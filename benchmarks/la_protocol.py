@@ -148,8 +148,9 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     extra = [c for c in args.extra_configs.get(bundle, [])]
     method = method_name(bundle, extra, args.seed)
     out = run_dir(bundle, labeled, args)
-    common = ["--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
-              "--seed", str(args.seed)]
+    folder = ROOT / "bundles" / bundle
+    common = ["--bundle_root", str(folder), "--meta_file", str(folder / "configs" / "metadata.json"),
+              "--dataset_dir", str(data), "--output_dir", str(out), "--seed", str(args.seed)]
     if args.device:  # after cpu_protocol.yaml, which pins the CPU: a command-line override wins
         common += ["--device", f"$torch.device({args.device!r})"]
     if args.iterations:

@@ -40,7 +40,8 @@ def config_list(bundle: str, *names: str) -> list[str]:
 def run_bundle(bundle: str, names: list[str], *overrides: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle run`` on a bundle's configs; fail the test with its output if it fails."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(bundle, *names),
-           "--bundle_root", str(BUNDLES / bundle), *overrides]
+           "--bundle_root", str(BUNDLES / bundle), "--meta_file", str(BUNDLES / bundle / "configs" / "metadata.json"),
+           *overrides]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
     if p.returncode != 0:
         pytest.fail(f"bundle command failed ({p.returncode}):\n{' '.join(cmd)}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     print("[1/3] synthetic 3D dataset", flush=True)
     _run([py, "-m", "ssmis.data", "demo", "--output", str(data)])
-    overrides = ["--bundle_root", str(bundle), "--dataset_dir", str(data), "--output_dir", str(run)]
+    overrides = ["--bundle_root", str(bundle), "--meta_file", str(bundle / "configs" / "metadata.json"),
+                 "--dataset_dir", str(data), "--output_dir", str(run)]
     train = repr(config_files(bundle, "train", "cpu_protocol"))
     evaluate = repr(config_files(bundle, "train", "cpu_protocol", "evaluate"))
     print(f"[2/3] training {args.bundle} for {args.iterations} iterations (log: {run / 'train.log'})", flush=True)

@@ -1,7 +1,8 @@
 """``datalist.json``: the split of a prepared dataset into labelled, unlabelled and validation records.
 
 Records are ``{"image": path}`` or ``{"image": path, "label": path}``; relative paths are relative to the
-folder holding ``datalist.json``.
+folder holding ``datalist.json``. An unlabelled record may hold ``reference_label``, its label for diagnostics
+only (``ssmis.handlers.PseudoLabelQuality``), which no training loss reads.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def load_datalist(
         if not isinstance(rec, dict) or "image" not in rec:
             raise DataError(f"{path}: {key}[{i}] is not a record with an 'image' field")
         out = dict(rec)
-        for field in ("image", "label"):
+        for field in ("image", "label", "reference_label"):
             if field in out:
                 if not isinstance(out[field], str) or not out[field]:
                     raise DataError(f"{path}: {key}[{i}].{field} must be a file path, got {out[field]!r}")

@@ -83,8 +83,8 @@ def prepare_la(
 
         def rec(case: str, with_label: bool) -> dict:
             r = {"image": f"imagesTr/{case}.nii.gz"}
-            if with_label:
-                r["label"] = f"labelsTr/{case}.nii.gz"
+            # an unlabelled case's label, for diagnostics only (pseudo-label quality); no loss reads it
+            r["label" if with_label else "reference_label"] = f"labelsTr/{case}.nii.gz"
             return r
 
         write_datalist(

@@ -77,7 +77,9 @@ def make_synthetic_dataset(
         write_datalist(
             {
                 "labeled": [{"image": f"imagesTr/{c}.nii.gz", "label": f"labelsTr/{c}.nii.gz"} for c in split["labeled"]],
-                "unlabeled": [{"image": f"imagesTr/{c}.nii.gz"} for c in split["unlabeled"]],
+                # their labels too, for diagnostics only (pseudo-label quality); no loss reads them
+                "unlabeled": [{"image": f"imagesTr/{c}.nii.gz", "reference_label": f"labelsTr/{c}.nii.gz"}
+                              for c in split["unlabeled"]],
                 "validation": [
                     {"image": f"imagesTr/{c}.nii.gz", "label": f"labelsTr/{c}.nii.gz"} for c in split["validation"]
                 ],

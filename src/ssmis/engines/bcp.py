@@ -121,6 +121,8 @@ class BCPStrategy(Strategy):
         l_out = region_weighted_dice_ce(logits[h:], y_out, y_out, mask, self.pseudo_weight, 1.0)
         bcp = self.bcp_scale * (l_in + l_out)
         out = {"loss/bcp": bcp, "pseudo/entropy": entropy, "stage": torch.tensor(1.0)}
+        if self.report_pseudo_labels:
+            out["pseudo_label/teacher"] = plab
         loss = bcp
         if self.graph_loss is not None:
             cc = self.graph_loss(self.graph_tap.features)

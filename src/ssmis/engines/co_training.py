@@ -128,6 +128,10 @@ class CoTrainingStrategy(Strategy):
         finally:
             net.train(was_training)
 
+    def align_reference(self, reference: torch.Tensor) -> torch.Tensor:
+        """The fixed crop of an unlabelled context ``[B, 1, *context]``: the grid of every pseudo-label."""
+        return self._fixed_crop(reference)
+
     def _fixed_crop(self, context: torch.Tensor) -> torch.Tensor:
         idx = [slice(m, m + c) for m, c in zip(self.max_shift, self.crop)]
         if list(context.shape[2:]) != [c + 2 * m for c, m in zip(self.crop, self.max_shift)]:
@@ -194,5 +198,10 @@ class CoTrainingStrategy(Strategy):
             out["loss/dyn1"], out["loss/dyn2"] = d1, d2
             unsup = unsup + d1 + d2
             out["pseudo/dynamic_changed"] = (p2_dyn.argmax(1) != p2_fix.argmax(1)).float().mean()
+        if self.report_pseudo_labels:  # by the network that made them, before CUT mixes SN1's for SN2
+            for name, prob in (("fixed_sn1", p1_fix), ("dynamic_sn1", p1_dyn), ("fixed_sn2", p2_fix),
+                               ("dynamic_sn2", p2_dyn)):
+                if prob is not None:
+                    out[f"pseudo_label/{name}"] = prob.argmax(1, keepdim=True)
         out["loss"] = s1 + s2 + w * unsup
         return out

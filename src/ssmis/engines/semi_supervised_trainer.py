@@ -26,7 +26,11 @@ from torch.utils.data.distributed import DistributedSampler
 from ..utils.distributed import get_world_size
 from .strategy import Strategy
 
-__all__ = ["SemiSupervisedTrainer", "scalar_terms"]
+__all__ = ["REFERENCE_KEY", "SemiSupervisedTrainer", "scalar_terms"]
+
+
+#: the key of an unlabelled record's label, read only by diagnostics (never handed to a strategy)
+REFERENCE_KEY = "reference_label"
 
 
 def scalar_terms(output: Any) -> dict[str, float]:
@@ -216,6 +220,8 @@ class SemiSupervisedTrainer(Trainer):
                 # a fresh iterator that is empty at once means no unlabelled data: degrade to supervised
                 self._unlabeled_iter = None
                 continue
+            # a diagnostic reference label (ssmis.handlers.PseudoLabelQuality) stays here, out of the strategy's reach
+            self.state.unlabeled_reference = batch.get(REFERENCE_KEY) if isinstance(batch, Mapping) else None
             return _to_device(batch, (Keys.IMAGE,), self.state.device, self.non_blocking)
         if not self._warned_supervised:  # a fresh iterator was empty at once
             self._warned_supervised = True

@@ -27,9 +27,19 @@ def weight_value(weight: Any) -> float:
 
 
 class Strategy:
-    """Base class. Subclasses implement ``__call__`` and list the networks they train in ``networks``."""
+    """Base class. Subclasses implement ``__call__`` and list the networks they train in ``networks``.
+
+    With ``report_pseudo_labels`` set (by ``ssmis.handlers.PseudoLabelQuality``), a strategy also returns each
+    pseudo-label it trains on as a class map ``[B, 1, *S]`` under ``"pseudo_label/<name>"``, on the grid that
+    :meth:`align_reference` maps the unlabelled batch's grid to.
+    """
 
     networks: Sequence[nn.Module] = ()
+    report_pseudo_labels: bool = False
+
+    def align_reference(self, reference: torch.Tensor) -> torch.Tensor:
+        """A tensor ``[B, 1, *S]`` on the unlabelled batch's grid, on the grid of the reported pseudo-labels."""
+        return reference
 
     def attach(self, engine: Any) -> None:
         """Called once by the engine; register event handlers here if the strategy needs any."""
@@ -121,6 +131,8 @@ class MeanTeacherStrategy(Strategy):
         w = weight_value(self.consistency_weight)
         out = {"loss/sup": sup, "loss/consistency": cons, "weight/unlabeled": torch.tensor(w),
                "pseudo/entropy": mean_entropy(t_prob)}
+        if self.report_pseudo_labels:
+            out["pseudo_label/teacher"] = t_prob.argmax(1, keepdim=True)
         loss = sup + w * cons
         if self.tsa is not None:
             targets = torch.cat([y.long(), t_prob.argmax(1, keepdim=True)])

@@ -5,6 +5,7 @@ from .checkpoint import ResumableCheckpoint
 from .feature_statistics import ClassFeatureStatistics, OnlineClassStatistics
 from .metrics_writer import SegmentationMetricsWriter
 from .progress import TrainingProgressBar
+from .pseudo_label_quality import PseudoLabelQuality, pseudo_label_scores
 from .rampup import RampUpWeight, linear_rampup, sigmoid_rampup
 from .tsa import TransferableSemanticAugmentation
 
@@ -12,11 +13,13 @@ __all__ = [
     "BestModelSaver",
     "ClassFeatureStatistics",
     "OnlineClassStatistics",
+    "PseudoLabelQuality",
     "RampUpWeight",
     "ResumableCheckpoint",
     "SegmentationMetricsWriter",
     "TrainingProgressBar",
     "TransferableSemanticAugmentation",
     "linear_rampup",
+    "pseudo_label_scores",
     "sigmoid_rampup",
 ]
