@@ -9,7 +9,10 @@ For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cp
 then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time, CPU time and peak
 resident memory are measured around its subprocess, with the host's steal fraction meanwhile. Results accumulate in
 ``docs/results/la_1.25mm.json``; the markdown table goes to ``docs/results/la_1.25mm.md`` (and between the markers
-in ``docs/benchmarks.md``) and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``.
+in ``docs/benchmarks.md``) and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``. A run with
+``--config BUNDLE=pseudo_label_quality.yaml`` also records its pseudo-label quality (``pseudo_quality`` in the row,
+per validation interval) and draws it to ``docs/results/la_1.25mm_pseudo_quality.png``; its data must carry the
+unlabelled volumes' ``reference_label`` (``prepare-la`` writes it; re-prepare data made before it did).
 
 ``--protocol full`` (the default with ``--device cuda``): the standard setting for a GPU: 0.625 mm data, the
 literature V-Net, 112x112x80 patches, the bundle's own iteration count (``--iterations`` overrides), sliding
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,20 +63,38 @@ def run_cmd(cmd: list[str], log: Path) -> tuple[float, float, dict]:
                                             "paused_s": paused.seconds}
 
 
-def val_curve(log_dir: Path) -> tuple[list[int], list[float]]:
-    """The ``val_mean_dice`` scalars of a run's TensorBoard logs as (iterations, values)."""
+def scalar_curves(log_dir: Path, match: Callable[[str], bool]) -> dict[str, tuple[list[int], list[float]]]:
+    """``{tag: (steps, values)}`` of the scalars of a run's TensorBoard logs whose tag ``match`` accepts."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    xs, ys = [], []
+    curves: dict[str, list[tuple[int, float]]] = {}
     for ev in sorted(log_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(ev))
+        acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})  # every point, not a sample
         acc.Reload()
-        if "val_mean_dice" in acc.Tags().get("scalars", []):
-            for s in acc.Scalars("val_mean_dice"):
-                xs.append(int(s.step))
-                ys.append(float(s.value))
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    return [xs[i] for i in order], [ys[i] for i in order]
+        for tag in acc.Tags().get("scalars", []):
+            if match(tag):
+                curves.setdefault(tag, []).extend((int(s.step), float(s.value)) for s in acc.Scalars(tag))
+    return {tag: ([x for x, _ in sorted(p)], [y for _, y in sorted(p)]) for tag, p in curves.items()}
+
+
+def val_curve(log_dir: Path) -> tuple[list[int], list[float]]:
+    """The ``val_mean_dice`` scalars of a run's TensorBoard logs as (iterations, values)."""
+    return scalar_curves(log_dir, lambda tag: tag == "val_mean_dice").get("val_mean_dice", ([], []))
+
+
+def pseudo_quality_curves(log_dir: Path, every: int) -> dict[str, dict[str, list]]:
+    """The pseudo-label quality of a run (``configs/pseudo_label_quality.yaml``), each tag
+    ``pseudo_quality/<name>/<dice|wrong>`` averaged over windows of ``every`` iterations ending at the validations:
+    ``{"<name>/<score>": {"iteration": [...], "value": [...]}}``; empty when the run did not measure it."""
+    out = {}
+    for tag, (xs, ys) in scalar_curves(log_dir, lambda t: t.startswith("pseudo_quality/")).items():
+        windows: dict[int, list[float]] = {}
+        for x, y in zip(xs, ys):
+            windows.setdefault(-(-x // every) * every, []).append(y)
+        ends = sorted(windows)
+        out[tag[len("pseudo_quality/"):]] = {"iteration": ends,
+                                             "value": [sum(windows[e]) / len(windows[e]) for e in ends]}
+    return out
 
 
 def ensure_data(data_root: Path, labeled: int, spacing: float, val: int, source: Path) -> Path:
@@ -196,6 +218,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     scored = json.loads((out / "eval" / "metrics.json").read_text())
     metrics = scored["mean"]
     xs, ys = val_curve(out / "logs")
+    every = max(1, xs[0] if xs else target)  # the validation interval
     return {
         "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
         "seed": args.seed, "protocol": args.protocol,
@@ -203,6 +226,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
+        "pseudo_quality": pseudo_quality_curves(out / "logs", every),
         "cases": scored.get("cases", []),  # per-case scores, kept for paired comparisons once run dirs are gone
         "checkpoint": "last", "run_dir": str(out),
         "bundle_version": version_label(total["trained_by"], eval_version),
@@ -276,6 +300,12 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
               for r in ordered}
     save_curves(curves, png, title=title)
+    quality = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.), {name[:-len('/dice')]}":
+               (c["iteration"], c["value"]) for r in ordered for name, c in (r.get("pseudo_quality") or {}).items()
+               if name.endswith("/dice")}
+    if quality:  # the runs that measured it (configs/pseudo_label_quality.yaml): beside the validation curves
+        save_curves(quality, png.with_name(png.stem.replace("_curves", "") + "_pseudo_quality.png"),
+                    ylabel="pseudo-label Dice (mean over each validation interval)", title=title)
 
 
 def paired(results: list[dict], a: str, b: str, labeled: int, metric: str = "dice") -> dict:

@@ -219,3 +219,22 @@ def test_graph_loss_scale_on_a_synthetic_dataset(synthetic_3d, tmp_path):
     assert "| initial weights | 36 |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):  # a folder without a datalist is named, not a traceback
         graph_loss_scale(["--checkpoint", "none", "--dataset-dir", str(tmp_path), "--results", str(out)])
+
+
+def test_pseudo_quality_is_averaged_over_each_validation_interval(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmarks.la_protocol import pseudo_quality_curves, val_curve
+
+    w = SummaryWriter(str(tmp_path))
+    for i in range(1, 11):
+        w.add_scalar("pseudo_quality/teacher/dice", i / 10, i)
+        w.add_scalar("loss", 1.0, i)
+    w.add_scalar("val_mean_dice", 0.5, 5)
+    w.add_scalar("val_mean_dice", 0.6, 10)
+    w.close()
+    assert val_curve(tmp_path)[0] == [5, 10]
+    got = pseudo_quality_curves(tmp_path, 5)
+    assert list(got) == ["teacher/dice"] and got["teacher/dice"]["iteration"] == [5, 10]
+    assert got["teacher/dice"]["value"] == pytest.approx([0.3, 0.8])
+    assert pseudo_quality_curves(tmp_path / "absent", 5) == {}
