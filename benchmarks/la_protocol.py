@@ -187,6 +187,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         common += ["--sw_overlap", args.sw_overlap]
         eval_extra += ["--eval_sw_stride", "0"]  # evaluate.yaml's stride would otherwise replace this overlap
     common += PER_LABEL_OVERRIDES.get(bundle, {}).get(labeled, [])
+    common += [part for key, value in args.override for part in (f"--{key}", value)]
     protocol = ["cpu_protocol.yaml"] if args.protocol == "cpu" else []
     train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
@@ -296,7 +297,8 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
         )
     table = "\n".join(rows) + "\n"
     atomic_write_text(table, md)  # as the JSON and the doc table: a killed run leaves no half-written table
-    update_doc_table(ROOT / "docs" / "benchmarks.md", md.stem, table)
+    if md.parent.resolve() == (ROOT / "docs" / "results").resolve():  # results kept elsewhere stay out of the docs
+        update_doc_table(ROOT / "docs" / "benchmarks.md", md.stem, table)
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
               for r in ordered}
     save_curves(curves, png, title=title)
@@ -361,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
     p.add_argument("--runs-root", type=Path, help="default runs/la_1.25mm or runs/la_full")
     p.add_argument("--results", type=Path, help="default docs/results/la_1.25mm.json or docs/results/la_full.json")
+    p.add_argument("--override", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="a config override passed to every training and evaluation, e.g. --override patch_size "
+                        "'[96, 96, 64]'; repeatable (a run so changed is still filed under the method's name)")
     p.add_argument("--config", action="append", default=[], metavar="BUNDLE=FILE",
                    help="extra config file (in the bundle's configs/) merged for BUNDLE; repeatable")
     p.add_argument("--curves-only", action="store_true",

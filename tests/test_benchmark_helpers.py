@@ -238,3 +238,26 @@ def test_pseudo_quality_is_averaged_over_each_validation_interval(tmp_path):
     assert list(got) == ["teacher/dice"] and got["teacher/dice"]["iteration"] == [5, 10]
     assert got["teacher/dice"]["value"] == pytest.approx([0.3, 0.8])
     assert pseudo_quality_curves(tmp_path / "absent", 5) == {}
+
+
+@pytest.mark.slow
+def test_full_protocol_runs_end_to_end_on_the_cpu(tmp_path):
+    """What a lent GPU would run (``--protocol full``: 0.625 mm data, resumable pieces, evaluation with the LA stride)
+    runs here on the CPU with a tiny network and two iterations, so GPU time goes to training, not to debugging."""
+    import json
+
+    from benchmarks.la_protocol import main
+    from test_data_prepare import make_la_source
+
+    src = make_la_source(tmp_path / "LA", n=6, shape=(40, 40, 30))
+    tiny = [["backbone_def#_target_", "BasicUNet"], ["backbone_def#features", "[4, 4, 8, 8, 16, 4]"],
+            ["patch_size", "[32, 32, 24]"], ["batch_size", "2"], ["sw_batch_size", "2"]]
+    argv = ["--protocol", "full", "--device", "cpu", "--bundles", "supervised_la", "--labeled", "2", "--val", "2",
+            "--iterations", "2", "--val-interval", "2", "--max-wall-s", "600", "--source", str(src),
+            "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "la_full.json"), *[a for kv in tiny for a in ("--override", *kv)]]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "la_full.json").read_text())
+    assert len(rows) == 1 and rows[0]["protocol"] == "full" and rows[0]["iterations"] == 2
+    assert 0.0 <= rows[0]["metrics"]["dice"] <= 1.0 and len(rows[0]["cases"]) == 2
+    assert (tmp_path / "la_full.md").is_file() and (tmp_path / "la_full_curves.png").is_file()
