@@ -178,6 +178,8 @@ def run_curve(args: argparse.Namespace) -> dict:
 
 def score(base: str, model: str) -> None:
     """Score every unlabelled datastore image with the served model's disagreement (blocks until done)."""
+    import requests
+
     r = requests.post(f"{base}/scoring/{model}_uncertainty?run_sync=true", timeout=3600)
     r.raise_for_status()
 

@@ -212,7 +212,11 @@ def test_exported_zip_runs_inference_outside_the_repository(bundle, trained, syn
 
     from ssmis.bundle.export import export_bundle
 
-    archive = export_bundle(BUNDLES / bundle, tmp_path / "dist", weights=trained / "models" / "model.pt")
+    tiny_net = {"backbone_def#_target_": "BasicUNet", "backbone_def#features": [4, 4, 8, 8, 16, 4]}
+    with pytest.raises(ValueError, match="not the weights of this bundle's network_def"):  # the V-Net's: refused
+        export_bundle(BUNDLES / bundle, tmp_path / "dist", weights=trained / "models" / "model.pt")
+    archive = export_bundle(BUNDLES / bundle, tmp_path / "dist", weights=trained / "models" / "model.pt",
+                            network_overrides=tiny_net)
     with zipfile.ZipFile(archive) as z:
         z.extractall(tmp_path / "unpacked")
     folder = tmp_path / "unpacked" / bundle

@@ -41,6 +41,8 @@ def test_scores_match_a_hand_computation():
     d, w = pseudo_label_scores(pseudo[..., 1:3, 1:3, :], ref[..., 1:3, 1:3, :], 3)
     assert float(engine.state.output["pseudo_quality/fixed_sn1/dice"]) == pytest.approx(d)
     assert float(engine.state.output["pseudo_quality/fixed_sn1/wrong"]) == pytest.approx(w)
+    with pytest.raises(TypeError, match="semi-supervised strategy"):  # MONAI's SupervisedTrainer: named, not a crash
+        handler.ask_for_pseudo_labels(SimpleNamespace())
     engine.state.unlabeled_reference = None  # records without a reference: nothing is added
     engine.state.output = {"pseudo_label/x": pseudo}
     handler(engine)

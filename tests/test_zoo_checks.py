@@ -59,3 +59,17 @@ def test_a_broken_bundle_fails_the_checks_that_matter(exported, tmp_path):
     results = run_checks(bundle, schema=SCHEMA, only=("metadata values", "train properties", "data licence"))
     assert "eval_metrics.mean_dice is str" in results["metadata values"]
     assert results["train properties"].startswith("FAIL") and results["data licence"].startswith("FAIL")
+
+
+def test_overlays_that_nest_are_refused_by_the_export(tmp_path):
+    """A dict update cannot merge ``a`` and ``a#b`` (or two ``+key``) as MONAI would: the export says so."""
+    import shutil
+
+    from ssmis.bundle.export import merged_config
+
+    shutil.copytree(BUNDLES / "common", tmp_path / "common")
+    shutil.copytree(BUNDLES / "supervised_la", tmp_path / "supervised_la")
+    (tmp_path / "supervised_la" / "configs" / "evaluate.yaml").write_text("validate#dataset: {}\n")
+    with pytest.raises(ValueError, match="overlaps"):
+        merged_config(tmp_path / "supervised_la", "evaluate")
+    assert "validate#handlers" in merged_config(BUNDLES / "supervised_la", "evaluate")

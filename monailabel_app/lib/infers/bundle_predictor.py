@@ -53,7 +53,7 @@ class Prediction:
 class BundlePredictor:
     """Args:
         bundle_root: the bundle folder (its inference configs, the shared ones first, are read from it).
-        model_path: the published ``model.pt`` (``{"model": state_dict}``).
+        model_path: the published ``model.pt`` (a plain state dict, or ``{"model": state_dict}`` as before 0.2.0).
         extra_configs: config files merged on top of ``inference.yaml`` (the same ones training used, so the
             network definitions agree).
         device: ``cpu`` or ``cuda`` (default: cuda when available).

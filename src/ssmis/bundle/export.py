@@ -15,8 +15,8 @@
   ``large_files.yml`` naming it and its SHA-256.
 
 The configs import the ``ssmis`` package, which the metadata names; it installs without MONAI Label (the app's
-dependencies are the ``app`` extra). The folder is written as ``<name>.partial`` and renamed, so a reader sees the
-previous export or the complete new one.
+dependencies are the ``app`` extra). Folder and zip are written under temporary names and each renamed into
+place, so a failed export leaves the previous one.
 """
 
 from __future__ import annotations
@@ -53,7 +53,14 @@ def merged_config(bundle: str | os.PathLike, name: str) -> dict[str, Any]:
         return ConfigParser.load_config_files(files)
     merged: dict[str, Any] = {}
     for file in files:
-        merged.update(ConfigParser.load_config_file(file) or {})
+        content = ConfigParser.load_config_file(file) or {}
+        for key in content:  # a later file's key that MONAI would merge differently than a dict update does
+            top = key.lstrip("+").split("#", 1)[0].split("::", 1)[0]
+            clash = [k for k in merged if k.lstrip("+").split("#", 1)[0].split("::", 1)[0] == top]
+            if clash and (key.startswith("+") or clash != [key]):
+                raise ValueError(f"{file}: key {key!r} overlaps {clash} of an earlier config of {name!r}; the export "
+                                 "cannot merge overlays whose keys nest or extend each other")
+        merged.update(content)
     return merged
 
 
@@ -89,6 +96,35 @@ def _shared_docs(bundle: Path, folder: Path) -> None:
         shutil.copyfile(shared / "data_license.txt", licence)
 
 
+def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[str, Any]) -> str:
+    """Ship ``source`` as a plain state dict of the export's ``network_def``, and return the config list it fits.
+
+    A ``{"model": ...}`` file (what training wrote before bundle 0.2.0) is unwrapped. The weights must load
+    strictly into ``network_def`` of ``configs/inference.yaml``, or of it with ``configs/cpu_protocol.yaml`` (the
+    CPU protocol's network, selected by that one file), ``overrides`` applied to both; otherwise they are refused,
+    naming the file, so the zoo's export never traces an untrained network."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and set(state) >= {"model"} and isinstance(state["model"], dict):
+        state = state["model"]
+    errors = []
+    for names in (["inference.yaml"], ["inference.yaml", "cpu_protocol.yaml"]):
+        parser = ConfigParser()
+        parser.read_config([str(configs / n) for n in names if (configs / n).is_file()])
+        for key, value in overrides.items():
+            parser[key] = value
+        try:
+            parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            errors.append(f"{' + '.join(names)}: {str(e).strip().splitlines()[0][:160]}")
+            continue
+        torch.save(state, target)
+        return " + ".join(names)
+    raise ValueError(f"--weights {source}: not the weights of this bundle's network_def ({'; '.join(errors)})")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -98,11 +134,15 @@ def _sha256(path: Path) -> str:
 
 
 def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights: str | os.PathLike | None = None,
-                  dataset_dir: str = DATASET_DIR) -> Path:
+                  dataset_dir: str = DATASET_DIR, network_overrides: dict[str, Any] | None = None) -> Path:
     """Write ``<output>/<name>/`` and ``<output>/<name>.zip``; return the zip's path.
+
+    ``network_overrides``: config overrides (``{"backbone_def#features": [...]}``) under which ``weights`` must fit
+    ``network_def``, for weights of a network other than the configs' own.
 
     Raises:
         FileNotFoundError: ``weights`` given but missing, naming it.
+        ValueError: ``weights`` that load into neither ``network_def``.
     """
     import yaml
 
@@ -114,50 +154,67 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
     output.mkdir(parents=True, exist_ok=True)
     partial, final = output / f"{name}.partial", output / name
     shutil.rmtree(partial, ignore_errors=True)
-    (partial / "configs").mkdir(parents=True)
-    shared = shared_configs(bundle)
-    names = sorted({p.stem for p in shared.glob("*.yaml")} | {p.stem for p in (bundle / "configs").glob("*.yaml")})
-    for config in names:
-        own = bundle / "configs" / f"{config}.yaml"
-        if not (shared / f"{config}.yaml").is_file():  # the bundle's own (ablations): as it is, comments included
-            shutil.copyfile(own, partial / "configs" / own.name)
-            continue
-        content = merged_config(bundle, config)
-        if config in BASE_CONFIGS:
-            content["bundle_root"] = "."
-            content["dataset_dir"] = dataset_dir
-            usage = f"python -m monai.bundle run --config_file configs/{config}.yaml --dataset_dir <folder>"
-        else:
-            base = "inference" if config == "cpu_protocol" else "train"
-            launcher = "torchrun --nproc_per_node=<gpus> -m" if config == "multi_gpu_train" else "python -m"
-            usage = (f"{launcher} monai.bundle run --config_file \"['configs/{base}.yaml','configs/{config}.yaml']\""
-                     + " (train.yaml too)" * (config == "cpu_protocol"))
-        sources = [str(Path(f).relative_to(bundle.parent)) for f in config_files(bundle, config)]
-        text = _header(f"configs/{config}.yaml", sources, usage)
-        text += _dump(content)
-        (partial / "configs" / f"{config}.yaml").write_text(text)
-    for extra in ("logging.conf",):
-        source = bundle / "configs" / extra if (bundle / "configs" / extra).is_file() else shared / extra
-        if source.is_file():
-            shutil.copyfile(source, partial / "configs" / extra)
-    shutil.copyfile(bundle / "configs" / "metadata.json", partial / "configs" / "metadata.json")
-    for item in ("docs", "LICENSE"):
-        source = bundle / item
-        if source.is_dir():
-            shutil.copytree(source, partial / item)
-        elif source.is_file():
-            shutil.copyfile(source, partial / item)
-    _shared_docs(bundle, partial)
-    if weights.is_file():
-        (partial / "models").mkdir()
-        shutil.copyfile(weights, partial / "models" / "model.pt")
-        large = {"large_files": [{"path": "models/model.pt", "url": "", "hash_val": _sha256(weights),
-                                  "hash_type": "sha256"}]}
-        (partial / "large_files.yml").write_text(
-            "# the weight files of this bundle and their hashes (url: where a release hosts them, when one does)\n"
-            + yaml.safe_dump(large, sort_keys=False))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    archive = Path(shutil.make_archive(str(output / f".{name}.partial"), "zip", root_dir=output, base_dir=name))
+    try:
+        (partial / "configs").mkdir(parents=True)
+        shared = shared_configs(bundle)
+        names = sorted({p.stem for p in shared.glob("*.yaml")} | {p.stem for p in (bundle / "configs").glob("*.yaml")})
+        for config in names:
+            own = bundle / "configs" / f"{config}.yaml"
+            if not (shared / f"{config}.yaml").is_file():  # the bundle's own (ablations): as it is, comments included
+                shutil.copyfile(own, partial / "configs" / own.name)
+                continue
+            content = merged_config(bundle, config)
+            if config in BASE_CONFIGS:
+                content["bundle_root"] = "."
+                content["dataset_dir"] = dataset_dir
+                usage = f"python -m monai.bundle run --config_file configs/{config}.yaml --dataset_dir <folder>"
+            else:
+                base = "inference" if config == "cpu_protocol" else "train"
+                launcher = "torchrun --nproc_per_node=<gpus> -m" if config == "multi_gpu_train" else "python -m"
+                pair = f"['configs/{base}.yaml','configs/{config}.yaml']"
+                usage = (f"{launcher} monai.bundle run --config_file \"{pair}\""
+                         + " (train.yaml too)" * (config == "cpu_protocol"))
+            sources = [str(Path(f).relative_to(bundle.parent)) for f in config_files(bundle, config)]
+            text = _header(f"configs/{config}.yaml", sources, usage)
+            text += _dump(content)
+            (partial / "configs" / f"{config}.yaml").write_text(text)
+        for extra in ("logging.conf",):
+            source = bundle / "configs" / extra if (bundle / "configs" / extra).is_file() else shared / extra
+            if source.is_file():
+                shutil.copyfile(source, partial / "configs" / extra)
+        shutil.copyfile(bundle / "configs" / "metadata.json", partial / "configs" / "metadata.json")
+        for item in ("docs", "LICENSE"):
+            source = bundle / item
+            if source.is_dir():
+                shutil.copytree(source, partial / item)
+            elif source.is_file():
+                shutil.copyfile(source, partial / item)
+        _shared_docs(bundle, partial)
+        if weights.is_file():
+            (partial / "models").mkdir()
+            shipped = partial / "models" / "model.pt"
+            fits = _write_weights(weights, shipped, partial / "configs", network_overrides or {})
+            large = {"large_files": [{"path": "models/model.pt", "url": "", "hash_val": _sha256(shipped),
+                                      "hash_type": "sha256"}]}
+            (partial / "large_files.yml").write_text(
+                "# the weight files of this bundle and their hashes (url: where a release hosts them, when one does);\n"
+                f"# models/model.pt loads into network_def of configs/{fits}\n"
+                + yaml.safe_dump(large, sort_keys=False))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left
+        raise
+    # the zip first (from a staging folder named like the bundle), then the folder: each replaced by a rename
+    staging = output / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    os.replace(partial, staging / name)
+    archive = Path(shutil.make_archive(str(output / f".{name}.partial"), "zip", root_dir=staging, base_dir=name))
+    old = output / f".{name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging / name, final)
     os.replace(archive, output / f"{name}.zip")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
     return output / f"{name}.zip"

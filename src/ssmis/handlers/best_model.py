@@ -28,7 +28,7 @@ class BestModelSaver:
     and its best score starts afresh after a resume, so the first validation of a resumed run replaces a better
     earlier model. Here the file is replaced atomically, and the best score is a ``state_dict`` that goes into the
     resumable checkpoint. The file holds ``{name: state_dict, ..., "best_metric": float, "best_epoch": int}``
-    (``model`` as in ``model.pt``, so MONAI's ``CheckpointLoader`` reads it as usual). Under DDP only rank 0 writes.
+    (MONAI's ``CheckpointLoader`` with ``load_dict={"model": ...}`` reads it as usual). Under DDP only rank 0 writes.
 
     Args:
         save_dir: folder of the file.

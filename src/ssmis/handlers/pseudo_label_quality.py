@@ -47,8 +47,9 @@ class PseudoLabelQuality:
     Args:
         num_classes: classes including the background.
 
-    Attach it before the logging handlers (``train#method_handlers``). An iteration without a reference (records
-    without ``reference_label``) or without reported pseudo-labels (BCP's pre-training) adds nothing.
+    Attach it before the logging handlers (``train#method_handlers``). An iteration without a reference (unlabelled
+    records without ``reference_label``, which the config's transforms allow) or without reported pseudo-labels
+    (BCP's pre-training) adds nothing.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -63,6 +64,10 @@ class PseudoLabelQuality:
 
     @staticmethod
     def ask_for_pseudo_labels(engine: Engine) -> None:
+        if not hasattr(engine, "strategy"):
+            raise TypeError(f"PseudoLabelQuality needs a trainer with a semi-supervised strategy "
+                            f"(ssmis.engines.SemiSupervisedTrainer); {type(engine).__name__} has none: a supervised "
+                            "bundle makes no pseudo-labels to score")
         engine.strategy.report_pseudo_labels = True
 
     def __call__(self, engine: Engine) -> None:
