@@ -26,10 +26,10 @@ def exported(tmp_path_factory) -> Path:
 def test_exported_bundle_passes_the_zoo_checks(exported, name):
     from ssmis.bundle.zoo import CHECKS, run_checks
 
-    if not SCHEMA.is_file():
-        pytest.skip(f"the offline copy of the zoo's schema is not at {SCHEMA}")
-    results = run_checks(exported / name, schema=SCHEMA)
-    assert set(results) == set(CHECKS)
+    # the schema check needs the offline copy of the zoo's schema beside the repository; the others run anyway
+    checks = tuple(c for c in CHECKS if SCHEMA.is_file() or c != "schema")
+    results = run_checks(exported / name, schema=SCHEMA, only=checks)
+    assert set(results) == set(checks)
     # no bundle ships trained weights yet (the LA full protocol has not been run): that check fails until one does
     expected_fail = set() if (BUNDLES / name / "models" / "model.pt").is_file() else {"weights"}
     failed = {check: why for check, why in results.items() if why != "pass"}
