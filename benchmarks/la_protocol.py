@@ -14,6 +14,10 @@ in ``docs/benchmarks.md``) and the validation-Dice curves to ``docs/results/la_1
 per validation interval) and draws it to ``docs/results/la_1.25mm_pseudo_quality.png``; its data must carry the
 unlabelled volumes' ``reference_label`` (``prepare-la`` writes it; re-prepare data made before it did).
 
+``--protocol cpu-v2`` ("LA-1.25mm v2"): the same with ``cpu_protocol_v2.yaml`` merged after ``cpu_protocol.yaml``
+(validation every 100 iterations; BCP's selected pre-training stage and 4 + 4 batch, the mean teacher's ramp scaled
+to the run). Results go to ``docs/results/la_1.25mm_v2.*``, runs to ``runs/la_1.25mm_v2``.
+
 ``--protocol full`` (the default with ``--device cuda``): the standard setting for a GPU: 0.625 mm data, the
 literature V-Net, 112x112x80 patches, the bundle's own iteration count (``--iterations`` overrides), sliding
 windows with stride 18 in-plane and 4 along z. With ``--max-wall-s`` each call trains at most that long, saves and
@@ -40,6 +44,14 @@ from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from benchmarks.paused_time import PausedMeter  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
+
+# the configs each protocol merges after a bundle's train.yaml (and before its extra configs)
+PROTOCOL_CONFIGS = {"cpu": ["cpu_protocol.yaml"], "cpu-v2": ["cpu_protocol.yaml", "cpu_protocol_v2.yaml"], "full": []}
+# where each protocol's results and runs go (docs/results/<name>.json, runs/<name>)
+PROTOCOL_NAMES = {"cpu": "la_1.25mm", "cpu-v2": "la_1.25mm_v2", "full": "la_full"}
+
+# configs that only measure (the trained weights are identical with and without them: tests/test_pseudo_label_quality)
+DIAGNOSTIC_CONFIGS = {"pseudo_label_quality"}
 
 # settings the papers tie to the label count: {bundle: {labelled count: [override, value, ...]}}
 # (TraCoCo's w0 of the unlabelled weight: 0.3 with 8 labelled, the bundle default, and 1.0 with 16)
@@ -143,8 +155,9 @@ DEFAULT_SEED = 1337  # the seed of every row without a seed suffix
 def method_name(bundle: str, extra: list[str], seed: int = DEFAULT_SEED) -> str:
     """Row name of a run: the bundle, plus the stems of extra configs (``transmedseg_la+ablation_no_tsa``), plus
     ``@seed<N>`` for a seed other than :data:`DEFAULT_SEED`, so a seed repeat gets its own row and run folder instead
-    of replacing the default-seed row."""
-    name = "+".join([bundle] + [Path(f).stem for f in extra])
+    of replacing the default-seed row. Diagnostic configs (:data:`DIAGNOSTIC_CONFIGS`), which leave the trained
+    weights unchanged, do not rename the row."""
+    name = "+".join([bundle] + [Path(f).stem for f in extra if Path(f).stem not in DIAGNOSTIC_CONFIGS])
     return name if seed == DEFAULT_SEED else f"{name}@seed{seed}"
 
 
@@ -188,7 +201,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         eval_extra += ["--eval_sw_stride", "0"]  # evaluate.yaml's stride would otherwise replace this overlap
     common += PER_LABEL_OVERRIDES.get(bundle, {}).get(labeled, [])
     common += [part for key, value in args.override for part in (f"--{key}", value)]
-    protocol = ["cpu_protocol.yaml"] if args.protocol == "cpu" else []
+    protocol = PROTOCOL_CONFIGS[args.protocol]
     train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
@@ -343,9 +356,9 @@ def paired(results: list[dict], a: str, b: str, labeled: int, metric: str = "dic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=["cpu", "full"],
-                   help="cpu: LA-1.25mm on 2 cores; full: the standard setting, for a GPU (default: full with "
-                        "--device cuda, else cpu)")
+    p.add_argument("--protocol", choices=list(PROTOCOL_CONFIGS),
+                   help="cpu: LA-1.25mm on 2 cores; cpu-v2: LA-1.25mm v2 (each recipe's structure kept); full: the "
+                        "standard setting, for a GPU (default: full with --device cuda, else cpu)")
     p.add_argument("--device", default=None,
                    help="torch device for training and evaluation, e.g. cuda or cuda:1 (default: cpu for the cpu "
                         "protocol, the bundle's choice otherwise); --device cuda selects the full protocol")
@@ -381,11 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.protocol is None:
         args.protocol = "full" if (args.device or "").startswith("cuda") else "cpu"
-    name = "la_1.25mm" if args.protocol == "cpu" else "la_full"
-    args.spacing = 1.25 if args.protocol == "cpu" else 0.625
-    if args.protocol == "cpu":
+    name = PROTOCOL_NAMES[args.protocol]
+    cpu = args.protocol.startswith("cpu")
+    args.spacing = 1.25 if cpu else 0.625
+    if cpu:
         args.iterations = args.iterations or 1200
-        args.val_interval = args.val_interval or 200
+        if args.protocol == "cpu":
+            args.val_interval = args.val_interval or 200  # cpu-v2: its config's (100)
     else:
         args.sw_overlap = args.sw_overlap or "[0.839, 0.839, 0.95]"
     args.runs_root = args.runs_root or ROOT / "runs" / name

@@ -40,7 +40,7 @@ def test_tsa_on_mean_teacher():
     s, parser = strategy("ablation_tsa_mean_teacher.yaml")
     assert type(s).__name__ == "MeanTeacherStrategy" and s.tsa is not None
     handlers = parser["train#method_handlers"]
-    assert handlers[-1].replace("::", "#") == "@train#rampup" and len(handlers) == 3  # merged, not replacing them
+    assert handlers[-1].replace("::", "#") == "@train#rampup" and len(handlers) == 4  # merged, not replacing them
     parser["use_tsa"] = False  # the switch is honoured here too (the plain mean teacher of this bundle's pieces)
     assert parser.get_parsed_content("train#strategy", lazy=False).tsa is None
 

@@ -93,6 +93,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain_iterations": (_non_negative_int, "a non-negative integer"),
     "lr_step_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
     "tsa_ramp_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
+    "pretrain_select": (_one_of("best", "last"), "'best' or 'last'"),
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
     # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy

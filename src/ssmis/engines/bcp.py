@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from ignite.engine import Events
 from monai.transforms import KeepLargestConnectedComponent
 
 from ..losses import region_weighted_dice_ce
@@ -29,7 +30,8 @@ class BCPStrategy(Strategy):
       ``x_in = x_l^a⊙M + x_u^a⊙(1−M)`` and ``x_out = x_u^b⊙M + x_l^b⊙(1−M)``, with targets mixed the same way, and
       the loss ``(Dice + CE)/2`` weighs ground-truth regions 1 and pseudo-labelled regions ``pseudo_weight``
       (0.5). The two images' losses are summed, as in BCP (``bcp_reduction="sum"``), or averaged (``"mean"``).
-      At the first self-training iteration the teacher is reset to the pre-trained student.
+      When self-training starts the teacher is reset to the pre-trained student (:meth:`attach`); with a
+      ``ssmis.handlers.PretrainingStage`` that is the pre-trained state selected on validation.
 
     Optional terms on the self-training stage:
 
@@ -72,6 +74,17 @@ class BCPStrategy(Strategy):
         self.graph_tap = LayerFeatures(network, graph_layer) if graph_loss is not None else None
         self.tsa = tsa
 
+    def attach(self, engine: Any) -> None:
+        """Copy the student into the teacher as self-training starts (iteration ``pretrain_iterations + 1``).
+
+        The trainer calls this after attaching its handlers, so a ``ssmis.handlers.PretrainingStage`` has already
+        put the selected pre-trained state into the student when the copy is made."""
+        engine.add_event_handler(Events.ITERATION_STARTED(once=self.pretrain_iterations + 1), self.reset_teacher)
+
+    def reset_teacher(self, engine: Any = None) -> None:
+        """teacher ← student (unwrapped: under DDP the student's keys carry ``module.``)."""
+        self.teacher.load_state_dict(unwrap_module(self.network).state_dict())
+
     @staticmethod
     def _halves(x: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[0] < 2 or x.shape[0] % 2:
@@ -100,9 +113,6 @@ class BCPStrategy(Strategy):
             logits = self.forward(engine, self.network, x_mix)
             loss = region_weighted_dice_ce(logits, y_mix, y_mix, mask, 1.0, 1.0)
             return {"loss": loss, "loss/bcp": loss, "stage": torch.tensor(0.0)}
-        if iteration == self.pretrain_iterations + 1:
-            # self-training starts from the pre-trained model (unwrapped: under DDP the student's keys carry "module.")
-            self.teacher.load_state_dict(unwrap_module(self.network).state_dict())
         x_u = unlabeled["image"]
         if x_u.shape[0] != x_l.shape[0]:
             raise ValueError(f"BCP pairs labelled and unlabelled images: batch sizes {x_l.shape[0]} and "

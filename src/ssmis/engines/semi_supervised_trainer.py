@@ -17,6 +17,7 @@ from ignite.metrics import Metric
 from monai.engines.trainer import Trainer
 from monai.engines.workflow import Workflow
 from monai.inferers import Inferer, SimpleInferer
+from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
@@ -46,7 +47,13 @@ def scalar_terms(output: Any) -> dict[str, float]:
 
 
 def _to_device(batch: Mapping[str, Any], keys: Sequence[str], device: torch.device, non_blocking: bool) -> dict:
-    return {k: batch[k].to(device, non_blocking=non_blocking) for k in keys if k in batch}
+    """``keys`` of ``batch`` on ``device`` as plain tensors: strategies slice and mix batches, which MONAI's
+    ``MetaTensor`` refuses when the items' metadata differ (and its per-operation bookkeeping costs time)."""
+    return {k: _plain(batch[k]).to(device, non_blocking=non_blocking) for k in keys if k in batch}
+
+
+def _plain(x: Any) -> Any:
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def _check_draws_a_batch(name: str, loader: Iterable | None) -> None:
