@@ -14,6 +14,8 @@ from lib.infers import BundlePredictor, BundleSegmentation
 from lib.trainers import SemiSupervisedBundleTrain
 from lib.volumes import VolumeLimits
 from ssmis.bundle.layout import config_files
+from ssmis.bundle.weights import read_state_dict, shipped_weights
+from ssmis.utils.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ class BundleTaskConfig(TaskConfig):
 
     Conf keys (``--conf key value``): ``bundles`` (folder of bundles, default the repository's ``bundles/``),
     ``extra_config`` (a file, or a config name such as ``cpu_protocol.yaml``: the shared one, then the bundle's own;
-    merged on top of both the train and the inference configs), ``device`` (cpu or cuda).
+    merged on top of both the train and the inference configs), ``device`` (cpu or cuda), ``shipped_weights``
+    (default true: with no model of its own yet, serve the bundle's shipped weights when they fit ``extra_config``).
     """
 
     bundle: str = ""
@@ -50,9 +53,28 @@ class BundleTaskConfig(TaskConfig):
                 self.extra_configs = config_files(self.bundle_root, extra)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"--conf extra_config {extra!r}: neither a file nor a config name ({e})") from e
+        if str(conf.get("shipped_weights", "true")).lower() != "false":
+            self._start_from_shipped_weights()
         self.predictor = BundlePredictor(self.bundle_root, self.path, self.extra_configs, conf.get("device"),
                                          limits=VolumeLimits.from_conf(conf))
         self.cache = ScoreCache(Path(model_dir) / name / "scores.json")
+
+    def _start_from_shipped_weights(self) -> None:
+        """With no model of its own yet, serve the weights the bundle ships (``weights/model.pt``) when they fit this
+        app's configs (the record's ``configs`` are the app's ``extra_config``), so predictions work before any
+        training. A trained model, once published, replaces them."""
+        if Path(self.path).exists():
+            return
+        try:
+            record = shipped_weights(self.bundle_root)
+        except ValueError as e:
+            logger.warning(f"model {self.name}: the bundle's shipped weights are not used: {e}")
+            return
+        if record is None or config_files(self.bundle_root, *record["configs"]) != self.extra_configs:
+            return
+        atomic_torch_save(read_state_dict(record["path"]), self.path)
+        logger.info(f"model {self.name}: starts from the bundle's shipped weights (validation Dice "
+                    f"{record['val_dice']:.4f}; {record['path']})")
 
     @property
     def description(self) -> str:

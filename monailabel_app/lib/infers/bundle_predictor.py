@@ -21,6 +21,7 @@ import torch
 
 from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_volume
 from ssmis.bundle.layout import config_files
+from ssmis.bundle.weights import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -195,13 +196,9 @@ def load_weights(path: str | Path, device: Any = "cpu") -> dict:
     """The network state dict of a ``model.pt`` (``{"model": state}`` as the bundles write it, or a bare state dict),
     with ``ModelNotTrainedError`` naming the file when it cannot be read."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ModelNotTrainedError(f"{path}: cannot read the weights ({type(e).__name__}: {str(e)[:200]}); "
-                                   "retrain the model or replace the file") from e
-    if not isinstance(state, dict):
-        raise ModelNotTrainedError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return state["model"] if "model" in state else state
+        return read_state_dict(path, map_location=device)
+    except ValueError as e:
+        raise ModelNotTrainedError(f"{e}; retrain the model or replace the file") from e
 
 
 def write_label(seg: np.ndarray, like: nib.Nifti1Image, path: str | Path) -> Path:

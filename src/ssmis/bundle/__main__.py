@@ -3,6 +3,8 @@
     python -m ssmis.bundle configs supervised_la train evaluate      # the --config_file value, printed
     python -m monai.bundle run --config_file "$(python -m ssmis.bundle configs supervised_la train)" ...
     python -m ssmis.bundle export supervised_la --output dist/       # a self-contained bundle folder and zip
+    python -m ssmis.bundle ship supervised_la --source runs/x/models/model.pt --configs cpu_protocol \
+        --val-dice 0.80 --command "python benchmarks/la_protocol.py ..."   # the weights the bundle ships
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--output", type=Path, default=Path("dist"), help="where the folder and zip go (default dist/)")
     e.add_argument("--weights", type=Path, default=None,
                    help="models/model.pt to ship (default: the bundle's own models/model.pt, if any)")
+    w = sub.add_parser("ship", help="make a training run's weights the ones the bundle ships (weights/model.pt and "
+                                    "weights/weights.json)")
+    w.add_argument("bundle", help="bundle name or folder")
+    w.add_argument("--source", type=Path, required=True, help="the run's model.pt (or model_best.pt)")
+    w.add_argument("--configs", nargs="*", default=[], help="configs merged after inference that the weights fit, "
+                                                           "e.g. cpu_protocol")
+    w.add_argument("--val-dice", type=float, required=True, help="the weights' Dice on the validation split")
+    w.add_argument("--command", dest="train_command", required=True, help="the command that trained them")
+    w.add_argument("--note", default="", help="anything else a user should know (data, labelled count, seed)")
+    w.add_argument("--float32", action="store_true", help="keep float32 (default: float16, half the size)")
     args = parser.parse_args(argv)
     folder = _bundle_folder(args.bundle, args.bundles)
     if args.command == "configs":
@@ -46,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
             print(repr(config_files(folder, *args.names)))
         except FileNotFoundError as err:
             parser.error(str(err))
+        return 0
+    if args.command == "ship":
+        from .weights import ship_weights
+
+        try:
+            target = ship_weights(folder, args.source, args.configs,
+                                  {"val_dice": args.val_dice, "command": args.train_command, "note": args.note},
+                                  half=not args.float32)
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+        print(target)
         return 0
     from .export import export_bundle
 

@@ -11,7 +11,8 @@
 - the bundle's other configs (ablations) as they are, ``configs/logging.conf``, ``metadata.json``, ``LICENSE``, and
   ``docs/`` with the shared README sections (``bundles/common/docs/README.md``) appended to the bundle's README and
   the shared ``data_license.txt``;
-- ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them, with
+- ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them (its trained
+  ``models/model.pt``, else its shipped ``weights/model.pt``), with
   ``large_files.yml`` naming it and its SHA-256.
 
 The configs import the ``ssmis`` package, which the metadata names; it installs without MONAI Label (the app's
@@ -21,18 +22,20 @@ place, so a failed export leaves the previous one.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from .layout import config_files, shared_configs
+from .weights import WEIGHTS_DIR, read_state_dict, sha256
 
 __all__ = ["BASE_CONFIGS", "DATASET_DIR", "export_bundle", "merged_config"]
 
 #: configs that are complete workflows; the others are overlays merged on top of one of them
 BASE_CONFIGS = ("train", "inference")
+#: configs that make sense only in this repository (the export ships the weights as ``models/model.pt`` instead)
+REPOSITORY_ONLY = ("shipped_weights",)
 #: the literal ``dataset_dir`` default of an exported bundle (the zoo's bundles use /workspace/data/<dataset>)
 DATASET_DIR = "/workspace/data/la_0.625mm"
 
@@ -106,9 +109,7 @@ def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[st
     import torch
     from monai.bundle import ConfigParser
 
-    state = torch.load(source, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and set(state) >= {"model"} and isinstance(state["model"], dict):
-        state = state["model"]
+    state = read_state_dict(source)
     errors = []
     for names in (["inference.yaml"], ["inference.yaml", "cpu_protocol.yaml"]):
         parser = ConfigParser()
@@ -123,14 +124,6 @@ def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[st
         torch.save(state, target)
         return " + ".join(names)
     raise ValueError(f"--weights {source}: not the weights of this bundle's network_def ({'; '.join(errors)})")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights: str | os.PathLike | None = None,
@@ -148,9 +141,14 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
 
     bundle, output = Path(bundle).resolve(), Path(output).resolve()
     name = bundle.name
-    weights = Path(weights) if weights else bundle / "models" / "model.pt"
-    if weights != bundle / "models" / "model.pt" and not weights.is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file")
+    if weights:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise FileNotFoundError(f"--weights {weights}: no such file")
+    else:  # the bundle's own trained model, else the weights it ships
+        weights = bundle / "models" / "model.pt"
+        if not weights.is_file():
+            weights = bundle / WEIGHTS_DIR / "model.pt"
     output.mkdir(parents=True, exist_ok=True)
     partial, final = output / f"{name}.partial", output / name
     shutil.rmtree(partial, ignore_errors=True)
@@ -158,6 +156,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
         (partial / "configs").mkdir(parents=True)
         shared = shared_configs(bundle)
         names = sorted({p.stem for p in shared.glob("*.yaml")} | {p.stem for p in (bundle / "configs").glob("*.yaml")})
+        names = [n for n in names if n not in REPOSITORY_ONLY]
         for config in names:
             own = bundle / "configs" / f"{config}.yaml"
             if not (shared / f"{config}.yaml").is_file():  # the bundle's own (ablations): as it is, comments included
@@ -194,7 +193,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             (partial / "models").mkdir()
             shipped = partial / "models" / "model.pt"
             fits = _write_weights(weights, shipped, partial / "configs", network_overrides or {})
-            large = {"large_files": [{"path": "models/model.pt", "url": "", "hash_val": _sha256(shipped),
+            large = {"large_files": [{"path": "models/model.pt", "url": "", "hash_val": sha256(shipped),
                                       "hash_type": "sha256"}]}
             (partial / "large_files.yml").write_text(
                 "# the weight files of this bundle and their hashes (url: where a release hosts them, when one does);\n"

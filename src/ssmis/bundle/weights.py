@@ -1,0 +1,114 @@
+"""Trained weights a bundle ships: ``bundles/<name>/weights/model.pt`` and its record ``weights.json``.
+
+The record says which configs the weights fit (merged after ``inference``, e.g. ``["cpu_protocol"]`` for the
+CPU protocol's network), their SHA-256, how they were trained (the command) and what they scored on the validation
+split. ``inference`` with the shared ``shipped_weights.yaml`` merged last loads them; ``python -m ssmis.bundle
+export`` ships them as the exported bundle's ``models/model.pt``; the MONAI Label app starts from them when it has
+no model of its own. ``python -m ssmis.bundle ship`` writes both files from a training run's ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..utils.atomic import atomic_torch_save, atomic_write_text
+from .layout import config_files
+
+__all__ = ["WEIGHTS_DIR", "read_state_dict", "sha256", "ship_weights", "shipped_weights"]
+
+#: the folder of a bundle that holds its shipped weights (``model.pt``) and their record (``weights.json``)
+WEIGHTS_DIR = "weights"
+
+
+def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The network state dict in ``path``: a plain state dict, or ``{"model": state_dict}`` (what training wrote
+    before bundle 0.2.0, and what ``model_best.pt`` holds beside its score). Read with ``weights_only``.
+
+    Raises:
+        ValueError: the file cannot be read or holds no state dict, naming it.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the weights ({type(e).__name__}: {str(e)[:200]})") from e
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _network_def(bundle: Path, configs: list[str]) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, "inference", *configs))
+    parser["bundle_root"] = str(bundle)
+    return parser.get_parsed_content("network_def")
+
+
+def shipped_weights(bundle: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of the bundle's shipped weights, with ``path`` (the weight file) added; None when it ships none.
+
+    Raises:
+        ValueError: a record or weight file that is malformed, missing or does not match its hash, naming it.
+    """
+    folder = Path(bundle) / WEIGHTS_DIR
+    record_file = folder / "weights.json"
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{record_file}: not valid JSON ({e})") from e
+    missing = {"configs", "sha256", "val_dice", "command"} - set(record)
+    if missing:
+        raise ValueError(f"{record_file}: missing {sorted(missing)}")
+    path = folder / "model.pt"
+    if not path.is_file():
+        raise ValueError(f"{record_file}: its weight file {path} is missing")
+    if sha256(path) != record["sha256"]:
+        raise ValueError(f"{path}: SHA-256 differs from {record_file}; the file was changed or damaged")
+    return {**record, "path": str(path)}
+
+
+def ship_weights(bundle: str | os.PathLike, source: str | os.PathLike, configs: list[str], record: dict[str, Any],
+                 half: bool = True) -> Path:
+    """Write ``source``'s network weights as the bundle's shipped ``weights/model.pt`` (float16 with ``half``: half
+    the size; they load into a float32 network as usual) and ``weights/weights.json`` (``record`` plus ``configs``,
+    the SHA-256 and the dtype). Both are replaced atomically, the record last.
+
+    Raises:
+        ValueError: ``source`` does not load strictly into ``network_def`` of ``inference`` + ``configs``.
+    """
+    bundle = Path(bundle)
+    state = read_state_dict(source)
+    try:
+        _network_def(bundle, configs).load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        merged = " + ".join(["inference", *configs])
+        raise ValueError(f"{source}: not the weights of {bundle.name}'s network_def in {merged} "
+                         f"({str(e).strip().splitlines()[0][:200]})") from e
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    folder = bundle / WEIGHTS_DIR
+    folder.mkdir(exist_ok=True)
+    target = folder / "model.pt"
+    atomic_torch_save(state, target)
+    full = {**record, "configs": list(configs), "dtype": "float16" if half else "float32", "sha256": sha256(target)}
+    atomic_write_text(json.dumps(full, indent=2) + "\n", folder / "weights.json")
+    return target

@@ -1,0 +1,114 @@
+"""Shipped weights: ``python -m ssmis.bundle ship`` writes them checked and hashed, inference and the export find
+them, and the MONAI Label app starts from them when it has no model of its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from conftest import BUNDLES, ROOT
+from ssmis.bundle.__main__ import main as bundle_main
+from ssmis.bundle.layout import config_files
+from ssmis.bundle.weights import read_state_dict, shipped_weights
+
+
+def _bundle(tmp_path: Path, name: str = "supervised_la") -> Path:
+    """A copy of the bundle's configs and the shared ones, as in the repository."""
+    shutil.copytree(BUNDLES / name / "configs", tmp_path / name / "configs")
+    shutil.copytree(BUNDLES / "common" / "configs", tmp_path / "common" / "configs")
+    return tmp_path / name
+
+
+def _cpu_protocol_weights(bundle: Path, path: Path, wrap: bool = False) -> dict:
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, "inference", "cpu_protocol"))
+    parser["bundle_root"] = str(bundle)
+    state = parser.get_parsed_content("network_def").state_dict()
+    torch.save({"model": state} if wrap else state, path)
+    return state
+
+
+def _ship(bundle: Path, source: Path, *extra: str) -> int:
+    return bundle_main(["ship", str(bundle), "--source", str(source), "--configs", "cpu_protocol", "--val-dice",
+                        "0.8", "--command", "python benchmarks/la_protocol.py --protocol cpu-v2", *extra])
+
+
+def test_ship_writes_half_precision_weights_and_a_record(tmp_path, capsys):
+    bundle = _bundle(tmp_path)
+    state = _cpu_protocol_weights(bundle, tmp_path / "run.pt", wrap=True)  # model_best.pt's form is unwrapped
+    assert _ship(bundle, tmp_path / "run.pt") == 0
+    record = shipped_weights(bundle)
+    assert record["configs"] == ["cpu_protocol"] and record["val_dice"] == 0.8 and record["dtype"] == "float16"
+    shipped = read_state_dict(record["path"])
+    assert shipped.keys() == state.keys()
+    assert all(torch.allclose(shipped[k].float(), state[k].float(), rtol=1e-3, atol=1e-3) for k in state)
+    # inference with shipped_weights.yaml merged last reads that file into a float32 network
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, "inference", "cpu_protocol", "shipped_weights"))
+    parser["bundle_root"] = str(bundle)
+    assert Path(parser.get_parsed_content("ckpt_path")) == Path(record["path"])
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(shipped, strict=True)
+    assert next(net.parameters()).dtype == torch.float32
+
+
+def test_weights_of_another_network_or_a_changed_file_are_refused(tmp_path, capsys):
+    bundle = _bundle(tmp_path)
+    torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit):
+        _ship(bundle, tmp_path / "other.pt")
+    assert "other.pt: not the weights of supervised_la's network_def in inference + cpu_protocol" in capsys.readouterr().err
+    assert shipped_weights(bundle) is None  # nothing written
+    _cpu_protocol_weights(bundle, tmp_path / "run.pt")
+    _ship(bundle, tmp_path / "run.pt")
+    weights = bundle / "weights" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"damaged!")
+    with pytest.raises(ValueError, match="model.pt: SHA-256 differs"):
+        shipped_weights(bundle)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="list.pt: holds a list"):
+        read_state_dict(tmp_path / "list.pt")
+
+
+def test_the_export_ships_them_as_models_model_pt(tmp_path):
+    from ssmis.bundle.export import export_bundle
+
+    bundle = _bundle(tmp_path)
+    shutil.copytree(BUNDLES / "common" / "docs", tmp_path / "common" / "docs")
+    _cpu_protocol_weights(bundle, tmp_path / "run.pt")
+    _ship(bundle, tmp_path / "run.pt")
+    export_bundle(bundle, tmp_path / "dist")
+    out = tmp_path / "dist" / "supervised_la"
+    assert read_state_dict(out / "models" / "model.pt").keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
+    assert "inference.yaml + cpu_protocol.yaml" in (out / "large_files.yml").read_text()
+    assert not (out / "configs" / "shipped_weights.yaml").exists()  # a repository-only switch
+
+
+def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.configs.supervised_la import SupervisedLA
+
+    bundle = _bundle(tmp_path)
+    _cpu_protocol_weights(bundle, tmp_path / "run.pt")
+    _ship(bundle, tmp_path / "run.pt")
+
+    def model_file(extra: str, **conf) -> Path:
+        config = SupervisedLA()
+        model_dir = tmp_path / f"model_{extra}_{len(conf)}"
+        config.init("supervised_la", str(model_dir), {"extra_config": extra, "device": "cpu", **conf}, None,
+                    bundles_dir=str(tmp_path))
+        return model_dir / "supervised_la" / "model.pt"
+
+    served = model_file("cpu_protocol.yaml")
+    assert served.is_file() and read_state_dict(served).keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
+    assert not model_file("cpu_protocol.yaml", shipped_weights="false").exists()  # switched off
+    (tmp_path / "tiny.yaml").write_text("patch_size: [16, 16, 16]\n")
+    assert not model_file(str(tmp_path / "tiny.yaml")).exists()  # other configs: the weights may not fit
+    record = json.loads((bundle / "weights" / "weights.json").read_text())
+    assert record["sha256"] and record["command"].startswith("python benchmarks/la_protocol.py")
