@@ -197,3 +197,22 @@ def test_graph_loss_switches_are_reachable_by_override():
     parser["graph_reduction"] = "nodes"
     head = parser.get_parsed_content("graph_loss")
     assert head.normalize is False and head.reduction == "nodes"
+
+
+def test_tsa_switched_off_builds_nothing():
+    """``use_tsa: false``: no TSA object, so no hook on the network keeping its last feature map, no λ ramp and no
+    checkpoint entry (ResumableCheckpoint leaves None entries out)."""
+    for use_tsa in (True, False):
+        parser = ConfigParser()
+        parser.read_config(config_list(TMS, "train", "cpu_protocol"))
+        parser["bundle_root"] = str(BUNDLES / TMS)
+        parser["use_tsa"] = use_tsa
+        strategy = parser.get_parsed_content("train#strategy")
+        handler = parser.get_parsed_content("train#method_handlers#0")
+        entry = parser.get_parsed_content("checkpoint_dict#tsa")
+        hooks = sum(len(m._forward_hooks) for m in parser.get_parsed_content("network").modules())
+        if use_tsa:
+            assert strategy.tsa is handler is entry and hooks == 2  # TSA's classifier tap and the graph term's
+        else:
+            assert strategy.tsa is None and handler is None and entry is None
+            assert hooks == 1  # the graph term's tap alone

@@ -112,3 +112,36 @@ def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):
     assert not model_file(str(tmp_path / "tiny.yaml")).exists()  # other configs: the weights may not fit
     record = json.loads((bundle / "weights" / "weights.json").read_text())
     assert record["sha256"] and record["command"].startswith("python benchmarks/la_protocol.py")
+
+
+@pytest.mark.slow
+def test_an_unpacked_export_segments_with_the_shipped_weights(tmp_path):
+    """The zip, unpacked outside the repository, runs inference.yaml + cpu_protocol.yaml on a NIfTI volume with
+    the weights it ships (models/model.pt), from its own folder, as a zoo user would."""
+    import subprocess
+    import zipfile
+
+    import nibabel as nib
+    import numpy as np
+
+    from ssmis.bundle.export import export_bundle
+
+    bundle = _bundle(tmp_path / "repo")
+    shutil.copytree(BUNDLES / "common" / "docs", tmp_path / "repo" / "common" / "docs")
+    _cpu_protocol_weights(bundle, tmp_path / "run.pt")
+    _ship(bundle, tmp_path / "run.pt")
+    archive = export_bundle(bundle, tmp_path / "dist")
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp_path / "user")
+    unpacked = tmp_path / "user" / "supervised_la"
+    images = tmp_path / "images"
+    (images / "imagesTs").mkdir(parents=True)
+    volume = np.random.default_rng(0).normal(size=(40, 36, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.diag([1.25, 1.25, 1.25, 1.0])), str(images / "imagesTs" / "la_001.nii.gz"))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           "['configs/inference.yaml','configs/cpu_protocol.yaml']", "--dataset_dir", str(images),
+           "--output_dir", str(tmp_path / "pred"), "--device", "$torch.device('cpu')"]
+    proc = subprocess.run(cmd, cwd=unpacked, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    outputs = list((tmp_path / "pred").rglob("*.nii.gz"))
+    assert len(outputs) == 1 and nib.load(str(outputs[0])).shape[:3] == volume.shape

@@ -40,7 +40,8 @@ class ResumableCheckpoint:
 
     Args:
         save_dir: folder for the two files (created if missing).
-        save_dict: objects with ``state_dict``/``load_state_dict`` (the engine is added as ``"trainer"``). An entry
+        save_dict: objects with ``state_dict``/``load_state_dict`` (the engine is added as ``"trainer"``); None
+            entries (a part switched off in the config) are left out. An entry
             missing from ``checkpoint.pt`` is an error, unless its object sets ``optional_in_checkpoint = True``.
         save_interval: iterations between saves (0: only at the end).
         model_keys: entries of ``save_dict`` that go into ``model.pt``.
@@ -61,7 +62,7 @@ class ResumableCheckpoint:
         max_wall_s: float | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {k: v for k, v in save_dict.items() if v is not None}  # None: a switched-off part
         missing = [k for k in model_keys if k not in self.save_dict]
         if missing:
             raise ValueError(f"model_keys {missing} are not in save_dict (it has {sorted(self.save_dict)})")
