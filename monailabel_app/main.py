@@ -3,7 +3,7 @@
     monailabel start_server --app monailabel_app --studies DIR --host 127.0.0.1 \
         --conf models transmedseg_la,fixed_dynamic_pl_la
 
-Conf keys: ``models`` (comma list of bundle names, or ``all``; default ``all``), ``model_dir`` (where each model's
+Conf keys: ``models`` (comma list of bundle names of one task, or ``all``: every LA model; default ``all``), ``model_dir`` (where each model's
 ``model.pt``, runs and score cache live; default ``<app>/model``), ``bundles`` (the bundles folder; default the
 repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's train and inference configs),
 ``device``, ``allow_remote`` (answer clients on other machines when started without ``--host``; default false),
@@ -57,10 +57,15 @@ class SSMISApp(MONAILabelApp):
         self.temp_folder: Path | None = None
         self.gate = ComputeGate(int(conf.get("max_parallel_infer", 2)), float(conf.get("infer_wait_s", 120)))
         requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
-        names = sorted(CONFIGS) if requested in ([], ["all"]) else requested
+        # 'all': every LA model (the default studies are LA volumes); models of another task are named explicitly
+        names = sorted(n for n, c in CONFIGS.items() if c.task == "la") if requested in ([], ["all"]) else requested
         unknown = [m for m in names if m not in CONFIGS]
         if unknown:
             raise ValueError(f"--conf models: unknown model(s) {unknown}; available: {sorted(CONFIGS)} or 'all'")
+        tasks = sorted({CONFIGS[m].task for m in names})
+        if len(tasks) > 1:
+            raise ValueError(f"--conf models: {names} mix the tasks {tasks} (other images and labels); serve the "
+                             "models of one task")
         self.models = {}
         for name in names:
             config = CONFIGS[name]()

@@ -59,3 +59,16 @@ def synthetic_3d(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of a TensorBoard scalar in a run's ``logs/``, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = []
+    for ev in sorted(log_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            out += [(s.step, s.value) for s in acc.Scalars(tag)]
+    return sorted(out)

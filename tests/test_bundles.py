@@ -16,21 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLES, ROOT, TINY, configs, run_bundle
+from conftest import BUNDLES, ROOT, TINY, configs, run_bundle, tb_scalars
 
 pytestmark = pytest.mark.slow
-
-
-def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = []
-    for ev in sorted(log_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(ev))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            out += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(out)
 
 
 BUNDLE_NAMES = ["supervised_la", "mean_teacher_la", "transmedseg_la", "fixed_dynamic_pl_la"]

@@ -2,8 +2,9 @@
 
 from .fixed_dynamic_pl_la import FixedDynamicPLLA
 from .supervised_la import SupervisedLA
+from .transmedseg_acdc import TransMedSegACDC
 from .transmedseg_la import TransMedSegLA
 
-CONFIGS = {c.bundle: c for c in (TransMedSegLA, FixedDynamicPLLA, SupervisedLA)}
+CONFIGS = {c.bundle: c for c in (TransMedSegLA, FixedDynamicPLLA, SupervisedLA, TransMedSegACDC)}
 
-__all__ = ["CONFIGS", "FixedDynamicPLLA", "SupervisedLA", "TransMedSegLA"]
+__all__ = ["CONFIGS", "FixedDynamicPLLA", "SupervisedLA", "TransMedSegACDC", "TransMedSegLA"]

@@ -30,6 +30,7 @@ class BundleTaskConfig(TaskConfig):
     """
 
     bundle: str = ""
+    task: str = "la"                   # what images and labels the bundle is for; an app serves one task
     uncertainty: str = "entropy"
     train_defaults: Dict[str, Any] = {}
 
@@ -87,6 +88,7 @@ class BundleTaskConfig(TaskConfig):
         return SemiSupervisedBundleTrain(self.name, self.bundle_root, self.path, self.extra_configs,
                                          dict(self.train_defaults), f"Semi-supervised retraining of {self.name}",
                                          spatial_dims=self.predictor.spatial_dims,
+                                         network_dims=self.predictor.network_dims,
                                          keep_runs=int((self.conf or {}).get("keep_runs", 5)),
                                          target_spacing=self.predictor.target_spacing)
 

@@ -72,7 +72,9 @@ class BundlePredictor:
         self._loaded: tuple | None = None  # (mtime, network, transforms, inferer)
         parser = self._parser()
         self.num_classes = int(parser.get_parsed_content("num_classes"))
-        self.spatial_dims = int(parser.get("backbone_def", {}).get("spatial_dims", 3))
+        # the network's input axes, and the images' (more for a 2D network run slice by slice on volumes: ACDC)
+        self.network_dims = int(parser.get_parsed_content("backbone_def#spatial_dims"))
+        self.spatial_dims = int(parser.get_parsed_content("image_dims")) if "image_dims" in parser else self.network_dims
         self.lcc = bool(parser.get_parsed_content("lcc")) if "lcc" in parser else False
         spacing = parser.get_parsed_content("target_spacing") if "target_spacing" in parser else None
         self.target_spacing = None if spacing is None else tuple(float(v) for v in spacing)
@@ -174,7 +176,7 @@ class BundlePredictor:
         x = torch.as_tensor(x, dtype=torch.float32, device=self.device)[None]
         nets = list(network.nets) if hasattr(network, "nets") else [network]
         per = [torch.softmax(inferer(inputs=x, network=n), 1)[0].float().cpu() for n in nets]
-        if resized is not None:
+        if tuple(per[0].shape[1:]) != tuple(arr.shape):  # resampled here, or resized by the bundle's own chain
             back = Resize(spatial_size=arr.shape, mode="trilinear" if self.spatial_dims == 3 else "bilinear")
             per = [torch.as_tensor(back(p)) for p in per]
         index = getattr(network, "index", -1)

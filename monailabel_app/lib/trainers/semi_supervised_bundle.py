@@ -82,9 +82,11 @@ class SemiSupervisedBundleTrain(TrainTask):
 
     def __init__(self, name: str, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str],
                  defaults: Dict[str, Any], description: str, spatial_dims: int = 3, keep_runs: int = 5,
-                 target_spacing: Sequence[float] | None = None) -> None:
+                 target_spacing: Sequence[float] | None = None, network_dims: int | None = None) -> None:
         super().__init__(description)
         self.name, self.spatial_dims = name, int(spatial_dims)
+        # axes of the network's input (patch_size): the images' own, or 2 for a 2D network on volumes (ACDC)
+        self.network_dims = int(network_dims or spatial_dims)
         if int(keep_runs) < 1:
             raise ValueError(f"--conf keep_runs must be >= 1, got {keep_runs}")
         self.keep_runs = int(keep_runs)
@@ -128,9 +130,9 @@ class SemiSupervisedBundleTrain(TrainTask):
 
     def _typed(self, key: str, value: Any, kind: type) -> Any:
         bad = ValueError(f"train request: {key}={value!r} is not a valid "
-                         + (f"list of {self.spatial_dims} positive integers" if kind is list else kind.__name__))
+                         + (f"list of {self.network_dims} positive integers" if kind is list else kind.__name__))
         if kind is list:
-            if not isinstance(value, (list, tuple)) or len(value) != self.spatial_dims or not all(
+            if not isinstance(value, (list, tuple)) or len(value) != self.network_dims or not all(
                     isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
                 raise bad
             return [int(v) for v in value]

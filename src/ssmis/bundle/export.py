@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .layout import config_files, shared_configs
+from .layout import config_files, config_layers, shared_configs
 from .weights import WEIGHTS_DIR, read_state_dict, sha256
 
 __all__ = ["BASE_CONFIGS", "DATASET_DIR", "export_bundle", "merged_config"]
@@ -85,7 +85,11 @@ def _dump(content: dict[str, Any]) -> str:
 def _shared_docs(bundle: Path, folder: Path) -> None:
     """Append the shared README sections (from their first ``##``, ``{bundle}`` filled in) to the bundle's README and
     add the shared data licence, unless the bundle has its own."""
-    shared = shared_configs(bundle).parent / "docs"
+    # the last shared layer with docs: bundles/common, or a task's (bundles/common/acdc) after it
+    layers = [f.parent / "docs" for f in config_layers(bundle)[:-1]]
+    common_root = shared_configs(bundle).parent
+    shared = next((d for d in reversed(layers) if d.parent == common_root or common_root in d.parents), common_root / "docs")
+    shared = shared if (shared / "README.md").is_file() else common_root / "docs"
     (folder / "docs").mkdir(exist_ok=True)
     common = shared / "README.md"
     if common.is_file():
@@ -155,12 +159,12 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
     try:
         (partial / "configs").mkdir(parents=True)
         shared = shared_configs(bundle)
-        names = sorted({p.stem for p in shared.glob("*.yaml")} | {p.stem for p in (bundle / "configs").glob("*.yaml")})
+        names = sorted({p.stem for folder in config_layers(bundle) for p in folder.glob("*.yaml")})
         names = [n for n in names if n not in REPOSITORY_ONLY]
         for config in names:
-            own = bundle / "configs" / f"{config}.yaml"
-            if not (shared / f"{config}.yaml").is_file():  # the bundle's own (ablations): as it is, comments included
-                shutil.copyfile(own, partial / "configs" / own.name)
+            files = config_files(bundle, config)
+            if len(files) == 1 and config not in BASE_CONFIGS:  # one layer's (ablations): as it is, with comments
+                shutil.copyfile(files[0], partial / "configs" / f"{config}.yaml")
                 continue
             content = merged_config(bundle, config)
             if config in BASE_CONFIGS:

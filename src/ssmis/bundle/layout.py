@@ -10,14 +10,17 @@ that list for a bundle, ``python -m ssmis.bundle configs <bundle> <names...>`` p
 from __future__ import annotations
 
 import ast
+import json
 import os
 import sys
 from pathlib import Path
 
-__all__ = ["SHARED_BUNDLE", "config_files", "config_files_on_command_line", "default_bundle_root", "shared_configs"]
+__all__ = ["LAYERS_FILE", "SHARED_BUNDLE", "config_files", "config_layers", "config_files_on_command_line", "default_bundle_root", "shared_configs"]
 
 #: the folder beside the bundles that holds the shared configs
 SHARED_BUNDLE = "common"
+#: in a bundle's ``configs/``: the config layers merged between the shared configs and the bundle's own
+LAYERS_FILE = "layers.json"
 
 
 def shared_configs(bundle: str | os.PathLike) -> Path:
@@ -25,25 +28,49 @@ def shared_configs(bundle: str | os.PathLike) -> Path:
     return Path(bundle).resolve().parent / SHARED_BUNDLE / "configs"
 
 
-def config_files(bundle: str | os.PathLike, *names: str) -> list[str]:
-    """The ``--config_file`` list for ``names`` (e.g. ``"train"``, ``"evaluate"``, ``"cpu_protocol.yaml"``) of a
-    bundle folder: for each name, the shared ``common/configs/<name>.yaml`` where it exists, then the bundle's own
-    ``configs/<name>.yaml`` where it exists. An absolute or relative path to an existing file is taken as is.
+def config_layers(bundle: str | os.PathLike) -> list[Path]:
+    """The config folders merged for every config name of a bundle, in order: the shared ``common/configs``, the
+    layers its ``configs/layers.json`` names (``{"layers": ["transmedseg_la", "common/acdc"]}``: each a folder
+    under ``bundles/`` holding ``configs/``; e.g. a method's configs, then a task's), then its own ``configs``.
 
     Raises:
-        FileNotFoundError: a name that neither the shared configs nor the bundle has, naming both folders.
+        ValueError: a malformed ``layers.json`` or a layer without ``configs/``, naming the file.
     """
     bundle = Path(bundle)
-    shared, own = shared_configs(bundle), bundle / "configs"
+    own = bundle / "configs"
+    folders = [shared_configs(bundle)]
+    spec = own / LAYERS_FILE
+    if spec.is_file():
+        try:
+            layers = json.loads(spec.read_text())["layers"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{spec}: expected {{\"layers\": [folder, ...]}} ({e})") from e
+        for layer in layers:
+            folder = bundle.resolve().parent / layer / "configs"
+            if not isinstance(layer, str) or not folder.is_dir():
+                raise ValueError(f"{spec}: layer {layer!r} has no folder {folder}")
+            folders.append(folder)
+    return folders + [own]
+
+
+def config_files(bundle: str | os.PathLike, *names: str) -> list[str]:
+    """The ``--config_file`` list for ``names`` (e.g. ``"train"``, ``"evaluate"``, ``"cpu_protocol.yaml"``) of a
+    bundle folder: for each name, ``<name>.yaml`` of each of its :func:`config_layers` where it exists (the shared
+    one, any layers', then the bundle's own). An absolute or relative path to an existing file is taken as is.
+
+    Raises:
+        FileNotFoundError: a name that no layer of the bundle has, naming the folders.
+    """
+    folders = config_layers(bundle)
     files: list[str] = []
     for name in names:
         if Path(name).is_file() and (os.sep in str(name) or "/" in str(name)):
             files.append(str(Path(name).resolve()))
             continue
         file = name if name.endswith((".yaml", ".json")) else f"{name}.yaml"
-        found = [str(p.resolve()) for p in (shared / file, own / file) if p.is_file()]
+        found = [str((f / file).resolve()) for f in folders if (f / file).is_file()]
         if not found:
-            raise FileNotFoundError(f"config {name!r} does not exist: neither {shared / file} nor {own / file} is a file")
+            raise FileNotFoundError(f"config {name!r} does not exist: no {file} in {', '.join(map(str, folders))}")
         files += found
     return files
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..metrics import METRIC_NAMES, case_metrics, mean_metrics
+from ..metrics import case_metrics, mean_metrics, metric_names
 from ..utils.atomic import atomic_write_text
 from ..visualize import save_overlay
 
@@ -115,7 +115,7 @@ class SegmentationMetricsWriter:
             self.output_dir / "metrics.json",
         )
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["case", *METRIC_NAMES])
+        writer = csv.DictWriter(buf, fieldnames=["case", *metric_names(self.num_classes)])
         writer.writeheader()
         writer.writerows(self.cases)
         writer.writerow({"case": "mean", **mean})

@@ -19,7 +19,7 @@ from monai.metrics import (
 )
 from monai.networks.utils import one_hot
 
-__all__ = ["METRIC_NAMES", "case_metrics", "mean_metrics"]
+__all__ = ["METRIC_NAMES", "case_metrics", "mean_metrics", "metric_names"]
 
 METRIC_NAMES = ("dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm")
 
@@ -38,7 +38,8 @@ def case_metrics(
         num_classes: number of classes including background.
         spacing: voxel size in mm along each spatial axis.
 
-    Returns ``{"dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm"}``. Distances are ``inf`` when a
+    Returns ``{"dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm"}``, and with more than one foreground
+    class also ``"dice_class<c>"`` for each (:func:`metric_names`). Distances are ``inf`` when a
     class is present in only one of prediction and label, and the class is skipped (nan) when it is absent from
     both.
     """
@@ -56,6 +57,8 @@ def case_metrics(
         dice = compute_dice(p1, y1, include_background=False, ignore_empty=True)[0]
         jac = compute_iou(p1, y1, include_background=False, ignore_empty=True)[0]
         out: dict[str, float] = {"dice": _nanmean(dice), "jaccard": _nanmean(jac)}
+        if num_classes > 2:  # several structures (ACDC): each one's Dice too, as the literature reports them
+            out.update({f"dice_class{c}": float(dice[c - 1]) for c in range(1, num_classes)})
         # a class present in only one of the two has no finite surface distance (MONAI gives nan or inf)
         spatial = tuple(range(1, p1.ndim - 1))  # axes of p1[0, 1:] other than the class axis
         one_sided = (p1[0, 1:].sum(spatial) > 0) != (y1[0, 1:].sum(spatial) > 0)
@@ -74,6 +77,13 @@ def _nanmean(t: torch.Tensor) -> float:
     return float(v.mean()) if v.size else math.nan
 
 
+def metric_names(num_classes: int) -> tuple[str, ...]:
+    """The keys :func:`case_metrics` returns for ``num_classes`` (background included)."""
+    per_class = tuple(f"dice_class{c}" for c in range(1, num_classes)) if num_classes > 2 else ()
+    return METRIC_NAMES + per_class
+
+
 def mean_metrics(cases: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over cases, ignoring nan (a class absent from both prediction and label)."""
-    return {k: _nanmean(torch.tensor([c[k] for c in cases], dtype=torch.float64)) for k in METRIC_NAMES}
+    names = [k for k in cases[0] if k != "case"] if cases else list(METRIC_NAMES)
+    return {k: _nanmean(torch.tensor([c[k] for c in cases], dtype=torch.float64)) for k in names}

@@ -1,0 +1,43 @@
+"""Config layers: an ACDC bundle merges the shared configs, its method's, the ACDC layer's, then its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import BUNDLES
+from ssmis.bundle.layout import config_files, config_layers
+
+
+def _rel(files: list[str]) -> list[str]:
+    return [str(Path(f).relative_to(BUNDLES.resolve())) for f in files]
+
+
+def test_an_acdc_bundle_merges_shared_method_task_and_own_configs_in_that_order():
+    assert _rel(config_files(BUNDLES / "transmedseg_acdc", "train", "cpu_protocol")) == [
+        "common/configs/train.yaml", "transmedseg_la/configs/train.yaml", "common/acdc/configs/train.yaml",
+        "transmedseg_acdc/configs/train.yaml",
+        "common/configs/cpu_protocol.yaml", "transmedseg_la/configs/cpu_protocol.yaml",
+        "common/acdc/configs/cpu_protocol.yaml", "transmedseg_acdc/configs/cpu_protocol.yaml"]
+    # a method's ablation reaches its ACDC bundle too; an LA bundle has no layers
+    assert _rel(config_files(BUNDLES / "transmedseg_acdc", "ablation_no_tsa")) == ["transmedseg_la/configs/ablation_no_tsa.yaml"]
+    assert [p.parent.name for p in config_layers(BUNDLES / "supervised_la")] == ["common", "supervised_la"]
+
+
+def test_a_bad_layers_file_is_named(tmp_path):
+    bundle = tmp_path / "x_acdc"
+    shutil.copytree(BUNDLES / "common" / "configs", tmp_path / "common" / "configs")
+    (bundle / "configs").mkdir(parents=True)
+    spec = bundle / "configs" / "layers.json"
+    spec.write_text("{not json")
+    with pytest.raises(ValueError, match="layers.json: expected"):
+        config_files(bundle, "train")
+    spec.write_text(json.dumps({"layers": ["nowhere_la"]}))
+    with pytest.raises(ValueError, match="layer 'nowhere_la' has no folder"):
+        config_files(bundle, "train")
+    spec.write_text(json.dumps({"layers": []}))
+    with pytest.raises(FileNotFoundError, match="no nope.yaml in"):
+        config_files(bundle, "nope")
