@@ -59,7 +59,7 @@ def test_reference_labels_never_reach_the_loss(bundle, extra, tmp_path):
     for every pseudo-label."""
     from ssmis.data.synthetic import make_synthetic_dataset
 
-    from test_bundles import tb_scalars
+    from conftest import tb_scalars
 
     data = make_synthetic_dataset(tmp_path / "syn", dims=3, classes=2, cases=8, labeled=4, val=2, size=32)
     weights = {}
