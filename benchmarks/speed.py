@@ -7,6 +7,9 @@ Each case runs in its own subprocess so its peak resident memory (ru_maxrss) is 
 memory is reported too. Step times are medians over timed steps after warm-up.
 
 Cases:
+- ``peak``: the machine's fp32 and bf16 matmul throughput, measured in the same run; each method's step reports
+  its FLOPs (``torch.utils.flop_counter.FlopCounterMode`` over one extra step), its CPU time and its efficiency,
+  FLOP/s over the fp32 peak.
 - ``engine``: SemiSupervisedTrainer + SupervisedStrategy against a bare PyTorch loop doing identical math on the
   same batches; the ratio is taken per repeat (interleaved) and reported as min / median / max.
 - ``supervised``, ``mean_teacher``, ``bcp``, ``graphcl`` (BCP + graph clustering), ``transmedseg`` (GraphCL + TSA):
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
-CASES = ["engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
+CASES = ["peak", "engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
 METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
 
 
@@ -74,6 +77,7 @@ def batches(n, batch, patch, device, labeled=True, seed=0):
 def time_trainer(strategy_factory, args, device, steps, unlabeled=False, unlabeled_patch=None):
     """Median step time (s) of SemiSupervisedTrainer over ``steps`` timed iterations after 3 warm-up ones."""
     from ignite.engine import Events
+    from torch.utils.flop_counter import FlopCounterMode
 
     from ssmis.engines import SemiSupervisedTrainer
 
@@ -81,16 +85,31 @@ def time_trainer(strategy_factory, args, device, steps, unlabeled=False, unlabel
     lab = batches(4, args.batch, args.patch, device)
     unl = (batches(4, args.batch, unlabeled_patch or args.patch, device, labeled=False, seed=1)
            if unlabeled else None)
-    trainer = SemiSupervisedTrainer(device=device, max_epochs=1, epoch_length=steps + 3, train_data_loader=_Loop(lab),
+    trainer = SemiSupervisedTrainer(device=device, max_epochs=1, epoch_length=steps + 4, train_data_loader=_Loop(lab),
                                     unlabeled_data_loader=_Loop(unl) if unl else None, strategy=strategy,
                                     optimizers=opts, train_handlers=handlers, amp=args.amp)
-    times = []
+    times, cpu = [], []
     t = {}
-    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: (_sync(device), t.__setitem__("s", time.perf_counter())))
-    trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                              lambda e: (_sync(device), times.append(time.perf_counter() - t["s"])))
+
+    def start(e):
+        _sync(device)
+        t["s"], t["c"] = time.perf_counter(), time.process_time()
+
+    def stop(e):
+        _sync(device)
+        times.append(time.perf_counter() - t["s"])
+        cpu.append(time.process_time() - t["c"])
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, start)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+    # one more step, untimed, under torch's FLOP counter: the FLOPs of one step (forward, backward and the
+    # gradient-free passes; matmuls and convolutions, the ops that dominate)
+    counter = FlopCounterMode(display=False)
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=steps + 4), lambda e: counter.__enter__())
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=steps + 4), lambda e: counter.__exit__(None, None, None))
     trainer.run()
-    return statistics.median(times[3:])
+    return {"step_s": statistics.median(times[3:-1]), "cpu_s": statistics.median(cpu[3:-1]),
+            "gflop": counter.get_total_flops() / 1e9}
 
 
 class _Loop:
@@ -145,7 +164,7 @@ def case_engine(args, device):
         order = [("bare", bare), ("engine", None)] if r % 2 == 0 else [("engine", None), ("bare", bare)]
         res = {}
         for name, fn in order:
-            res[name] = fn(args.steps) if fn else time_trainer(factory, args, device, args.steps)
+            res[name] = fn(args.steps) if fn else time_trainer(factory, args, device, args.steps)["step_s"]
         ratios.append(res["engine"] / res["bare"])
         engine_t.append(res["engine"])
         bare_t.append(res["bare"])
@@ -166,7 +185,7 @@ def case_supervised(args, device):
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         return SupervisedStrategy(net, DiceCELoss(to_onehot_y=True, softmax=True)), opt, []
 
-    return {"step_s": time_trainer(factory, args, device, args.steps)}
+    return time_trainer(factory, args, device, args.steps)
 
 
 def case_mean_teacher(args, device):
@@ -186,7 +205,7 @@ def case_mean_teacher(args, device):
         strat = MeanTeacherStrategy(net, ema.ema_model, DiceCELoss(to_onehot_y=True, softmax=True), ramp)
         return strat, opt, [ramp, ema]
 
-    return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True)}
+    return time_trainer(factory, args, device, args.steps, unlabeled=True)
 
 
 def _bcp_case(args, device, graph: bool, tsa: bool):
@@ -211,7 +230,7 @@ def _bcp_case(args, device, graph: bool, tsa: bool):
                             graph_layer=layer if graph else None, tsa=t)
         return strat, opt, [ema] + ([t] if t is not None else [])
 
-    return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True)}
+    return time_trainer(factory, args, device, args.steps, unlabeled=True)
 
 
 def case_bcp(args, device):
@@ -244,8 +263,8 @@ def _co_case(args, device, dynamic: bool, cut: bool):
                                    input_noise=0.2)
         return strat, opts, []
 
-    return {"step_s": time_trainer(factory, args, device, args.steps, unlabeled=True,
-                                   unlabeled_patch=context_size(args.patch, max_shift))}
+    return time_trainer(factory, args, device, args.steps, unlabeled=True,
+                        unlabeled_patch=context_size(args.patch, max_shift))
 
 
 def case_cps(args, device):
@@ -280,6 +299,29 @@ def case_inference(args, device):
                 times.append(time.perf_counter() - t0)
         out[label] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
                       "volume": list(shape), "patch": list(patch), "overlap": 0.5}
+    return out
+
+
+def case_peak(args, device):
+    """The machine's matmul throughput (GFLOP/s), fp32 and bf16: the best of 5 timed runs of a square matmul,
+    the denominator of each step's efficiency."""
+    import torch
+
+    out = {}
+    n = 2048
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(5):
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            _sync(device)
+            best = min(best, (time.perf_counter() - t) / 4)
+        out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
     return out
 
 
@@ -350,11 +392,24 @@ def report(r: dict) -> str:
     methods = [m for m in METHODS if m in c]
     if methods:
         base = c.get("supervised", {}).get("step_s")
-        lines += ["| method | step | vs supervised | peak RSS | host steal |", "|---|---|---|---|---|"]
+        peak = c.get("peak", {}).get("fp32_gflops")
+        if peak:
+            lines += [f"Matmul peak of this machine in the same run: fp32 {peak:.1f} GFLOP/s, bf16 "
+                      f"{c['peak']['bf16_gflops']:.1f} GFLOP/s (best of 5, 2048 x 2048). Efficiency: a step's FLOPs "
+                      "(torch's FlopCounterMode: convolutions and matmuls, forward and backward) per second of "
+                      "its wall time, over the fp32 peak.", ""]
+        lines += ["| method | step | CPU per step | GFLOP per step | GFLOP/s | efficiency | vs supervised | peak RSS | "
+                  "host steal |", "|---|---|---|---|---|---|---|---|---|"]
         for m in methods:
-            rel = f"{c[m]['step_s'] / base:.2f}x" if base else "-"
-            lines.append(f"| {m} | {c[m]['step_s']:.3f} s | {rel} | {c[m]['peak_rss_mib'] / 1024:.2f} GiB | "
-                         f"{format_steal(c[m].get('host_steal'))} |")
+            r = c[m]
+            rel = f"{r['step_s'] / base:.2f}x" if base else "-"
+            gflop = r.get("gflop")
+            rate = gflop / r["step_s"] if gflop else None
+            eff = f"{100 * rate / peak:.1f} %" if rate and peak else "-"
+            lines.append(f"| {m} | {r['step_s']:.3f} s | {r['cpu_s']:.2f} s | {gflop:.1f} | {rate:.1f} | {eff} | "
+                         f"{rel} | {r['peak_rss_mib'] / 1024:.2f} GiB | {format_steal(r.get('host_steal'))} |"
+                         if gflop else f"| {m} | {r['step_s']:.3f} s | - | - | - | - | {rel} | "
+                         f"{r['peak_rss_mib'] / 1024:.2f} GiB | {format_steal(r.get('host_steal'))} |")
         lines.append("")
         if "fixed_dynamic" in c and "cps" in c:
             lines += [f"Fixed + dynamic pseudo-labels with CUT against plain cross pseudo supervision (same two "
