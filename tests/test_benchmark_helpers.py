@@ -261,3 +261,20 @@ def test_full_protocol_runs_end_to_end_on_the_cpu(tmp_path):
     assert len(rows) == 1 and rows[0]["protocol"] == "full" and rows[0]["iterations"] == 2
     assert 0.0 <= rows[0]["metrics"]["dice"] <= 1.0 and len(rows[0]["cases"]) == 2
     assert (tmp_path / "la_full.md").is_file() and (tmp_path / "la_full_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_speed_benchmark_counts_flops_against_the_measured_peak(tmp_path):
+    """``speed.py`` reports each step's FLOPs, CPU time and efficiency over the matmul peak it measures."""
+    import subprocess
+
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--cases", "peak", "supervised", "bcp",
+                    "--patch", "32", "32", "24", "--steps", "2", "--output", str(out)], check=True, cwd=ROOT,
+                   capture_output=True, timeout=600)
+    cases = json.loads(out.read_text())["cases"]
+    assert cases["peak"]["fp32_gflops"] > 0 and cases["peak"]["bf16_gflops"] > 0
+    for case in ("supervised", "bcp"):
+        assert cases[case]["gflop"] > 0 and cases[case]["cpu_s"] > 0
+    assert cases["bcp"]["gflop"] > cases["supervised"]["gflop"]  # the teacher's pass on top of the student's
+    assert "| efficiency |" in out.with_suffix(".md").read_text()
