@@ -9,7 +9,7 @@ For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cp
 then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time, CPU time and peak
 resident memory are measured around its subprocess, with the host's steal fraction meanwhile. Results accumulate in
 ``docs/results/la_1.25mm.json``; the markdown table goes to ``docs/results/la_1.25mm.md`` (and between the markers
-in ``docs/benchmarks.md``) and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``. A run with
+in ``docs/results/notes.md``) and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``. A run with
 ``--config BUNDLE=pseudo_label_quality.yaml`` also records its pseudo-label quality (``pseudo_quality`` in the row,
 per validation interval) and draws it to ``docs/results/la_1.25mm_pseudo_quality.png``; its data must carry the
 unlabelled volumes' ``reference_label`` (``prepare-la`` writes it; re-prepare data made before it did).
@@ -49,6 +49,9 @@ from ssmis.utils import atomic_write_text  # noqa: E402
 PROTOCOL_CONFIGS = {"cpu": ["cpu_protocol.yaml"], "cpu-v2": ["cpu_protocol.yaml", "cpu_protocol_v2.yaml"], "full": []}
 # where each protocol's results and runs go (docs/results/<name>.json, runs/<name>)
 PROTOCOL_NAMES = {"cpu": "la_1.25mm", "cpu-v2": "la_1.25mm_v2", "full": "la_full"}
+
+# the pages whose tables (between <!-- begin NAME table --> markers) follow the results files
+DOC_PAGES = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "results" / "notes.md")
 
 # configs that only measure (the trained weights are identical with and without them: tests/test_pseudo_label_quality)
 DIAGNOSTIC_CONFIGS = {"pseudo_label_quality"}
@@ -311,7 +314,8 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     table = "\n".join(rows) + "\n"
     atomic_write_text(table, md)  # as the JSON and the doc table: a killed run leaves no half-written table
     if md.parent.resolve() == (ROOT / "docs" / "results").resolve():  # results kept elsewhere stay out of the docs
-        update_doc_table(ROOT / "docs" / "benchmarks.md", md.stem, table)
+        for page in DOC_PAGES:  # each page that has this table's markers
+            update_doc_table(page, md.stem, table)
     curves = {f"{r.get('method', r['bundle'])} ({r['labeled']} lab.)": (r["curve"]["iteration"], r["curve"]["val_dice"])
               for r in ordered}
     save_curves(curves, png, title=title)
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(method names as in the table, e.g. mean_teacher_la+tsa mean_teacher_la)")
     p.add_argument("--metric", default="dice", help="metric for --compare: dice, jaccard, hd95_mm, asd_mm, ...")
     p.add_argument("--report-only", action="store_true",
-                   help="train nothing: rewrite the table, the plot and the table in docs/benchmarks.md from the "
+                   help="train nothing: rewrite the table, the plot and the table in the docs from the "
                         "results file")
     args = p.parse_args(argv)
     if args.protocol is None:

@@ -278,3 +278,25 @@ def test_speed_benchmark_counts_flops_against_the_measured_peak(tmp_path):
         assert cases[case]["gflop"] > 0 and cases[case]["cpu_s"] > 0
     assert cases["bcp"]["gflop"] > cases["supervised"]["gflop"]  # the teacher's pass on top of the student's
     assert "| efficiency |" in out.with_suffix(".md").read_text()
+
+
+def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
+    from benchmarks.headline import table
+
+    def row(method, seed, dices):
+        cases = [{"case": f"c{i}", "dice": d} for i, d in enumerate(dices)]
+        mean = sum(dices) / len(dices)
+        return {"bundle": method.split("+")[0], "method": method if seed == 1337 else f"{method}@seed{seed}",
+                "labeled": 8, "seed": seed, "cases": cases,
+                "metrics": {"dice": mean, "jaccard": mean - 0.1, "hd95_vox": 5.0, "asd_vox": 1.0}}
+
+    rows = [row("supervised_la", 1337, [0.7, 0.8]), row("supervised_la", 2, [0.8, 0.8]),
+            row("transmedseg_la", 1337, [0.9, 0.7]), row("transmedseg_la", 2, [0.9, 0.75]),
+            row("transmedseg_la", 3, [0.9, 0.8])]
+    text = table(rows, [8])
+    sup = next(line for line in text.splitlines() if line.startswith("| supervised | 8"))
+    tms = next(line for line in text.splitlines() if line.startswith("| TransMedSeg | 8"))
+    assert "| 2 | 77.5 ± 3.5 |" in sup
+    # seeds pooled: TransMedSeg case means 0.90, 0.75; supervised 0.75, 0.80 -> wins 1 of 2, median +5.0
+    assert "| 3 | 82.5 ± 2.5 |" in tms and tms.endswith("| 1/2, +5.0 |")
+    assert "| BCP only | 8 | 0 | not run |" in text

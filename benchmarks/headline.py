@@ -1,0 +1,115 @@
+"""The results page's first table: method x label count, mean ± sd over seeds, paired against supervised.
+
+    python benchmarks/headline.py                       # from docs/results/la_1.25mm_v2.json
+    python benchmarks/headline.py --results docs/results/la_1.25mm.json --output docs/results/headline_v1.md
+
+Rows of one method and label count that differ only in their seed (``<method>@seed<N>``; the default seed has no
+suffix) are one cell: Dice, Jaccard, HD95 and ASD (voxels) as mean ± standard deviation over the seeds. The paired
+comparison with supervised training averages each validation case's Dice over a method's seeds and over supervised's
+seeds, then counts the cases where the method is higher ("wins", of the cases both have) and takes the median of the
+per-case differences in points. The table goes to ``--output`` and between the ``headline`` markers of
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.la_protocol import update_doc_table  # noqa: E402
+from ssmis.utils import atomic_write_text  # noqa: E402
+
+METHODS = [("supervised_la", "supervised"), ("mean_teacher_la", "mean teacher"),
+           ("transmedseg_la+ablation_bcp_only", "BCP only"), ("transmedseg_la", "TransMedSeg"),
+           ("fixed_dynamic_pl_la", "fixed/dynamic co-training")]
+BASELINE = "supervised_la"
+SEED = re.compile(r"@seed\d+$")
+
+
+def method_of(row: dict) -> str:
+    """The row's method without its seed suffix."""
+    return SEED.sub("", row.get("method", row["bundle"]))
+
+
+def groups(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """Rows by (method, labelled count); the last row of a seed wins (a rerun replaces it)."""
+    out: dict[tuple[str, int], dict[int, dict]] = {}
+    for r in rows:
+        out.setdefault((method_of(r), int(r["labeled"])), {})[int(r.get("seed", 1337))] = r
+    return {k: list(v.values()) for k, v in out.items()}
+
+
+def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    v = [scale * x for x in values]
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
+
+
+def case_means(rows: list[dict], metric: str = "dice") -> dict[str, float]:
+    """Each validation case's score averaged over the rows (seeds) that hold per-case scores."""
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        for c in r.get("cases") or []:
+            per.setdefault(c["case"], []).append(float(c[metric]))
+    return {k: statistics.mean(v) for k, v in per.items()}
+
+
+def paired_with_baseline(rows: list[dict], base: list[dict]) -> str:
+    a, b = case_means(rows), case_means(base)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return "–"
+    diffs = [100 * (a[c] - b[c]) for c in common]
+    return f"{sum(d > 0 for d in diffs)}/{len(common)}, {statistics.median(diffs):+.1f}"
+
+
+def table(rows: list[dict], labeled: list[int]) -> str:
+    g = groups(rows)
+    lines = ["| method | labelled | seeds | Dice % | Jaccard % | HD95 (vox) | ASD (vox) | vs supervised: wins, median |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n in labeled:
+        for method, name in METHODS:
+            cell = g.get((method, n))
+            if not cell:
+                lines.append(f"| {name} | {n} | 0 | not run | | | | |")
+                continue
+            m = [r["metrics"] for r in cell]
+            vs = "–" if method == BASELINE else paired_with_baseline(cell, g.get((BASELINE, n), []))
+            lines.append(f"| {name} | {n} | {len(cell)} | {_mean_sd([x['dice'] for x in m], 100)} | "
+                         f"{_mean_sd([x['jaccard'] for x in m], 100)} | {_mean_sd([x['hd95_vox'] for x in m])} | "
+                         f"{_mean_sd([x['asd_vox'] for x in m], digits=2)} | {vs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=ROOT / "docs" / "results" / "la_1.25mm_v2.json")
+    p.add_argument("--labeled", nargs="+", type=int, default=[8, 16])
+    p.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "headline.md")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                   help="page whose 'headline' table is replaced (nothing happens without its markers)")
+    args = p.parse_args(argv)
+    rows = []  # no results yet: every cell "not run"
+    if args.results.is_file():
+        try:
+            rows = json.loads(args.results.read_text())
+        except ValueError as e:
+            p.error(f"--results {args.results}: not valid JSON ({e})")
+    text = table(rows, args.labeled)
+    atomic_write_text(text, args.output)
+    if args.doc.is_file():
+        update_doc_table(args.doc, "headline", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
