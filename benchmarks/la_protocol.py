@@ -18,6 +18,10 @@ unlabelled volumes' ``reference_label`` (``prepare-la`` writes it; re-prepare da
 (validation every 100 iterations; BCP's selected pre-training stage and 4 + 4 batch, the mean teacher's ramp scaled
 to the run). Results go to ``docs/results/la_1.25mm_v2.*``, runs to ``runs/la_1.25mm_v2``.
 
+``--dataset acdc``: the same for the ACDC bundles (``supervised_acdc`` ...), on ``data/acdc_l<N>`` (``prepare-acdc``,
+N labelled patients, 4 validation patients, the rest unlabelled), with each bundle's own iterations; results in
+``docs/results/acdc_dev.*`` (``--protocol cpu``) or ``acdc_full.*`` (``--protocol full``, for a GPU).
+
 ``--protocol full`` (the default with ``--device cuda``): the standard setting for a GPU: 0.625 mm data, the
 literature V-Net, 112x112x80 patches, the bundle's own iteration count (``--iterations`` overrides), sliding
 windows with stride 18 in-plane and 4 along z. With ``--max-wall-s`` each call trains at most that long, saves and
@@ -112,14 +116,18 @@ def pseudo_quality_curves(log_dir: Path, every: int) -> dict[str, dict[str, list
     return out
 
 
-def ensure_data(data_root: Path, labeled: int, spacing: float, val: int, source: Path) -> Path:
-    out = data_root / f"la_{spacing:g}mm_l{labeled}"
+def ensure_data(data_root: Path, labeled: int, spacing: float, val: int, source: Path, dataset: str = "la") -> Path:
+    """The prepared data folder of a label count, made with ``python -m ssmis.data`` when missing (ACDC: labelled
+    and validation counts are patients)."""
+    if dataset == "acdc":
+        out = data_root / f"acdc_l{labeled}"
+        cmd = ["prepare-acdc", "--labeled-patients", str(labeled), "--val-patients", str(val)]
+    else:
+        out = data_root / f"la_{spacing:g}mm_l{labeled}"
+        cmd = ["prepare-la", "--spacing", str(spacing), "--labeled", str(labeled), "--val", str(val)]
     if not (out / "datalist.json").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "ssmis.data", "prepare-la", "--source", str(source), "--output", str(out),
-             "--spacing", str(spacing), "--labeled", str(labeled), "--val", str(val)],
-            check=True, cwd=ROOT,
-        )
+        subprocess.run([sys.executable, "-m", "ssmis.data", cmd[0], "--source", str(source), "--output", str(out),
+                        *cmd[1:]], check=True, cwd=ROOT)
     return out
 
 
@@ -182,7 +190,7 @@ def version_label(trained_by: list[str], evaluated_by: str) -> str:
 
 
 def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
-    data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source)
+    data = ensure_data(args.data_root, labeled, args.spacing, args.val, args.source, args.dataset)
     extra = [c for c in args.extra_configs.get(bundle, [])]
     method = method_name(bundle, extra, args.seed)
     out = run_dir(bundle, labeled, args)
@@ -366,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None,
                    help="torch device for training and evaluation, e.g. cuda or cuda:1 (default: cpu for the cpu "
                         "protocol, the bundle's choice otherwise); --device cuda selects the full protocol")
-    p.add_argument("--bundles", nargs="+", default=["supervised_la"], help="bundle names under bundles/")
-    p.add_argument("--labeled", nargs="+", type=int, default=[8, 16], help="labelled-volume counts")
+    p.add_argument("--dataset", choices=["la", "acdc"], default="la",
+                   help="la (default) or acdc: ACDC's *_acdc bundles on ../shared/data/ACDC, split by patient "
+                        "(--labeled and --val count patients; defaults 3 7 and 4), with each bundle's iterations")
+    p.add_argument("--bundles", nargs="+", default=None, help="bundle names under bundles/ (default supervised_la, "
+                                                             "or supervised_acdc with --dataset acdc)")
+    p.add_argument("--labeled", nargs="+", type=int, default=None, help="labelled-volume counts (default 8 16; "
+                                                                        "ACDC: labelled patients, 3 7)")
     p.add_argument("--iterations", type=int, help="training iterations per run (cpu default 1200; full: the bundle's)")
     p.add_argument("--val-interval", type=int, help="iterations between validations (cpu default 200)")
     p.add_argument("--max-wall-s", type=float, help="train at most this long per call, then save and exit")
@@ -375,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"training seed (default {DEFAULT_SEED}); another seed is a separate row, named "
                         "<method>@seed<N>, for measuring the spread between seeds")
-    p.add_argument("--val", type=int, default=8, help="validation volumes, the last of train.list (default 8)")
-    p.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "LA")
+    p.add_argument("--val", type=int, default=None, help="validation volumes, the last of train.list (default 8; "
+                                                          "ACDC: validation patients, 4)")
+    p.add_argument("--source", type=Path, default=None, help="the raw data (default ../shared/data/LA or ACDC)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data")
     p.add_argument("--runs-root", type=Path, help="default runs/la_1.25mm or runs/la_full")
     p.add_argument("--results", type=Path, help="default docs/results/la_1.25mm.json or docs/results/la_full.json")
@@ -396,16 +410,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: rewrite the table, the plot and the table in the docs from the "
                         "results file")
     args = p.parse_args(argv)
+    acdc = args.dataset == "acdc"
+    args.bundles = args.bundles or ["supervised_acdc" if acdc else "supervised_la"]
+    args.labeled = args.labeled or ([3, 7] if acdc else [8, 16])
+    args.val = args.val or (4 if acdc else 8)
+    args.source = args.source or ROOT.parent / "shared" / "data" / ("ACDC" if acdc else "LA")
+    if acdc and args.protocol == "cpu-v2":
+        p.error("--protocol cpu-v2 is LA's; ACDC has cpu (its bundles' cpu_protocol.yaml) and full")
     if args.protocol is None:
         args.protocol = "full" if (args.device or "").startswith("cuda") else "cpu"
-    name = PROTOCOL_NAMES[args.protocol]
+    name = PROTOCOL_NAMES[args.protocol] if not acdc else f"acdc_{'dev' if args.protocol == 'cpu' else 'full'}"
     cpu = args.protocol.startswith("cpu")
     args.spacing = 1.25 if cpu else 0.625
-    if cpu:
+    if cpu and not acdc:  # ACDC: the iterations and validation interval of each bundle's cpu_protocol.yaml
         args.iterations = args.iterations or 1200
         if args.protocol == "cpu":
             args.val_interval = args.val_interval or 200  # cpu-v2: its config's (100)
-    else:
+    elif not cpu and not acdc:  # LA's stride 18/18/4 in 112 x 112 x 80 windows
         args.sw_overlap = args.sw_overlap or "[0.839, 0.839, 0.95]"
     args.runs_root = args.runs_root or ROOT / "runs" / name
     args.results = args.results or ROOT / "docs" / "results" / f"{name}.json"

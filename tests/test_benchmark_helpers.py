@@ -300,3 +300,21 @@ def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
     # seeds pooled: TransMedSeg case means 0.90, 0.75; supervised 0.75, 0.80 -> wins 1 of 2, median +5.0
     assert "| 3 | 82.5 ± 2.5 |" in tms and tms.endswith("| 1/2, +5.0 |")
     assert "| BCP only | 8 | 0 | not run |" in text
+
+
+@pytest.mark.slow
+def test_acdc_protocol_runs_end_to_end_on_the_cpu(tmp_path):
+    """``--dataset acdc``: prepare-acdc by patient, an ACDC bundle trained and evaluated, per-class Dice kept."""
+    from benchmarks.la_protocol import main
+    from test_acdc_data import make_acdc
+
+    src = make_acdc(tmp_path / "ACDC", patients=6)
+    small = [["patch_size", "[32, 32]"], ["batch_size", "2"], ["unet_2d#features", "[4, 4, 8, 8, 16, 4]"]]
+    argv = ["--dataset", "acdc", "--protocol", "full", "--device", "cpu", "--bundles", "supervised_acdc", "--labeled",
+            "2", "--val", "1", "--iterations", "4", "--val-interval", "2", "--source", str(src),
+            "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "acdc.json"), *[a for kv in small for a in ("--override", *kv)]]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "acdc.json").read_text())
+    assert len(rows) == 1 and rows[0]["iterations"] == 4 and len(rows[0]["cases"]) == 2  # 1 patient, 2 frames
+    assert {"dice_class1", "dice_class2", "dice_class3"} <= set(rows[0]["metrics"])
