@@ -15,7 +15,7 @@ from conftest import BUNDLES, config_list, run_bundle, tb_scalars
 
 pytestmark = pytest.mark.slow
 
-ACDC_BUNDLES = ["supervised_acdc", "mean_teacher_acdc", "transmedseg_acdc"]
+ACDC_BUNDLES = ["supervised_acdc", "mean_teacher_acdc", "transmedseg_acdc", "fixed_dynamic_pl_acdc"]
 SMALL = ["--patch_size", "[64, 64]", "--batch_size", "4", "--device", "$torch.device('cpu')", "--amp", "False",
          "--sw_batch_size", "8", "--unet_2d#features", "[8, 8, 16, 16, 32, 8]"]
 EXTRA = {"transmedseg_acdc": ["--pretrain_iterations", "10", "--graph_channels", "32"]}
@@ -46,6 +46,11 @@ def test_acdc_bundle_trains_on_slices_and_scores_each_structure(bundle, acdc_lik
         for tag in ("loss/tsa", "loss/graph", "tsa/cond_class3"):
             assert len(_tb(out / "logs", tag)) == 30, tag
         assert np.mean(_tb(out / "logs", "loss/bcp")[-8:]) < np.mean(_tb(out / "logs", "loss/bcp")[:8])
+    elif bundle == "fixed_dynamic_pl_acdc":  # both networks learn; the dynamic pseudo-labels come from 2D crops
+        for tag in ("loss/sup1", "loss/sup2"):
+            v = _tb(out / "logs", tag)
+            assert np.mean(v[-8:]) < np.mean(v[:8]), (tag, v)
+        assert len(_tb(out / "logs", "loss/dyn1")) == 40
     else:
         assert np.mean(losses[-8:]) < np.mean(losses[:8]), losses
     run_bundle(bundle, ["train.yaml", "cpu_protocol.yaml", "evaluate.yaml"], "--dataset_dir", str(acdc_like),
