@@ -213,7 +213,7 @@ def _bcp_case(args, device, graph: bool, tsa: bool):
     from ignite.handlers import EMAHandler
 
     from ssmis.engines import BCPStrategy
-    from ssmis.handlers import TransferableSemanticAugmentation
+    from ssmis.tsa import TransferableSemanticAugmentation
     from ssmis.losses import GraphClusteringLoss
 
     layer, channels = ("down_4", 128) if args.network == "basicunet8" else ("block_five", 256)

@@ -166,7 +166,7 @@ def test_cpu_protocol_keeps_the_run_ramp():
 def test_run_shorter_than_pre_training_keeps_lambda_at_zero():
     """``--num_iterations`` below ``pretrain_iterations`` (a short test run, a small MONAI Label retrain) builds, and
     TSA's λ stays 0 through it; a negative start is refused."""
-    from ssmis.handlers import TransferableSemanticAugmentation
+    from ssmis.tsa import TransferableSemanticAugmentation
 
     parser = ConfigParser()
     parser.read_config(config_list(TMS, "train"))

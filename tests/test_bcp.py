@@ -11,7 +11,7 @@ from monai.networks.nets import BasicUNet
 from torch.utils.data import DataLoader
 
 from ssmis.engines import BCPStrategy, SemiSupervisedTrainer
-from ssmis.handlers import TransferableSemanticAugmentation
+from ssmis.tsa import TransferableSemanticAugmentation
 from ssmis.losses import GraphClusteringLoss, masked_dice_ce, region_weighted_dice_ce
 from ssmis.transforms import bidirectional_copy_paste, cuboid_mask
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssmis.losses import TSALoss
+from ssmis.tsa import TSALoss
 
 
 def _random_problem(n=64, a=5, c=3, seed=0):

@@ -12,7 +12,7 @@ from monai.networks.nets import BasicUNet
 from torch.utils.data import DataLoader
 
 from ssmis.engines import MeanTeacherStrategy, SemiSupervisedTrainer
-from ssmis.handlers import ClassFeatureStatistics, OnlineClassStatistics, TransferableSemanticAugmentation
+from ssmis.tsa import ClassFeatureStatistics, OnlineClassStatistics, TransferableSemanticAugmentation
 
 
 def test_count_estimator_matches_numpy_with_absent_classes():

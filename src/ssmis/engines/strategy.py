@@ -89,7 +89,7 @@ class MeanTeacherStrategy(Strategy):
         consistency_weight: a number or an object with ``.value`` (``RampUpWeight``).
         noise_std, noise_clip: teacher input noise ``clip(N(0, std²), -clip, clip)``.
         consistency: ``"mse"`` or ``"kl"``.
-        tsa: optional ``ssmis.handlers.TransferableSemanticAugmentation`` on the student: labelled voxels (ground
+        tsa: optional ``ssmis.tsa.TransferableSemanticAugmentation`` on the student: labelled voxels (ground
             truth) are augmented towards the statistics of the unlabelled ones (teacher pseudo-labels).
     """
 

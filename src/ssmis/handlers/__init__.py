@@ -2,25 +2,20 @@
 
 from .best_model import BestModelSaver
 from .checkpoint import ResumableCheckpoint
-from .feature_statistics import ClassFeatureStatistics, OnlineClassStatistics
 from .metrics_writer import SegmentationMetricsWriter
 from .pretraining_stage import PretrainingStage
 from .progress import TrainingProgressBar
 from .pseudo_label_quality import PseudoLabelQuality, pseudo_label_scores
 from .rampup import RampUpWeight, linear_rampup, sigmoid_rampup
-from .tsa import TransferableSemanticAugmentation
 
 __all__ = [
     "BestModelSaver",
-    "ClassFeatureStatistics",
-    "OnlineClassStatistics",
     "PretrainingStage",
     "PseudoLabelQuality",
     "RampUpWeight",
     "ResumableCheckpoint",
     "SegmentationMetricsWriter",
     "TrainingProgressBar",
-    "TransferableSemanticAugmentation",
     "linear_rampup",
     "pseudo_label_scores",
     "sigmoid_rampup",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
-from ..losses import TSALoss
+from ..handlers.rampup import linear_rampup
 from ..networks import ClassifierFeatures
-from .feature_statistics import ClassFeatureStatistics
-from .rampup import linear_rampup
+from .loss import TSALoss
+from .memory import ClassFeatureStatistics
 
 __all__ = ["TransferableSemanticAugmentation"]
 
