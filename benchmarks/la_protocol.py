@@ -244,6 +244,11 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     metrics = scored["mean"]
     xs, ys = val_curve(out / "logs")
     every = max(1, xs[0] if xs else target)  # the validation interval
+    quality = pseudo_quality_curves(out / "logs", every)
+    if any(Path(f).stem == "pseudo_label_quality" for f in extra) and not quality:
+        # a diagnostic does not rename the run folder: a run finished without it resumes and trains nothing
+        raise SystemExit(f"{out}: the run finished without pseudo_label_quality.yaml, so nothing was measured; move "
+                         "the folder away (or pass another --runs-root) to train it again with the diagnostic")
     return {
         "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
         "seed": args.seed, "protocol": args.protocol,
@@ -251,7 +256,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
-        "pseudo_quality": pseudo_quality_curves(out / "logs", every),
+        "pseudo_quality": quality,
         "cases": scored.get("cases", []),  # per-case scores, kept for paired comparisons once run dirs are gone
         "checkpoint": "last", "run_dir": str(out),
         "bundle_version": version_label(total["trained_by"], eval_version),

@@ -49,7 +49,9 @@ def test_no_config_file_on_the_command_line_checks_nothing():
 @pytest.mark.parametrize("key, value", [("num_iterations", 0), ("num_iterations", -500), ("batch_size", 2.5),
                                         ("pretrain_iterations", -1), ("lr_step_origin", "selftraining"),
                                         ("tsa_ramp_origin", None), ("teacher_mode", "Eval"), ("sw_average", "mean"),
-                                        ("val_interval", True), ("amp", "false"), ("amp", 1)])
+                                        ("val_interval", True), ("amp", "false"), ("amp", 1),
+                                        ("use_tsa", "false"), ("pretrain_reset_optimizer", "false"),
+                                        ("pretrain_select", "first")])
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"--{key}: must be"):
         check_settings(**{key: value})

@@ -72,7 +72,7 @@ class BundleTaskConfig(TaskConfig):
             logger.warning(f"model {self.name}: the bundle's shipped weights are not used: {e}")
             return
         if record is None or config_files(self.bundle_root, *record["configs"]) != self.extra_configs:
-            return
+            return  # (shipped_weights has checked that the record's configs exist)
         atomic_torch_save(read_state_dict(record["path"]), self.path)
         logger.info(f"model {self.name}: starts from the bundle's shipped weights (validation Dice "
                     f"{record['val_dice']:.4f}; {record['path']})")

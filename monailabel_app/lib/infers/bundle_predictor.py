@@ -73,7 +73,8 @@ class BundlePredictor:
         parser = self._parser()
         self.num_classes = int(parser.get_parsed_content("num_classes"))
         # the network's input axes, and the images' (more for a 2D network run slice by slice on volumes: ACDC)
-        self.network_dims = int(parser.get_parsed_content("backbone_def#spatial_dims"))
+        self.network_dims = int(parser.get_parsed_content("backbone_def#spatial_dims")
+                                if "backbone_def#spatial_dims" in parser else 3)
         self.spatial_dims = int(parser.get_parsed_content("image_dims")) if "image_dims" in parser else self.network_dims
         self.lcc = bool(parser.get_parsed_content("lcc")) if "lcc" in parser else False
         spacing = parser.get_parsed_content("target_spacing") if "target_spacing" in parser else None

@@ -83,6 +83,12 @@ def _one_of(*choices: str) -> Callable[[Any], bool]:
     return check
 
 
+def _bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+_BOOL = "True or False (spelt so: 'false' is read as a string, which is true)"
+
 # what each setting a config passes to ``check_settings`` may be, and how to say so
 SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_iterations": (_positive_int, "a positive integer"),
@@ -97,7 +103,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
     # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
-    "amp": (lambda v: isinstance(v, bool), "True or False (spelt so: 'false' is read as a string, which turns it on)"),
+    "amp": (_bool, _BOOL),
+    "use_tsa": (_bool, _BOOL),
+    "use_graph": (_bool, _BOOL),
+    "pretrain_reset_optimizer": (_bool, _BOOL),
 }
 
 

@@ -27,8 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .layout import config_files, config_layers, shared_configs
-from .weights import WEIGHTS_DIR, read_state_dict, sha256
+from .layout import config_files, config_layers, layer_spec, shared_configs
+from .weights import WEIGHTS_DIR, read_state_dict, sha256, shipped_weights
 
 __all__ = ["BASE_CONFIGS", "DATASET_DIR", "export_bundle", "merged_config"]
 
@@ -46,6 +46,11 @@ def _header(name: str, sources: list[str], usage: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _id(key: str) -> str:
+    """A config key as a ``#``-separated id, without MONAI's ``+`` merge prefix."""
+    return key.lstrip("+").replace("::", "#")
+
+
 def merged_config(bundle: str | os.PathLike, name: str) -> dict[str, Any]:
     """The bundle's config ``name`` as one dict: a base config merged by MONAI's parser, an overlay by key (later
     files win; ``+key`` and ``a#b`` entries are kept for the merge onto the base)."""
@@ -58,9 +63,10 @@ def merged_config(bundle: str | os.PathLike, name: str) -> dict[str, Any]:
     for file in files:
         content = ConfigParser.load_config_file(file) or {}
         for key in content:  # a later file's key that MONAI would merge differently than a dict update does
-            top = key.lstrip("+").split("#", 1)[0].split("::", 1)[0]
-            clash = [k for k in merged if k.lstrip("+").split("#", 1)[0].split("::", 1)[0] == top]
-            if clash and (key.startswith("+") or clash != [key]):
+            path = _id(key)
+            clash = [k for k in merged if _id(k) != path and (_id(k).startswith(path + "#")
+                                                               or path.startswith(_id(k) + "#"))]
+            if clash or (key.startswith("+") and any(_id(k) == path for k in merged)):
                 raise ValueError(f"{file}: key {key!r} overlaps {clash} of an earlier config of {name!r}; the export "
                                  "cannot merge overlays whose keys nest or extend each other")
         merged.update(content)
@@ -145,14 +151,18 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
 
     bundle, output = Path(bundle).resolve(), Path(output).resolve()
     name = bundle.name
+    spec = layer_spec(bundle)  # a task's own export defaults (ACDC: its dataset folder, no LA-only overlays)
+    if dataset_dir == DATASET_DIR:
+        dataset_dir = spec.get("dataset_dir", dataset_dir)
     if weights:
         weights = Path(weights)
         if not weights.is_file():
             raise FileNotFoundError(f"--weights {weights}: no such file")
-    else:  # the bundle's own trained model, else the weights it ships
+    else:  # the bundle's own trained model, else the weights it ships (checked against their record)
         weights = bundle / "models" / "model.pt"
         if not weights.is_file():
-            weights = bundle / WEIGHTS_DIR / "model.pt"
+            record = shipped_weights(bundle)  # raises, naming the file, on a record and file out of step
+            weights = Path(record["path"]) if record else bundle / WEIGHTS_DIR / "model.pt"
     output.mkdir(parents=True, exist_ok=True)
     partial, final = output / f"{name}.partial", output / name
     shutil.rmtree(partial, ignore_errors=True)
@@ -160,7 +170,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
         (partial / "configs").mkdir(parents=True)
         shared = shared_configs(bundle)
         names = sorted({p.stem for folder in config_layers(bundle) for p in folder.glob("*.yaml")})
-        names = [n for n in names if n not in REPOSITORY_ONLY]
+        names = [n for n in names if n not in REPOSITORY_ONLY and n not in spec.get("exclude", [])]
         for config in names:
             files = config_files(bundle, config)
             if len(files) == 1 and config not in BASE_CONFIGS:  # one layer's (ablations): as it is, with comments

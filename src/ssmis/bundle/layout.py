@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["LAYERS_FILE", "SHARED_BUNDLE", "config_files", "config_layers", "config_files_on_command_line", "default_bundle_root", "shared_configs"]
+__all__ = ["LAYERS_FILE", "SHARED_BUNDLE", "config_files", "config_layers", "layer_spec", "config_files_on_command_line", "default_bundle_root", "shared_configs"]
 
 #: the folder beside the bundles that holds the shared configs
 SHARED_BUNDLE = "common"
@@ -26,6 +26,21 @@ LAYERS_FILE = "layers.json"
 def shared_configs(bundle: str | os.PathLike) -> Path:
     """``<bundles>/common/configs`` for the bundle folder ``bundle``."""
     return Path(bundle).resolve().parent / SHARED_BUNDLE / "configs"
+
+
+def layer_spec(bundle: str | os.PathLike) -> dict:
+    """The bundle's ``configs/layers.json`` (``{}`` without one): ``layers``, and for the export ``dataset_dir``
+    (the literal default of an exported bundle) and ``exclude`` (config names the export leaves out)."""
+    spec = Path(bundle) / "configs" / LAYERS_FILE
+    if not spec.is_file():
+        return {}
+    try:
+        content = json.loads(spec.read_text())
+    except ValueError as e:
+        raise ValueError(f"{spec}: not valid JSON ({e})") from e
+    if not isinstance(content, dict):
+        raise ValueError(f"{spec}: expected an object with \"layers\", got {type(content).__name__}")
+    return content
 
 
 def config_layers(bundle: str | os.PathLike) -> list[Path]:
@@ -42,12 +57,14 @@ def config_layers(bundle: str | os.PathLike) -> list[Path]:
     spec = own / LAYERS_FILE
     if spec.is_file():
         try:
-            layers = json.loads(spec.read_text())["layers"]
-        except (ValueError, KeyError, TypeError) as e:
+            layers = layer_spec(bundle)["layers"]
+        except (ValueError, KeyError) as e:
             raise ValueError(f"{spec}: expected {{\"layers\": [folder, ...]}} ({e})") from e
+        if not isinstance(layers, list) or not all(isinstance(layer, str) for layer in layers):
+            raise ValueError(f"{spec}: \"layers\" must be a list of folder names, got {layers!r}")
         for layer in layers:
             folder = bundle.resolve().parent / layer / "configs"
-            if not isinstance(layer, str) or not folder.is_dir():
+            if not folder.is_dir():
                 raise ValueError(f"{spec}: layer {layer!r} has no folder {folder}")
             folders.append(folder)
     return folders + [own]

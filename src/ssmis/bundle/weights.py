@@ -78,6 +78,12 @@ def shipped_weights(bundle: str | os.PathLike) -> dict[str, Any] | None:
     missing = {"configs", "sha256", "val_dice", "command"} - set(record)
     if missing:
         raise ValueError(f"{record_file}: missing {sorted(missing)}")
+    if not isinstance(record["val_dice"], (int, float)) or not isinstance(record["configs"], list):
+        raise ValueError(f"{record_file}: val_dice must be a number and configs a list of config names")
+    try:
+        config_files(bundle, *record["configs"])
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"{record_file}: configs {record['configs']} ({e})") from e
     path = folder / "model.pt"
     if not path.is_file():
         raise ValueError(f"{record_file}: its weight file {path} is missing")
@@ -105,6 +111,10 @@ def ship_weights(bundle: str | os.PathLike, source: str | os.PathLike, configs: 
                          f"({str(e).strip().splitlines()[0][:200]})") from e
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        overflow = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if overflow:
+            raise ValueError(f"{source}: {overflow[:3]} do not fit float16 (values beyond its range); ship them "
+                             "with --float32")
     folder = bundle / WEIGHTS_DIR
     folder.mkdir(exist_ok=True)
     target = folder / "model.pt"

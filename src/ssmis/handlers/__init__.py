@@ -20,3 +20,17 @@ __all__ = [
     "pseudo_label_scores",
     "sigmoid_rampup",
 ]
+
+
+def __getattr__(name: str):
+    """``ssmis.handlers.TransferableSemanticAugmentation``, the path of bundles exported before TSA moved to
+    ``ssmis.tsa``: still importable, with a deprecation warning."""
+    if name == "TransferableSemanticAugmentation":
+        import warnings
+
+        from ..tsa import TransferableSemanticAugmentation
+
+        warnings.warn("ssmis.handlers.TransferableSemanticAugmentation moved to ssmis.tsa", DeprecationWarning,
+                      stacklevel=2)
+        return TransferableSemanticAugmentation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

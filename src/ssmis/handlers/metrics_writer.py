@@ -96,7 +96,10 @@ class SegmentationMetricsWriter:
                 raise ValueError(f"case {name}: {e}") from e
             self.cases.append({"case": name, **m})
             if self.overlays and self.image_key in item:
-                img = torch.as_tensor(item[self.image_key]).detach().cpu()[0].float().numpy()
+                img = torch.as_tensor(item[self.image_key]).detach().cpu()[0].float()
+                if tuple(img.shape) != tuple(y.shape):  # the network's input grid (ACDC: resized in-plane)
+                    img = torch.nn.functional.interpolate(img[None, None], size=y.shape, mode="nearest")[0, 0]
+                img = img.numpy()
                 if ndim == 3:
                     from ..visualize import best_slice
 
