@@ -115,7 +115,9 @@ def run_curve(args: argparse.Namespace) -> dict:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(all_curves, indent=2), results_file)
 
-    conf = {"models": args.model, "model_dir": str(model_dir), "extra_config": "cpu_protocol.yaml", "device": "cpu"}
+    # the curve starts from an untrained model: not from the weights the bundle ships
+    conf = {"models": args.model, "model_dir": str(model_dir), "extra_config": "cpu_protocol.yaml", "device": "cpu",
+            "shipped_weights": "false"}
     env = {"OMP_NUM_THREADS": str(args.threads), "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     proc, base = start_server(studies, conf, run_dir / "server.log", env=env, timeout_s=300)
     client = MONAILabelClient(base, tmpdir=str(run_dir / "client"))
