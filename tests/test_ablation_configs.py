@@ -135,7 +135,7 @@ def _lambdas(tsa, iterations: int) -> list[float]:
 
     out = []
     for i in range(1, iterations + 1):
-        tsa._ramp(SimpleNamespace(state=SimpleNamespace(iteration=i)))
+        tsa.ramp(SimpleNamespace(state=SimpleNamespace(iteration=i)))  # its ignite scheduler, as attached
         out.append(tsa.lam)
     return out
 

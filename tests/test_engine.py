@@ -298,3 +298,32 @@ def test_all_finite_checks_elements_not_a_norm():
     assert _all_finite([]) and _all_finite([torch.full((4,), 1e20), torch.ones(2, 2)])
     assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
     assert not _all_finite([torch.tensor([float("-inf")])])
+
+
+def test_ramp_is_an_ignite_state_scheduler_that_follows_the_iteration():
+    """``RampUpWeight`` writes ``engine.state.<name>`` at each iteration (ignite's ``StateParamScheduler``), keeps
+    ``.value`` for its strategy, and a run resumed at iteration k continues the ramp at k, not at 0."""
+    from types import SimpleNamespace
+
+    from ignite.engine import Engine, Events
+    from ignite.handlers.state_param_scheduler import StateParamScheduler
+
+    from ssmis.handlers import RampUpWeight
+
+    def run(n: int, **kw) -> list[float]:
+        ramp = RampUpWeight(0.5, 10, kind="linear", name="w", **kw)
+        assert isinstance(ramp, StateParamScheduler)
+        engine = Engine(lambda e, b: None)
+        ramp.attach(engine)
+        seen = []
+        engine.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append((e.state.w, ramp.value)))
+        engine.run(range(n), max_epochs=1)
+        assert all(a == b for a, b in seen)
+        return [a for a, _ in seen]
+
+    assert run(12) == pytest.approx([0.05 * i for i in range(10)] + [0.5, 0.5])
+    assert run(4, delay=2) == pytest.approx([0.0, 0.0, 0.0, 0.05])  # 0 through the delay, then the ramp
+    fresh = RampUpWeight(0.5, 10, kind="linear", name="w")  # a resumed run: no saved state, iteration 7
+    state = SimpleNamespace(iteration=7)
+    fresh(SimpleNamespace(state=state))
+    assert state.w == fresh.value == pytest.approx(0.3)

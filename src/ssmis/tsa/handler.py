@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
-from ..handlers.rampup import linear_rampup
+from ..handlers.rampup import RampUpWeight
 from ..networks import ClassifierFeatures
 from .loss import TSALoss
 from .memory import ClassFeatureStatistics
@@ -57,15 +57,17 @@ class TransferableSemanticAugmentation(torch.nn.Module):
             raise ValueError(f"ramp_start must be >= 0, got {ramp_start}")
         self.ramp_start = min(int(ramp_start), max(self.ramp_iterations, 0))
         self.bidirectional = bidirectional
-        self.lam = 0.0
+        # λ: 0 until ramp_start, then linear to lam0 at ramp_iterations (engine.state.tsa_lambda)
+        self.ramp = RampUpWeight(self.lam0, self.ramp_iterations - self.ramp_start, kind="linear", name="tsa_lambda",
+                                 delay=self.ramp_start)
         self.loss_function = TSALoss()
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED, self._ramp)
+    @property
+    def lam(self) -> float:
+        return self.ramp.value
 
-    def _ramp(self, engine: Engine) -> None:
-        t = engine.state.iteration - 1 - self.ramp_start  # iteration 1 is the first step
-        self.lam = self.lam0 * linear_rampup(t, self.ramp_iterations - self.ramp_start) if t >= 0 else 0.0
+    def attach(self, engine: Engine) -> None:
+        self.ramp.attach(engine)
 
     def loss(self, targets: torch.Tensor, source_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"loss/tsa", "tsa/lambda", "tsa/cond_class<c>"}`` for the student's last forward pass.
