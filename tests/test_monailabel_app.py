@@ -505,7 +505,7 @@ def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
     from lib.infers.bundle_predictor import BundlePredictor
 
     extra, weights = tmp_path / "tiny.yaml", tmp_path / "model.pt"
-    extra.write_text(TINY_YAML + "target_spacing: [2.0, 2.0, 2.0]\nsw_overlap: 0.25\n")
+    extra.write_text(TINY_YAML.replace("target_spacing: null", "target_spacing: [2.0, 2.0, 2.0]") + "sw_overlap: 0.25\n")
     predictor = BundlePredictor(ROOT / "bundles" / "transmedseg_la", weights, extra_configs=[extra], device="cpu")
     assert predictor.target_spacing == (2.0, 2.0, 2.0)
     from monai.bundle import ConfigParser
@@ -514,7 +514,7 @@ def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
     parser.read_config([*config_files(ROOT / "bundles" / "transmedseg_la", "inference"), str(extra)])
     parser["bundle_root"] = str(ROOT / "bundles" / "transmedseg_la")
     torch.save({"model": parser.get_parsed_content("network").state_dict()}, weights)
-    network = predictor._load()[1]
+    network = predictor._load().network
     calls = []
     network.register_forward_pre_hook(lambda module, inputs: calls.append(tuple(inputs[0].shape[2:])))
 
@@ -527,14 +527,61 @@ def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
         calls.clear()
         prediction = predictor.predict(path)
         assert (len(calls) == 1) == resampled and calls[0] == (32, 32, 24), (spacing, calls)
-        assert tuple(prediction.probs.shape) == (2, 64, 64, 48)
-        assert torch.allclose(prediction.probs.sum(0), torch.ones(64, 64, 48), atol=1e-4)
+        grid = (32, 32, 24) if resampled else (64, 64, 48)  # the probabilities stay on the network's grid
+        assert tuple(prediction.probs.shape) == (2, *grid)
+        assert torch.allclose(prediction.probs.sum(0), torch.ones(grid), atol=1e-4)
+        assert prediction.label.shape == (64, 64, 48) and prediction.label.dtype == np.uint8
         out = tmp_path / f"seg_{spacing}.nii.gz"
-        from lib.infers.bundle_predictor import write_label
+        from lib.volumes import write_label
 
-        write_label(predictor.segment(prediction), prediction.image, out)
+        write_label(prediction.label, prediction.image, out)
         seg = nib.load(out)
         assert seg.shape == (64, 64, 48) and np.allclose(seg.affine, affine)
+
+
+def test_the_app_serves_the_bundles_own_inference_chain(tmp_path):
+    """The app's label map is the one ``inference.yaml`` writes for the same image and weights: the bundle's own
+    network (co-training: the pair's averaged softmax), pre-processing (resampled to ``target_spacing``), inferer
+    and post-processing (resampled back, largest component kept)."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.infers.bundle_predictor import BundlePredictor
+    from monai.bundle import ConfigParser
+
+    bundle = ROOT / "bundles" / "fixed_dynamic_pl_la"
+    extra, weights = tmp_path / "voxelwise.yaml", tmp_path / "model.pt"
+    # a voxel-wise network (foreground where the normalised intensity is positive), so the label is known
+    extra.write_text("backbone_def: {_target_: torch.nn.Conv3d, in_channels: 1, out_channels: 2, kernel_size: 1}\n"
+                     "patch_size: [32, 32, 24]\ntarget_spacing: [2.0, 2.0, 2.0]\nsw_overlap: 0.25\n")
+    configs = [*config_files(bundle, "inference"), str(extra)]
+    parser = ConfigParser()
+    parser.read_config(configs)
+    pair = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        for scale, net in zip((1.0, 3.0), pair.nets):
+            net.weight.copy_(torch.tensor([-scale, scale]).view(2, 1, 1, 1, 1))
+            net.bias.zero_()
+    torch.save(pair.state_dict(), weights)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [5.0, -3.0, 2.0]
+    large = np.zeros((64, 64, 48), np.float32)
+    large[16:44, 20:48, 12:36] = 1.0
+    image = large.copy()
+    image[50:58, 4:12, 4:10] = 1.0  # a small structure, which the largest-component step removes
+    image += np.random.default_rng(0).normal(0, 0.02, image.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "case.nii.gz")
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"bundle_root": str(bundle), "ckpt_path": str(weights), "output_dir": str(tmp_path / "out"),
+                   "datalist": [{"image": str(tmp_path / "case.nii.gz")}], "device": "$torch.device('cpu')"})
+    parser.get_parsed_content("evaluator").run()
+    expected = np.asarray(nib.load(next((tmp_path / "out").rglob("*_seg.nii.gz"))).dataobj)
+    assert 2 * (expected * large).sum() / (expected.sum() + large.sum()) > 0.9  # blurred by the 2 mm round trip
+    assert not expected[50:58, 4:12, 4:10].any()
+
+    prediction = BundlePredictor(bundle, weights, extra_configs=[extra], device="cpu").predict(tmp_path / "case.nii.gz")
+    assert prediction.label.shape == expected.shape == (64, 64, 48)
+    np.testing.assert_array_equal(prediction.label, expected)
 
 
 def test_training_images_at_another_spacing_are_resampled_copies(tmp_path):

@@ -361,3 +361,54 @@ def test_downloads_are_served_from_the_worker_threads(server):
     r = requests.get(f"{base}/datastore/image?image=case_1")
     assert r.status_code == 200 and r.content == (studies / "case_1.nii.gz").read_bytes()
     assert requests.head(f"{base}/datastore/image?image=case_1").status_code == 200
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_form_fields_that_are_not_json_objects_are_refused_as_the_body_streams(chunk):
+    """``FormFieldCheck`` reads ``params``/``info`` from url-encoded and multipart bodies, also split into small
+    chunks, and raises a 400 naming the field before the endpoint runs; objects, malformed JSON (the endpoint's
+    own 400) and other fields pass."""
+    import asyncio
+
+    from lib.middleware import FormFieldCheck, FormFieldError
+
+    def multipart(fields: dict, file: bytes) -> tuple[bytes, bytes]:
+        b = b"----x7"
+        parts = [b"--" + b + b'\r\nContent-Disposition: form-data; name="' + k.encode() + b'"\r\n\r\n' + v.encode()
+                 for k, v in fields.items()]
+        parts.append(b"--" + b + b'\r\nContent-Disposition: form-data; name="file"; filename="a.nii.gz"\r\n'
+                     b"Content-Type: application/octet-stream\r\n\r\n" + file)
+        return b"multipart/form-data; boundary=" + b, b"\r\n".join(parts) + b"\r\n--" + b + b"--\r\n"
+
+    def run(content_type: bytes, body: bytes) -> str | None:
+        """The error the endpoint's body reading raised, or None when it read the whole body."""
+        async def app(scope, receive, send):
+            more = True
+            while more:
+                message = await receive()
+                more = message.get("more_body", False)
+
+        pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]
+        messages = [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
+
+        async def receive():
+            return messages.pop(0)
+
+        scope = {"type": "http", "method": "POST", "path": "/infer/m", "headers": [(b"content-type", content_type)]}
+        try:
+            asyncio.run(FormFieldCheck(app)(scope, receive, None))
+        except FormFieldError as e:
+            assert e.status_code == 400
+            return e.detail
+        return None
+
+    url = b"application/x-www-form-urlencoded"
+    assert "params field must be a JSON object, got list" in run(url, b"a=1&params=%5B1%2C+2%5D&b=2")
+    assert "info field must be a JSON object, got str" in run(url, b"info=%22x%22")
+    assert run(url, b"params=%7B%22label_info%22%3A+%5B%5D%7D") is None
+    assert run(url, b"params=%7Bnot+json") is None  # the endpoint's json.loads answers 400
+    assert run(url, b"other=7") is None
+    assert "params field must be a JSON object, got int" in run(*multipart({"params": "7"}, b"\0" * 5000))
+    assert "params field must be a JSON object, got list" in run(*multipart({"x": "1", "params": "[]"}, b"data"))
+    assert run(*multipart({"params": '{"a": [1]}'}, b"7" * 5000)) is None
+    assert run(b"application/json", b"[1]") is None  # not a form: the endpoint's business

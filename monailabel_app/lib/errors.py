@@ -3,7 +3,8 @@
 MONAI Label's endpoints turn every exception, ``MONAILabelException`` and a ``json.loads`` failure on a malformed
 ``params`` form field included, into a 500. Its FastAPI app has no hook for apps to add exception handlers before it
 starts, so :func:`install` adds them (and the loopback guard) to the running app and has Starlette rebuild its
-middleware stack, which it does lazily on the next request.
+middleware stack, which it does lazily on the next request. A ``params`` or ``info`` form field that is JSON but
+not an object is refused before MONAI Label's endpoint uses it (``lib.middleware.FormFieldCheck``).
 """
 
 from __future__ import annotations
@@ -139,28 +140,6 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=getattr(exc, "headers", None))
 
 
-def _params_type_error(request: Any, exc: TypeError) -> JSONResponse:
-    """400 for a ``params`` (or ``info``) form field that is valid JSON but not an object: MONAI Label's endpoints use it as a
-    dict (``request.update(p)``, ``save_params["user"] = …``) and fail with a ``TypeError``. Every other
-    ``TypeError`` is re-raised, a server error as before."""
-    tb, frame = exc.__traceback__, None
-    while tb is not None:  # the innermost MONAI Label endpoint frame
-        if "monailabel/endpoints/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
-            frame = tb.tb_frame
-        tb = tb.tb_next
-    for field in ("params", "info"):  # the form field's name: ``info`` in the image/label info endpoints
-        raw = frame.f_locals.get(field) if frame is not None else None
-        if isinstance(raw, str):
-            try:
-                parsed = json.loads(raw) if raw else {}
-            except ValueError:
-                parsed = {}
-            if not isinstance(parsed, dict):
-                return JSONResponse({"detail": f"the {field} field must be a JSON object, got "
-                                     f"{type(parsed).__name__}: {raw:.80}"}, status_code=400)
-    raise exc
-
-
 def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
             origins: Sequence[str] = (),
             max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None) -> None:
@@ -169,23 +148,24 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     The middleware, outermost first: ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from
     web pages of other ``origins`` are refused), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
     allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
-    ``TempFileJanitor`` (sweeps ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the
+    ``FormFieldCheck`` (``params``/``info`` form fields must be JSON objects), ``TempFileJanitor`` (sweeps
+    ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the
     computing ones through ``gate``) and :class:`TrainRequestCheck` (with ``check_train``)."""
     from fastapi.middleware.cors import CORSMiddleware
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.middleware import Middleware
 
-    from lib.middleware import BodySizeLimit, LoopbackOnly, OriginGuard, TempFileJanitor, WorkerThreads
+    from lib.middleware import (BodySizeLimit, FormFieldCheck, LoopbackOnly, OriginGuard, TempFileJanitor,
+                                WorkerThreads)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     fastapi_app.exception_handlers[StarletteHTTPException] = _http_error
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
-    fastapi_app.exception_handlers[TypeError] = _params_type_error
     stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
-             and m.cls not in (LoopbackOnly, OriginGuard, BodySizeLimit, TempFileJanitor, WorkerThreads,
-                               TrainRequestCheck)]
+             and m.cls not in (LoopbackOnly, OriginGuard, BodySizeLimit, FormFieldCheck, TempFileJanitor,
+                               WorkerThreads, TrainRequestCheck)]
     if loopback_only:
         stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "
@@ -196,6 +176,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
                                 allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]))
     if max_upload_bytes:
         stack.append(Middleware(BodySizeLimit, max_bytes=max_upload_bytes))
+    stack.append(Middleware(FormFieldCheck))
     if temp_folder:
         stack.append(Middleware(TempFileJanitor, folder=temp_folder))
     if gate is not None:

@@ -1,4 +1,5 @@
-"""Reading a client's NIfTI volume with bounded memory: the header is checked before any voxel is read.
+"""Reading a client's NIfTI volume with bounded memory (the header is checked before any voxel is read), and
+writing a label map on an image's grid.
 
 A NIfTI header states the array's shape and type, and ``nibabel`` allocates that much before reading the data. An
 85-byte file can claim gigabytes, and a small gzip stream can decode to hundreds of megabytes. Every volume the app
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-__all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "read_header", "read_volume"]
+__all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "read_header", "read_volume", "write_label"]
 
 _CHUNK = 1 << 20
 
@@ -126,3 +127,12 @@ def read_volume(path: str | os.PathLike, name: str, limits: VolumeLimits,
             raise VolumeError(f"{name}: an empty volume (shape {tuple(arr.shape)})")
     return img, arr
 
+
+def write_label(seg: np.ndarray, like: nib.Nifti1Image, path: str | os.PathLike) -> str:
+    """Write ``seg`` as NIfTI with ``like``'s grid (affine, qform and sform), reshaped to its spatial shape."""
+    seg = seg.reshape(like.shape[: seg.ndim] + (1,) * (len(like.shape) - seg.ndim))
+    out = nib.Nifti1Image(seg.astype(np.uint8), like.affine)
+    out.set_qform(like.get_qform(), int(like.header["qform_code"]) or 1)
+    out.set_sform(like.get_sform(), int(like.header["sform_code"]) or 1)
+    nib.save(out, str(path))
+    return str(path)

@@ -58,10 +58,11 @@ class UncertaintyScoring(ScoringMethod):
         self.kind = kind
 
     def score(self, image_path: str) -> float:
-        prediction = self.predictor.predict(image_path)
-        if self.kind == "disagreement" and len(prediction.per_network) == 2:
-            return prediction_disagreement(*prediction.per_network)
-        return prediction_entropy(prediction.probs)
+        if self.kind == "disagreement":
+            per_network = self.predictor.network_probabilities(image_path)
+            if len(per_network) == 2:
+                return prediction_disagreement(*per_network)
+        return prediction_entropy(self.predictor.predict(image_path).probs)
 
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
         if not self.predictor.is_trained():

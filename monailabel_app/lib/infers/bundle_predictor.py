@@ -1,4 +1,10 @@
-"""A bundle's network, pre-processing and sliding-window inferer, built from its own ``inference.yaml``.
+"""A bundle's own inference chain, served: its ``network``, its ``preprocessing``, its ``inferer`` and its
+``postprocessing``, all built from the bundle's ``inference.yaml`` (the shared one, then the bundle's own).
+
+As MONAI Label's ``BundleInferTask`` does, the bundle's loader steps (``LoadImaged``, ``EnsureChannelFirstd``) and
+its writer (``SaveImaged``) are left out: the app reads the image itself, with bounded memory (``lib.volumes``),
+and writes the label map into its datastore. Every other step is the bundle's, so the app and
+``python -m monai.bundle run --config_file <inference configs>`` give the same labels.
 
 Shared by the inference task and the active-learning scoring. The weights are reloaded whenever the published
 ``model.pt`` changes, so a finished training is served without a restart. Thread-safe.
@@ -41,14 +47,26 @@ class ImageError(ValueError):
 
 @dataclass
 class Prediction:
-    """``probs`` ``[K, *S]`` (the served prediction), ``per_network`` one ``[K, *S]`` per sub-network (one entry
-    for a single network), ``image`` the nibabel image read, ``weights_mtime`` of the weights used."""
+    """``label`` ``[*S]`` uint8, the served label map on the image's own grid (the bundle's postprocessing);
+    ``probs`` ``[K, *M]`` the served network's probabilities on the network's grid (after the bundle's
+    resampling); ``image`` the nibabel image read; ``weights_mtime`` of the weights used."""
 
+    label: np.ndarray
     probs: torch.Tensor
-    per_network: list[torch.Tensor]
     image: nib.Nifti1Image
     weights_mtime: float
     seconds: float
+
+
+@dataclass
+class _Chain:
+    """The bundle's inference pieces, built once per weights file."""
+
+    mtime: float
+    network: torch.nn.Module
+    preprocessing: Any  # the bundle's steps after its loader
+    inferer: Any
+    postprocessing: Any  # the bundle's steps before its writer
 
 
 class BundlePredictor:
@@ -69,14 +87,13 @@ class BundlePredictor:
         self.extra_configs = [str(c) for c in extra_configs]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.Lock()
-        self._loaded: tuple | None = None  # (mtime, network, transforms, inferer)
+        self._loaded: _Chain | None = None
         parser = self._parser()
         self.num_classes = int(parser.get_parsed_content("num_classes"))
         # the network's input axes, and the images' (more for a 2D network run slice by slice on volumes: ACDC)
         self.network_dims = int(parser.get_parsed_content("backbone_def#spatial_dims")
                                 if "backbone_def#spatial_dims" in parser else 3)
         self.spatial_dims = int(parser.get_parsed_content("image_dims")) if "image_dims" in parser else self.network_dims
-        self.lcc = bool(parser.get_parsed_content("lcc")) if "lcc" in parser else False
         spacing = parser.get_parsed_content("target_spacing") if "target_spacing" in parser else None
         self.target_spacing = None if spacing is None else tuple(float(v) for v in spacing)
         if self.target_spacing is not None and (len(self.target_spacing) != self.spatial_dims
@@ -108,31 +125,36 @@ class BundlePredictor:
         version = json.loads(meta.read_text()).get("version") if meta.is_file() else None
         return f"{self.model_path.stat().st_mtime}|{version}|{digest.hexdigest()[:12]}"
 
-    def _load(self) -> tuple:
+    def _load(self) -> _Chain:
         if not self.model_path.is_file():
             raise ModelNotTrainedError(f"model {self.bundle_root.name!r} has no trained weights yet "
                                        f"({self.model_path} does not exist): train it first (POST /train/"
                                        f"{self.bundle_root.name}) or copy a trained model.pt there")
         mtime = self.model_path.stat().st_mtime
         with self._lock:
-            if self._loaded is None or self._loaded[0] != mtime:
-                from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Spacingd
+            if self._loaded is None or self._loaded.mtime != mtime:
+                from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
 
                 parser = self._parser()
                 network = parser.get_parsed_content("network")
-                weights = load_weights(self.model_path, self.device)  # names an unreadable file itself
                 try:
-                    network.load_state_dict(weights, strict=True)
+                    network.load_state_dict(read_state_dict(self.model_path, map_location=self.device), strict=True)
+                except ValueError as e:  # unreadable: the message names the file
+                    raise ModelNotTrainedError(f"{e}; retrain the model or replace the file") from e
                 except RuntimeError as e:  # missing/unexpected keys or shapes: other network settings
                     raise ModelNotTrainedError(f"{self.model_path}: these weights do not fit model "
                                                f"{self.bundle_root.name!r} as configured ({str(e)[:300]}); retrain "
                                                "it or replace the file") from e
                 network.eval()
+                # the same parser resolves `@preprocessing` inside the postprocessing's Invertd, so the steps kept
+                # here are the very objects it inverts
                 pre = parser.get_parsed_content("preprocessing")
-                # the image is read here with nibabel (exact geometry, clear errors) and resampled to target_spacing
-                # by predict(); the rest of the chain applies
-                steps = [t for t in pre.transforms if not isinstance(t, (LoadImaged, EnsureChannelFirstd, Spacingd))]
-                self._loaded = (mtime, network, Compose(steps), parser.get_parsed_content("inferer"))
+                post = parser.get_parsed_content("postprocessing")
+                self._loaded = _Chain(
+                    mtime, network,
+                    Compose([t for t in pre.transforms if not isinstance(t, (LoadImaged, EnsureChannelFirstd))]),
+                    parser.get_parsed_content("inferer"),
+                    Compose([t for t in post.transforms if not isinstance(t, SaveImaged)]))
                 logger.info(f"loaded {self.model_path} (mtime {mtime})")
             return self._loaded
 
@@ -148,67 +170,44 @@ class BundlePredictor:
             raise ImageError(f"{Path(path).name}: the image holds NaN or infinite values")
         return img, arr
 
-    def model_shape(self, img: nib.spatialimages.SpatialImage, shape: Sequence[int]) -> tuple[int, ...] | None:
-        """The shape ``img`` (array ``shape``) takes at ``target_spacing``; ``None`` when its spacing already is
-        that (within 1 %) or the bundle declares none."""
-        if self.target_spacing is None:
-            return None
-        zooms = np.asarray(img.header.get_zooms()[: self.spatial_dims], dtype=float)
-        target = np.asarray(self.target_spacing)
-        if np.allclose(zooms, target, rtol=0.01):
-            return None
-        return tuple(max(1, int(round(n * z / t))) for n, z, t in zip(shape, zooms, target))
+    def _network_input(self, path: str | Path, chain: _Chain) -> tuple[nib.Nifti1Image, dict]:
+        """The image read by the app, in the form the bundle's loader gives (``[1, *S]`` with its affine), through
+        the bundle's remaining pre-processing: ``{"image": MetaTensor [1, *M]}``."""
+        from monai.data import MetaTensor
+
+        img, arr = self.read(path)
+        affine = torch.as_tensor(np.asarray(img.affine, dtype=np.float64))
+        image = MetaTensor(torch.from_numpy(arr)[None], affine=affine,
+                           meta={"filename_or_obj": str(path), "original_affine": affine.clone(),
+                                 "spatial_shape": np.asarray(arr.shape), "original_channel_dim": "no_channel"})
+        return img, chain.preprocessing({"image": image})
+
+    def _logits(self, data: dict, chain: _Chain, network: torch.nn.Module) -> torch.Tensor:
+        """``[K, *M]``: the bundle's inferer run with ``network`` on ``data["image"]``."""
+        x = data["image"].to(device=self.device, dtype=torch.float32)[None]
+        return chain.inferer(inputs=x, network=network)[0]
 
     @torch.no_grad()
     def predict(self, path: str | Path) -> Prediction:
-        """The softmax of the served network(s) for the image at ``path``, on the image's own grid. An image whose
-        voxel size differs from the bundle's ``target_spacing`` is resampled to it (trilinear) for the network, and
-        the probabilities are resampled back to the image's shape."""
-        from monai.transforms import Resize
-
+        """The served label map of the image at ``path``: the bundle's pre-processing, network, inferer and
+        post-processing (which resamples back to the image's own grid)."""
         t0 = time.perf_counter()
-        img, arr = self.read(path)
-        mtime, network, transforms, inferer = self._load()
-        x = torch.from_numpy(arr)[None]
-        resized = self.model_shape(img, arr.shape)
-        if resized is not None:
-            x = Resize(spatial_size=resized, mode="trilinear" if self.spatial_dims == 3 else "bilinear")(x)
-        x = transforms({"image": x})["image"]
-        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)[None]
-        nets = list(network.nets) if hasattr(network, "nets") else [network]
-        per = [torch.softmax(inferer(inputs=x, network=n), 1)[0].float().cpu() for n in nets]
-        if tuple(per[0].shape[1:]) != tuple(arr.shape):  # resampled here, or resized by the bundle's own chain
-            back = Resize(spatial_size=arr.shape, mode="trilinear" if self.spatial_dims == 3 else "bilinear")
-            per = [torch.as_tensor(back(p)) for p in per]
-        index = getattr(network, "index", -1)
-        probs = per[index] if len(per) > 1 and index >= 0 else torch.stack(per).mean(0)
-        return Prediction(probs, per, img, mtime, time.perf_counter() - t0)
+        chain = self._load()
+        img, data = self._network_input(path, chain)
+        logits = self._logits(data, chain, chain.network)
+        from monai.data import MetaTensor
 
-    def segment(self, prediction: Prediction) -> np.ndarray:
-        """``[*S]`` uint8 label map (argmax, then the bundle's largest-connected-component cleaning if it has it)."""
-        seg = prediction.probs.argmax(0)
-        if self.lcc and self.num_classes > 1:
-            from monai.transforms import KeepLargestConnectedComponent
+        pred = MetaTensor(logits.float().cpu(), meta=dict(data["image"].meta))  # its affine included
+        out = chain.postprocessing({**data, "pred": pred})["pred"]
+        label = np.asarray(torch.as_tensor(out)[0], dtype=np.uint8)
+        return Prediction(label, torch.softmax(logits.float(), 0).cpu(), img, chain.mtime, time.perf_counter() - t0)
 
-            seg = KeepLargestConnectedComponent(applied_labels=list(range(1, self.num_classes)), is_onehot=False,
-                                                independent=True)(seg[None])[0]
-        return np.asarray(seg, dtype=np.uint8)
+    @torch.no_grad()
+    def network_probabilities(self, path: str | Path) -> list[torch.Tensor]:
+        """``[K, *M]`` softmax of each network of a pair (co-training's ``nets``) through the bundle's inferer, on
+        the network's grid; for a single network, its one entry. For scoring how much the networks disagree."""
+        chain = self._load()
+        _, data = self._network_input(path, chain)
+        nets = list(chain.network.nets) if hasattr(chain.network, "nets") else [chain.network]
+        return [torch.softmax(self._logits(data, chain, n).float(), 0).cpu() for n in nets]
 
-
-def load_weights(path: str | Path, device: Any = "cpu") -> dict:
-    """The network state dict of a ``model.pt`` (``{"model": state}`` as the bundles write it, or a bare state dict),
-    with ``ModelNotTrainedError`` naming the file when it cannot be read."""
-    try:
-        return read_state_dict(path, map_location=device)
-    except ValueError as e:
-        raise ModelNotTrainedError(f"{e}; retrain the model or replace the file") from e
-
-
-def write_label(seg: np.ndarray, like: nib.Nifti1Image, path: str | Path) -> Path:
-    """Write ``seg`` as NIfTI with ``like``'s grid (affine, qform and sform), reshaped to its spatial shape."""
-    seg = seg.reshape(like.shape[: seg.ndim] + (1,) * (len(like.shape) - seg.ndim))
-    out = nib.Nifti1Image(seg.astype(np.uint8), like.affine)
-    out.set_qform(like.get_qform(), int(like.header["qform_code"]) or 1)
-    out.set_sform(like.get_sform(), int(like.header["sform_code"]) or 1)
-    nib.save(out, str(path))
-    return Path(path)

@@ -9,13 +9,15 @@ from typing import Any, Dict, Tuple
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.errors import RequestError
-from lib.infers.bundle_predictor import BundlePredictor, ImageError, ModelNotTrainedError, write_label
+from lib.infers.bundle_predictor import BundlePredictor, ImageError, ModelNotTrainedError
+from lib.volumes import write_label
 
 logger = logging.getLogger(__name__)
 
 
 class BundleSegmentation(InferTask):
-    """Segment an image with a bundle's network (for co-training: the average of both networks' softmax).
+    """Segment an image with a bundle's own inference chain (:class:`BundlePredictor`; for co-training, the bundle's
+    network averages both networks' softmax).
 
     Returns a NIfTI label map with the image's shape and affine, so 3D Slicer overlays it in place. Before the model
     has weights it answers 409 with a message that says so, instead of segmenting with random weights.
@@ -39,7 +41,7 @@ class BundleSegmentation(InferTask):
             raise RequestError(409, str(e)) from e
         except ImageError as e:
             raise RequestError(e.status, str(e)) from e
-        seg = self.predictor.segment(prediction)
+        seg = prediction.label
         out = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
         write_label(seg, prediction.image, out)
         params = {

@@ -21,10 +21,10 @@ import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
-from lib.infers.bundle_predictor import load_weights
 from lib.trainers.resampling import resample_records
 from lib.volumes import VolumeError, VolumeLimits, read_header
 from ssmis.bundle.layout import config_files
+from ssmis.bundle.weights import read_state_dict
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -259,8 +259,8 @@ class SemiSupervisedBundleTrain(TrainTask):
         if self.model_path.is_file():  # continue from the served weights (the EMA teacher is copied from them)
             network = workflow.parser.get_parsed_content("network")
             try:
-                network.load_state_dict(load_weights(self.model_path), strict=True)
-            except RuntimeError as e:  # ModelNotTrainedError (unreadable) or a mismatch of keys/shapes
+                network.load_state_dict(read_state_dict(self.model_path), strict=True)
+            except (ValueError, RuntimeError) as e:  # unreadable, or a mismatch of keys/shapes
                 raise RuntimeError(f"{self.name}: cannot start from the served weights {self.model_path} "
                                    f"({str(e)[:300]}); delete or replace that file to train from scratch") from e
             start = f"{self.model_path} (mtime {self.model_path.stat().st_mtime})"

@@ -1,0 +1,138 @@
+"""ASGI middleware: a ``params`` or ``info`` form field must be a JSON object (HTTP 400).
+
+MONAI Label's endpoints use these fields as dicts (``request.update(p)``, ``save_params["user"] = …``), so a value
+that is JSON but not an object (``7``, ``[1]``, ``"x"``) failed inside them with a ``TypeError``, a 500. This
+middleware reads the form fields as the body streams past, with python-multipart's streaming parsers (the ones
+Starlette's form parsing uses), keeping at most ``max_field_bytes`` of each checked field and nothing of the other
+parts, and raises from ``receive`` before the endpoint runs. Malformed JSON is left to the endpoint's
+``json.loads``, which the app's ``JSONDecodeError`` handler answers with a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+from urllib.parse import unquote_to_bytes
+
+from fastapi import HTTPException
+from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
+
+
+class FormFieldError(HTTPException):
+    """Raised from ``receive``: an ``HTTPException``, so FastAPI's form parsing passes it on and the client gets
+    the 400 with its message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=400, detail=detail)
+
+
+class _Fields:
+    """The values of the checked fields as the parser reports them, checked when each field ends."""
+
+    def __init__(self, names: Sequence[str], max_bytes: int, urlencoded: bool = False) -> None:
+        self.names, self.max_bytes, self.urlencoded = {n.encode() for n in names}, max_bytes, urlencoded
+        self.error: str | None = None
+        self.start()
+
+    def start(self) -> None:
+        """A new field begins; its name arrives through :meth:`name_part`, possibly in pieces."""
+        self.raw_name, self.name, self.named, self.value = bytearray(), None, False, bytearray()
+
+    def name_part(self, data: bytes, start: int, end: int) -> None:
+        self.raw_name += data[start:end]
+
+    def _resolve(self) -> None:
+        """Whether the field is one to check, once its name is whole (its data or its end has come)."""
+        if not self.named:
+            name = bytes(self.raw_name)
+            if self.urlencoded:
+                name = unquote_to_bytes(name.replace(b"+", b" "))
+            self.name, self.named = (name if name in self.names else None), True
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self._resolve()
+        if self.name is not None and len(self.value) <= self.max_bytes:
+            self.value += data[start:end][: self.max_bytes + 1 - len(self.value)]
+
+    def end(self) -> None:
+        self._resolve()
+        if self.name is None or self.error:
+            return
+        field = self.name.decode()
+        if len(self.value) > self.max_bytes:
+            self.error = f"the {field} field exceeds {self.max_bytes:,} bytes"
+            return
+        if self.urlencoded:
+            self.value = bytearray(unquote_to_bytes(bytes(self.value).replace(b"+", b" ")))
+        try:
+            parsed = json.loads(self.value.decode("utf-8")) if self.value.strip() else {}
+        except ValueError:
+            return  # malformed JSON: the endpoint's json.loads raises, and the app answers 400
+        if not isinstance(parsed, dict):
+            self.error = (f"the {field} field must be a JSON object, got {type(parsed).__name__}: "
+                          f"{self.value.decode('utf-8', 'replace'):.80}")
+
+
+def _parser(content_type: bytes, fields: _Fields) -> Any:
+    """A streaming parser for the body's form encoding that reports to ``fields``; None for other bodies."""
+    ctype, options = parse_options_header(content_type)
+    if ctype == b"application/x-www-form-urlencoded":
+        fields.urlencoded = True
+        return QuerystringParser({"on_field_start": fields.start, "on_field_name": fields.name_part,
+                                  "on_field_data": fields.data, "on_field_end": fields.end})
+    if ctype != b"multipart/form-data" or not options.get(b"boundary"):
+        return None
+    header: dict[str, bytearray] = {}
+
+    def header_field(d: bytes, s: int, e: int) -> None:
+        header.setdefault("field", bytearray()).extend(d[s:e])
+
+    def header_value(d: bytes, s: int, e: int) -> None:
+        header.setdefault("value", bytearray()).extend(d[s:e])
+
+    def header_end() -> None:
+        if bytes(header.get("field", b"")).lower() == b"content-disposition":
+            name = parse_options_header(bytes(header.get("value", b"")))[1].get(b"name", b"")
+            fields.name_part(name, 0, len(name))
+        header.pop("field", None), header.pop("value", None)
+
+    def part_begin() -> None:
+        header.clear()
+        fields.start()
+
+    return MultipartParser(options[b"boundary"], {
+        "on_part_begin": part_begin, "on_header_field": header_field, "on_header_value": header_value,
+        "on_header_end": header_end, "on_part_data": fields.data, "on_part_end": fields.end})
+
+
+class FormFieldCheck:
+    """Args: ``app``: the wrapped ASGI app; ``fields``: the form fields that must hold a JSON object;
+    ``max_field_bytes``: the most bytes kept of one such field (a larger one is refused)."""
+
+    def __init__(self, app: Any, fields: Sequence[str] = ("params", "info"), max_field_bytes: int = 1 << 20) -> None:
+        self.app, self.fields, self.max_field_bytes = app, tuple(fields), int(max_field_bytes)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT"):
+            await self.app(scope, receive, send)
+            return
+        fields = _Fields(self.fields, self.max_field_bytes)
+        parser = _parser(dict(scope.get("headers") or []).get(b"content-type", b""), fields)
+        if parser is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def checked_receive() -> dict:
+            message = await receive()
+            if message.get("type") == "http.request":
+                try:
+                    parser.write(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        parser.finalize()
+                except Exception:  # noqa: BLE001 - a body the parser cannot read: the endpoint's parsing answers
+                    pass
+                if fields.error:
+                    raise FormFieldError(fields.error)
+            return message
+
+        await self.app(scope, checked_receive, send)
