@@ -1,4 +1,4 @@
-"""ResumableCheckpoint and the atomic writers."""
+"""ResumableCheckpoint, BestModelSaver, AtomicDiskSaver, the atomic file writes and the preparation output folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from ssmis.handlers import ResumableCheckpoint
-from ssmis.utils import atomic_output_dir, atomic_torch_save
+from ssmis.data.output import replace_output_dir
+from ssmis.utils import atomic_torch_save
 
 
 def make_engine(net, opt, slow=0.0):
@@ -106,175 +107,106 @@ def test_atomic_torch_save_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
-def test_atomic_output_dir(tmp_path):
+def test_output_dir_is_replaced_in_one_step(tmp_path):
+    """The new folder is written as ``<out>.partial`` and exchanged with ``out``: a failed run leaves ``out`` as it
+    was, a successful one puts a new folder in its place, and nothing is left beside it."""
     out = tmp_path / "out"
-    with atomic_output_dir(out) as tmp:
+    with replace_output_dir(out) as tmp:
+        assert tmp == tmp_path / "out.partial"
         (tmp / "a.txt").write_text("1")
     with pytest.raises(ZeroDivisionError):
-        with atomic_output_dir(out) as tmp:
+        with replace_output_dir(out) as tmp:
+            (tmp / "a.txt").write_text("half")
             (tmp / "b.txt").write_text("2")
             1 / 0
-    assert [p.name for p in out.iterdir()] == ["a.txt"]
-    with atomic_output_dir(out) as tmp:
-        (tmp / "c.txt").write_text("3")
-    assert [p.name for p in out.iterdir()] == ["c.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"] and (out / "a.txt").read_text() == "1"
+    inode = out.stat().st_ino
+    with replace_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("3")
+        assert (out / "a.txt").read_text() == "1"  # a reader sees the old folder until the exchange
+    assert [p.name for p in out.iterdir()] == ["a.txt"] and (out / "a.txt").read_text() == "3"
+    assert out.stat().st_ino != inode  # a new folder, not the old one edited
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_atomic_output_dir_keep_others(tmp_path):
-    """``keep_others`` carries entries the new folder lacks across the swap; those it rewrites are replaced, and a
-    failed run keeps everything as it was."""
+def test_entries_the_preparation_does_not_write_are_carried_over(tmp_path):
+    """A user's ``imagesTs/`` in a prepared folder survives a re-preparation (hard links, no copy of the data), and a
+    failed one keeps everything as it was."""
     out = tmp_path / "out"
-    with atomic_output_dir(out) as tmp:
+    with replace_output_dir(out) as tmp:
         (tmp / "data.txt").write_text("old")
-    (out / "mine").mkdir()
-    (out / "mine" / "x.txt").write_text("x")
+    (out / "imagesTs").mkdir()
+    (out / "imagesTs" / "x.nii.gz").write_text("x")
+    (out / "notes.md").write_text("mine")
     with pytest.raises(ZeroDivisionError):
-        with atomic_output_dir(out, keep_others=True) as tmp:
+        with replace_output_dir(out) as tmp:
             (tmp / "data.txt").write_text("half")
             1 / 0
-    assert (out / "data.txt").read_text() == "old" and (out / "mine" / "x.txt").read_text() == "x"
-    inodes = (out.stat().st_ino, (out / "mine").stat().st_ino)
-    with atomic_output_dir(out, keep_others=True) as tmp:
+    assert (out / "data.txt").read_text() == "old" and (out / "imagesTs" / "x.nii.gz").read_text() == "x"
+    inode = (out / "imagesTs" / "x.nii.gz").stat().st_ino
+    with replace_output_dir(out) as tmp:
         (tmp / "data.txt").write_text("new")
-    assert (out.stat().st_ino, (out / "mine").stat().st_ino) == inodes  # the user's folder never moved
-    assert sorted(p.name for p in out.iterdir()) == ["data.txt", "mine"]
-    assert (out / "data.txt").read_text() == "new" and (out / "mine" / "x.txt").read_text() == "x"
+    assert sorted(p.name for p in out.iterdir()) == ["data.txt", "imagesTs", "notes.md"]
+    assert (out / "data.txt").read_text() == "new" and (out / "notes.md").read_text() == "mine"
+    assert (out / "imagesTs" / "x.nii.gz").stat().st_ino == inode  # the same file, linked
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_atomic_output_dir_recovers_a_killed_swap(tmp_path):
-    """A kill between the two renames of a swap leaves the old folder (or entry) only in a hidden sibling; the next
-    run puts it back before anything else, so even a run that then fails loses nothing."""
-    import os
-    import tempfile
+def test_a_partial_folder_is_refused_and_a_cut_swap_restored(tmp_path):
+    """An existing ``<out>.partial`` (another run writing, or a killed one) is named and left alone; a two-rename swap
+    cut short (``out`` only as ``<out>.old``) is put back before anything else, so a run that then fails loses
+    nothing."""
+    from ssmis.utils.errors import DataError
 
     out = tmp_path / "out"
-    with atomic_output_dir(out) as tmp:
-        (tmp / "data").mkdir()
-        (tmp / "data" / "a.txt").write_text("old")
-        (tmp / "index.json").write_text("{}")
-    # killed inside a whole-folder swap, after moving ``out`` aside
-    old = Path(tempfile.mkdtemp(prefix=".out.ssmis-", suffix=".old", dir=tmp_path))
-    os.rmdir(old)
-    os.replace(out, old)
+    with replace_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    (tmp_path / "out.partial").mkdir()
+    (tmp_path / "out.partial" / "running.txt").write_text("x")
+    with pytest.raises(DataError, match="out.partial exists"):
+        with replace_output_dir(out):
+            pass
+    assert (tmp_path / "out.partial" / "running.txt").exists() and (out / "a.txt").read_text() == "old"
+    (tmp_path / "out.partial" / "running.txt").unlink()
+    (tmp_path / "out.partial").rmdir()
+    out.rename(tmp_path / "out.old")  # killed between the two renames of the fallback swap
     with pytest.raises(ZeroDivisionError):
-        with atomic_output_dir(out) as tmp:
+        with replace_output_dir(out):
             1 / 0
-    assert (out / "data" / "a.txt").read_text() == "old"
+    assert (out / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    # killed inside a keep_others swap, after setting ``data/`` aside
-    aside = Path(tempfile.mkdtemp(prefix=".out.ssmis-", suffix=".aside", dir=tmp_path))
-    os.replace(out / "data", aside / "data")
-    with pytest.raises(ZeroDivisionError):
-        with atomic_output_dir(out, keep_others=True) as tmp:
-            1 / 0
-    assert (out / "data" / "a.txt").read_text() == "old" and (out / "index.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_the_fallback_swap_replaces_the_folder(tmp_path, monkeypatch):
+    """Where the one-step exchange is not available, two renames do the swap, and nothing is left beside ``out``."""
+    from ssmis.data import output
+
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    for text in ("old", "new"):
+        with replace_output_dir(out) as tmp:
+            (tmp / "a.txt").write_text(text)
+    assert (out / "a.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    """Hidden temporaries of a killed write go once they are stale; fresh ones (maybe a running write) stay, and
-    unrelated hidden files are never touched."""
+    """Hidden temporary files of a killed write go once they are stale; fresh ones (maybe a running write) stay,
+    and unrelated hidden files are never touched."""
     import os
     import time
 
     from ssmis.utils import atomic
 
     stale = time.time() - 2 * atomic.STALE_AFTER_S
-    partial = tmp_path / ".out.ssmis-abcd1234.partial"
-    (partial / "sub").mkdir(parents=True)
-    (partial / "sub" / "x").write_text("x")
     tmp_file = tmp_path / ".seg.nii.gz.ssmis-k_9z0q1w.tmp.nii.gz"
-    tmp_file.write_text("half")
-    for entry in (partial / "sub" / "x", partial / "sub", partial, tmp_file):
-        os.utime(entry, (stale, stale))
     fresh = tmp_path / ".seg.nii.gz.ssmis-fresh123.tmp.nii.gz"
-    fresh.write_text("in progress")
-    # an old folder in which a file is still being written is in use
-    busy = tmp_path / ".out.ssmis-busy1234.partial"
-    (busy / "sub").mkdir(parents=True)
-    (busy / "sub" / "written-now").write_text("x")
-    for entry in (busy / "sub", busy):  # the folders look stale, the file inside does not
+    mine = [tmp_path / ".seg.nii.gz.notes.tmp.nii.gz", tmp_path / ".seg.nii.gz.abcd1234.tmp.nii.gz"]
+    for entry in (tmp_file, fresh, *mine):
+        entry.write_text("x")
+    for entry in (tmp_file, *mine):
         os.utime(entry, (stale, stale))
-    # the user's own hidden entries, even stale ones shaped like ours but without the marker, are never touched
-    mine = [tmp_path / ".out.notes.partial", tmp_path / ".out.abcd1234.partial", tmp_path / ".out.20240101.old"]
-    for entry in mine:
-        entry.mkdir()
-        os.utime(entry, (stale, stale))
-    with atomic_output_dir(tmp_path / "out") as tmp:
-        (tmp / "a.txt").write_text("1")
     atomic.atomic_replace(lambda t: Path(t).write_text("seg"), tmp_path / "seg.nii.gz", keep_extension=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [fresh.name, busy.name, *(m.name for m in mine), "out", "seg.nii.gz"])
-
-
-def test_recovery_waits_for_a_swap_in_progress(tmp_path):
-    """While another writer holds the folder's lock (mid-swap, ``out`` moved aside), recovery waits instead of
-    putting the old folder back under it; once the lock is free it recovers what a killed swap left."""
-    import os
-    import tempfile
-    import threading
-
-    from ssmis.utils import atomic
-
-    if atomic.fcntl is None:
-        pytest.skip("no fcntl on this platform")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "a.txt").write_text("old")
-    old = Path(tempfile.mkdtemp(prefix=".out.ssmis-", suffix=".old", dir=tmp_path))
-    os.rmdir(old)
-    with atomic._dir_lock(tmp_path):
-        os.replace(out, old)  # the other writer is between its two renames
-        worker = threading.Thread(target=atomic.recover_interrupted, args=(out,), daemon=True)
-        worker.start()
-        worker.join(timeout=0.5)
-        assert worker.is_alive() and not out.exists() and old.is_dir()  # waiting, nothing moved
-    # the holder "died" before its second rename: the waiting recovery now puts the folder back
-    worker.join(timeout=10)
-    assert not worker.is_alive()
-    assert (out / "a.txt").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
-def test_swap_waits_for_the_folder_lock_and_a_slow_write_is_never_stale(tmp_path):
-    """The swap at the end of a write takes the parent folder's lock (it waits while another process holds it), and
-    a write that has touched nothing for longer than ``STALE_AFTER_S`` is still in use, so recovery leaves it."""
-    import os
-    import threading
-    import time
-
-    from ssmis.utils import atomic
-
-    if atomic.fcntl is None:
-        pytest.skip("no fcntl on this platform")
-    out = tmp_path / "out"
-    with atomic_output_dir(out) as tmp:
-        (tmp / "a.txt").write_text("old")
-    written, proceed = threading.Event(), threading.Event()
-
-    def write():
-        with atomic_output_dir(out) as tmp:
-            (tmp / "a.txt").write_text("new")
-            stale = time.time() - 2 * atomic.STALE_AFTER_S
-            os.utime(tmp / "a.txt", (stale, stale))
-            os.utime(tmp, (stale, stale))
-            written.set()
-            proceed.wait(10)
-
-    worker = threading.Thread(target=write, daemon=True)
-    worker.start()
-    assert written.wait(10)
-    atomic.recover_interrupted(out)  # a recovery meanwhile: the partial folder looks stale but is held
-    partial = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
-    assert len(partial) == 1 and (partial[0] / "a.txt").read_text() == "new"
-    with atomic._dir_lock(tmp_path):
-        proceed.set()
-        worker.join(timeout=0.5)
-        assert worker.is_alive() and (out / "a.txt").read_text() == "old"  # the swap waits for the lock
-    worker.join(timeout=10)
-    assert not worker.is_alive() and (out / "a.txt").read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, *(m.name for m in mine), "seg.nii.gz"])
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
@@ -288,7 +220,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
         (tmp_path / "model.pt").chmod(0o640)  # an existing file keeps the mode it was given
         atomic_torch_save({"a": 2}, tmp_path / "model.pt")
         assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o640
-        with atomic_output_dir(tmp_path / "out") as tmp:
+        with replace_output_dir(tmp_path / "out") as tmp:
             (tmp / "a.txt").write_text("1")
         assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     finally:
@@ -371,3 +303,45 @@ def test_checkpoint_without_an_optional_entry_still_resumes(tmp_path):
         ResumableCheckpoint(tmp_path / "x", {"model": net, "optimizer": opt}, save_interval=2).attach(
             e4 := make_engine(net, opt))
         e4.run([torch.randn(4, 3)] * 2, max_epochs=2)
+
+
+def test_atomic_disk_saver_never_deletes_before_the_next_file_is_written(tmp_path):
+    """ignite's Checkpoint removes the file it supersedes before writing the next: with a fixed name, a failed (or
+    killed) write would leave none. Through AtomicDiskSaver the previous file survives a failed write, a superseded
+    file of another name goes only once its successor exists, and files get ordinary permissions."""
+    import os
+
+    from ignite.handlers import Checkpoint
+
+    from ssmis.handlers import AtomicDiskSaver
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")  # fails inside torch.save, after Checkpoint removed what it supersedes
+
+    class Flaky:
+        fail = False
+
+        def state_dict(self):
+            return {"x": Unpicklable() if self.fail else 1}
+
+    obj, engine = Flaky(), Engine(lambda e, b: None)
+    fixed = Checkpoint({"a": obj, "b": obj}, AtomicDiskSaver(tmp_path), filename_pattern="state.pt", n_saved=1)
+    engine.state.iteration = 1
+    mask = os.umask(0o022)
+    try:
+        fixed(engine)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "state.pt").stat().st_mode & 0o777 == 0o644
+    obj.fail, engine.state.iteration = True, 2
+    with pytest.raises(RuntimeError, match="disk full"):
+        fixed(engine)
+    assert torch.load(tmp_path / "state.pt") == {"a": {"x": 1}, "b": {"x": 1}}
+
+    obj.fail = False
+    named = Checkpoint({"a": obj}, AtomicDiskSaver(tmp_path / "named"), n_saved=1)  # a_<iteration>.pt
+    for it in (3, 4):
+        engine.state.iteration = it
+        named(engine)
+    assert sorted(p.name for p in (tmp_path / "named").iterdir()) == ["a_4.pt"]

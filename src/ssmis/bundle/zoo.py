@@ -102,10 +102,13 @@ def check_net_in_out(bundle: Path) -> None:
 
 def _training_model_file(network, folder: Path) -> Path:
     """``model.pt`` as a training run writes it: the trainers' checkpoint handler saving ``model: '@network'``."""
+    from ignite.engine import Engine
+
     from ssmis.handlers import ResumableCheckpoint
 
-    handler = ResumableCheckpoint(save_dir=folder, save_dict={"model": network})
-    handler.save(None)
+    handler, engine = ResumableCheckpoint(save_dir=folder, save_dict={"model": network}), Engine(lambda e, b: None)
+    handler.attach(engine)
+    handler.save(engine)
     return handler.model_path
 
 

@@ -17,13 +17,12 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.atomic import atomic_output_dir
 from .datalist import read_id_list, write_datalist
 from ..utils.errors import DataError
 from .h5 import read_h5_volume
 from ..transforms.check_label import check_label
 from .nifti import save_image, save_label, spacing_affine
-from .output import check_output_dir
+from .output import check_output_dir, replace_output_dir
 
 __all__ = ["ACDC_CLASSES", "ACDC_LABELS", "patient_frames", "prepare_acdc", "read_acdc_frame", "split_patients"]
 
@@ -116,7 +115,7 @@ def prepare_acdc(
     split = split_patients(patients, labeled, val, seed, labeled_ids, val_ids)
     output = Path(output)
     affine = spacing_affine(1.0)
-    with atomic_output_dir(output, keep_others=True) as tmp:
+    with replace_output_dir(output) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         records: dict[str, list[dict]] = {}

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.atomic import atomic_output_dir
 from .datalist import read_id_list, split_cases, write_datalist
 from ..utils.errors import DataError
 from .h5 import read_h5_volume
-from .output import check_output_dir
+from .output import check_output_dir, replace_output_dir
 from ..transforms.check_label import check_label
 from .nifti import save_image, save_label, spacing_affine
 
@@ -72,7 +71,7 @@ def prepare_la(
     ids = read_id_list(source / "train.list", "cases", "UA-MT layout: train.list and volumes/<id>/mri_norm2.h5")
     split = split_cases(ids, labeled, val)
     output = Path(output)
-    with atomic_output_dir(output, keep_others=True) as tmp:
+    with replace_output_dir(output) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for case in tqdm(ids, desc="prepare-la", disable=not progress, unit="case"):

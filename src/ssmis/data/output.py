@@ -1,20 +1,28 @@
-"""The output folder of a preparation command, checked before anything is read or written."""
+"""The output folder of a preparation command: checked before anything is read or written, then written beside
+``output`` and put in its place in one step."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import logging
 import os
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 from ..utils.errors import DataError
 
-__all__ = ["check_output_dir"]
+__all__ = ["check_output_dir", "replace_output_dir"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_output_dir(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
     """Refuse an ``output`` folder whose replacement would delete data; return its absolute path.
 
-    Preparation commands replace what they write in ``output`` (``atomic_output_dir(..., keep_others=True)``; other
-    entries such as ``imagesTs/`` are kept), so it must not be, or contain, one of the ``inputs``
+    Preparation commands replace ``output`` (:func:`replace_output_dir`; entries they do not write, such as
+    ``imagesTs/``, are carried over), so it must not be, or contain, one of the ``inputs``
     (``{"--images": path, ...}``, named in the message), and an existing ``output`` must be empty or a folder this
     project prepared before (it holds ``datalist.json``).
     """
@@ -36,3 +44,73 @@ def check_output_dir(output: str | os.PathLike, inputs: dict[str, str | os.PathL
             "here; it would be replaced as a whole. Choose a new or empty folder."
         )
     return out
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names of ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)  # same file system (a sibling folder): instant, no extra space
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``<output>.partial``, a new folder to write into; on success it takes the place of ``output``, on
+    error it is deleted and ``output`` is left as it was.
+
+    A reader of ``output`` sees the old folder or the complete new one: the two are exchanged in one rename
+    (Linux), then the old one is deleted. Where that is not available, ``output`` is renamed to ``<output>.old``
+    and the new folder into place, two renames apart; a run killed between them is put right by the next one.
+    Entries of an existing ``output`` that the new folder lacks (a user's ``imagesTs/``) are carried into it first,
+    as hard links where the file system allows, so nothing but what the preparation rewrites leaves ``output``.
+
+    A ``<output>.partial`` that already exists is refused before anything is written: another preparation is
+    writing there, or a killed one left it (the message names it).
+    """
+    output = Path(output).absolute()
+    partial, old = output.with_name(output.name + ".partial"), output.with_name(output.name + ".old")
+    if old.is_dir():  # a swap of the two-rename kind was cut short
+        if not os.path.lexists(output):
+            logger.warning(f"restoring {output} from {old.name}, set aside by an interrupted run")
+            os.replace(old, output)
+        else:
+            shutil.rmtree(old)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        partial.mkdir()
+    except FileExistsError:
+        raise DataError(f"{partial} exists: another preparation is writing it, or an interrupted one left it; "
+                        "delete it (or wait for the other run) and run again") from None
+    try:
+        yield partial
+        if output.is_dir():
+            for entry in sorted(os.listdir(output)):
+                src, dst = output / entry, partial / entry
+                if os.path.lexists(dst):
+                    continue
+                if src.is_dir() and not src.is_symlink():
+                    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(str(src), str(dst))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if output.exists() and _exchange(partial, output):
+        shutil.rmtree(partial)  # now the old folder
+        return
+    if output.exists():
+        os.replace(output, old)
+    os.replace(partial, output)
+    shutil.rmtree(old, ignore_errors=True)

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils.atomic import atomic_output_dir
 from .datalist import split_cases, write_datalist
 from ..utils.errors import DataError
 from .nifti import save_image, save_label, spacing_affine
-from .output import check_output_dir
+from .output import check_output_dir, replace_output_dir
 
 __all__ = ["synthetic_case", "make_synthetic_dataset"]
 
@@ -66,7 +65,7 @@ def make_synthetic_dataset(
     ids = [f"case_{i:03d}" for i in range(cases)]
     split = split_cases(ids, labeled, val)
     rng = np.random.default_rng(seed)
-    with atomic_output_dir(output, keep_others=True) as tmp:
+    with replace_output_dir(output) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         affine = spacing_affine(spacing, dims)

@@ -2,6 +2,7 @@
 
 from .best_model import BestModelSaver
 from .checkpoint import ResumableCheckpoint
+from .disk_saver import AtomicDiskSaver
 from .metrics_writer import SegmentationMetricsWriter
 from .pretraining_stage import PretrainingStage
 from .progress import TrainingProgressBar
@@ -9,6 +10,7 @@ from .pseudo_label_quality import PseudoLabelQuality, pseudo_label_scores
 from .rampup import RampUpWeight, linear_rampup, sigmoid_rampup
 
 __all__ = [
+    "AtomicDiskSaver",
     "BestModelSaver",
     "PretrainingStage",
     "PseudoLabelQuality",

@@ -6,29 +6,40 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
-from ..utils.atomic import atomic_torch_save
-from ..utils.distributed import get_rank
 from ..networks.unwrap import unwrap_module
+from .disk_saver import AtomicDiskSaver
 
 __all__ = ["BestModelSaver"]
 
 logger = logging.getLogger(__name__)
 
 
-class BestModelSaver:
+class _Value:
+    """A number that ``Checkpoint`` saves as a top-level entry of the file (``state_dict()`` is the number)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self.state_dict = read
+
+
+class BestModelSaver(Checkpoint):
     """After each validation, save ``save_dict`` to ``save_dir/filename`` when the key metric beats the best so far.
 
-    Written here rather than with MONAI's ``CheckpointSaver(save_key_metric=True)`` for two reasons: that saver
-    writes with ``atomic=False`` after deleting the previous best file, so a kill mid-write loses the best weights;
-    and its best score starts afresh after a resume, so the first validation of a resumed run replaces a better
-    earlier model. Here the file is replaced atomically, and the best score is a ``state_dict`` that goes into the
-    resumable checkpoint. The file holds ``{name: state_dict, ..., "best_metric": float, "best_epoch": int}``
-    (MONAI's ``CheckpointLoader`` with ``load_dict={"model": ...}`` reads it as usual). Under DDP only rank 0 writes.
+    An ``ignite.handlers.Checkpoint`` (one file, its score the metric) writing through
+    :class:`~ssmis.handlers.disk_saver.AtomicDiskSaver`, rather than MONAI's ``CheckpointSaver(save_key_metric=True)``
+    or a plain ``Checkpoint``, for two reasons: those delete the previous best file before writing the next, so a
+    kill in between loses the best weights (here the file is replaced by a rename); and their best score starts
+    afresh after a resume, so the first validation of a resumed run replaces a better earlier model. Here the best
+    score is this handler's ``state_dict``, which goes into the resumable checkpoint, and the file records it too:
+    a validation that ended after the last checkpoint was written is found there. The file holds
+    ``{name: state_dict, ..., "best_metric": float, "best_epoch": int}`` (MONAI's ``CheckpointLoader`` with
+    ``load_dict={"model": ...}`` reads it as usual). NaN never counts as an improvement. Under DDP only rank 0
+    writes.
 
     Args:
         save_dir: folder of the file.
@@ -41,21 +52,31 @@ class BestModelSaver:
 
     def __init__(self, save_dir: str | os.PathLike, save_dict: Mapping[str, Any], filename: str = "model_best.pt",
                  metric_name: str | None = None) -> None:
+        if {"best_metric", "best_epoch"} & set(save_dict):
+            raise ValueError("save_dict must not hold 'best_metric' or 'best_epoch': the file records them")
         self.path = Path(save_dir) / filename
-        self.save_dict = dict(save_dict)
         self.metric_name = metric_name
         self.best_metric, self.best_epoch = -math.inf, -1
         self._resumed = False
+        objects = {k: unwrap_module(v) for k, v in save_dict.items()}
+        objects.update(best_metric=_Value(lambda: float(self.best_metric)),
+                       best_epoch=_Value(lambda: int(self.best_epoch)))
+        super().__init__(objects, AtomicDiskSaver(save_dir), filename_pattern=filename, n_saved=1,
+                         score_function=lambda engine: self.best_metric)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict[str, float]:  # type: ignore[override]
         return {"best_metric": float(self.best_metric), "best_epoch": int(self.best_epoch)}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # type: ignore[override]
+        self._set_best(float(state["best_metric"]), int(state["best_epoch"]))
         self._resumed = True
+
+    def _set_best(self, metric: float, epoch: int) -> None:
+        self.best_metric, self.best_epoch = metric, epoch
+        self._saved = [Checkpoint.Item(metric, self.path.name)] if math.isfinite(metric) else []
 
     def _adopt_saved_file(self, epoch: int) -> None:
         # a validation can end after the last resumable checkpoint was written; the file then knows a newer best
@@ -69,9 +90,9 @@ class BestModelSaver:
             return
         metric, at = saved.get("best_metric"), saved.get("best_epoch")
         if isinstance(metric, float) and isinstance(at, int) and at <= epoch and metric > self.best_metric:
-            self.best_metric, self.best_epoch = metric, at
+            self._set_best(metric, at)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: Engine) -> None:  # type: ignore[override]
         name = self.metric_name or engine.state.key_metric_name
         if name not in engine.state.metrics:
             raise KeyError(f"BestModelSaver: the evaluator has no metric {name!r} (it has {sorted(engine.state.metrics)})")
@@ -81,8 +102,4 @@ class BestModelSaver:
         if not value > self.best_metric:  # NaN never counts as an improvement
             return
         self.best_metric, self.best_epoch = value, epoch
-        if get_rank() != 0:
-            return
-        obj = {k: unwrap_module(v).state_dict() for k, v in self.save_dict.items()}
-        obj.update(best_metric=value, best_epoch=epoch)
-        atomic_torch_save(obj, self.path)
+        super().__call__(engine)  # the score (value) beats the one saved: the file is replaced

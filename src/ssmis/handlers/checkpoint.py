@@ -1,8 +1,9 @@
 """A checkpoint handler that resumes a killed run and publishes ``models/model.pt`` atomically.
 
-MONAI's ``CheckpointSaver`` names files by iteration or metric and ``CheckpointLoader`` fails when its file does not
-exist yet, so "rerun the same command after a kill and it resumes" needs both a fixed file name and a load that is
-skipped on the first run. This handler provides exactly that and nothing else.
+Built from ignite: two ``ignite.handlers.Checkpoint`` savers (the training state and the model) writing through
+:class:`~ssmis.handlers.disk_saver.AtomicDiskSaver`, and ``Checkpoint.load_objects`` to restore. What is added is
+what "rerun the same command after a kill and it resumes" needs: fixed file names, a load that is skipped on the
+first run, errors that name the file and the entry that does not fit, and entries that older checkpoints may lack.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any, Mapping
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
 from ..networks.unwrap import unwrap_module
-from ..utils.atomic import atomic_torch_save
-from ..utils.distributed import get_rank
+from .disk_saver import AtomicDiskSaver
 
 __all__ = ["ResumableCheckpoint"]
 
@@ -35,8 +36,8 @@ class ResumableCheckpoint:
       ``CheckpointLoader`` (one-entry ``load_dict``) both read; with several ``model_keys``,
       ``{key: state dict}`` for each.
 
-    Both are written to a temporary file and renamed, so a kill mid-write never leaves a truncated checkpoint.
-    Under DDP only rank 0 writes.
+    Both are written to a temporary file and renamed over the previous one (never deleted first), so a kill
+    mid-write never leaves a truncated or missing checkpoint. Under DDP only rank 0 writes.
 
     Args:
         save_dir: folder for the two files (created if missing).
@@ -79,6 +80,12 @@ class ResumableCheckpoint:
         if "trainer" in self.save_dict:
             raise ValueError("save_dict must not hold 'trainer': the engine this handler is attached to is saved there")
         self.save_dict["trainer"] = engine
+        objects = {k: unwrap_module(v) for k, v in self.save_dict.items()}
+        saver = AtomicDiskSaver(self.save_dir)
+        # one file each, replaced in place (n_saved=1, a literal file name); priority: the iteration
+        self._state_saver = Checkpoint(objects, saver, filename_pattern=self.state_path.name, n_saved=1)
+        self._model_saver = Checkpoint({k: objects[k] for k in self.model_keys}, saver,
+                                       filename_pattern=self.model_path.name, n_saved=1)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         if self.save_interval > 0:
@@ -113,9 +120,9 @@ class ResumableCheckpoint:
                     self.logger.warning(f"{self.state_path} has no entry {name!r}; it starts afresh")
                     continue
                 raise KeyError(f"{self.state_path} has no entry {name!r} (it has {sorted(state)})")
-            try:
-                unwrap_module(obj).load_state_dict(state[name])
-            except (RuntimeError, KeyError, ValueError) as e:  # e.g. the network's settings changed since
+            try:  # one entry at a time, so an error names the entry
+                Checkpoint.load_objects({name: unwrap_module(obj)}, {name: state[name]})
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:  # e.g. the network's settings changed since
                 raise RuntimeError(f"{self.state_path}: entry {name!r} does not fit this run's {type(obj).__name__} "
                                    f"({str(e)[:300]}); resume with the settings it was trained with, or delete "
                                    "the file to start afresh") from e
@@ -124,13 +131,7 @@ class ResumableCheckpoint:
         self.logger.info(f"resumed from {self.state_path} at iteration {engine.state.iteration}")
 
     def save(self, engine: Engine) -> None:
-        """Write ``checkpoint.pt`` and ``model.pt`` atomically (rank 0 only)."""
-        if get_rank() != 0:
-            return
-        states = {name: unwrap_module(obj).state_dict() for name, obj in self.save_dict.items()}
-        atomic_torch_save(states, self.state_path)
-        if len(self.model_keys) == 1:
-            model = states[self.model_keys[0]]
-        else:
-            model = {k: states[k] for k in self.model_keys}
-        atomic_torch_save(model, self.model_path)
+        """Write ``checkpoint.pt`` and ``model.pt`` (each replaced atomically; rank 0 only). Called at the same
+        iteration twice (the last interval and the end), it writes once."""
+        self._state_saver(engine)
+        self._model_saver(engine)

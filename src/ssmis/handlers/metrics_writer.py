@@ -54,6 +54,10 @@ class SegmentationMetricsWriter:
     - ``overlay_best_<case>.png`` and ``overlay_worst_<case>.png`` (by Dice)
 
     and puts the means into ``engine.state.metrics`` (``dice``, ``jaccard``, …).
+
+    Not MONAI's ``MetricsSaver``: that one writes what the evaluator's metric handlers computed, one CSV per metric,
+    while the distances here are in mm from each label's own affine, every case is named after its file, and the
+    JSON (which the benchmarks read), the CSV and the overlays come from one pass.
     """
 
     def __init__(
