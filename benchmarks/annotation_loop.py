@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter  # noqa: E402
-from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+sys.path.insert(0, str(ROOT / "monailabel_app"))  # the app's lib/
+from lib.server_process import start_server, stop_server  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"  # --results-dir

@@ -29,14 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+sys.path.insert(0, str(ROOT / "monailabel_app"))  # the app's lib/
+from lib.server_process import start_server, stop_server  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 
 
 def app_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """The app serving ``models`` from ``model_dir`` under the CPU protocol (see ``monailabel_server.start_server``)."""
+    """The app serving ``models`` from ``model_dir`` under the CPU protocol (see ``lib.server_process.start_server``)."""
     conf = {"models": models, "model_dir": str(model_dir), "extra_config": "cpu_protocol.yaml", "device": "cpu"}
     return start_server(studies, conf, log)
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
 from benchmarks.la_protocol import (  # noqa: E402
     _version_cell, _wall_cell, merge_result, method_name, paired, update_doc_table, version_label)
-from benchmarks.monailabel_server import server_command  # noqa: E402
+sys.path.insert(0, str(ROOT / "monailabel_app"))  # the app's lib/
+from lib.server_process import server_command  # noqa: E402
 from benchmarks.paused_time import PausedMeter, process_state  # noqa: E402
 
 

@@ -23,9 +23,8 @@ import torch
 from conftest import ROOT
 from ssmis.bundle.layout import config_files
 
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+sys.path.insert(0, str(ROOT / "monailabel_app"))  # the app's lib/
+from lib.server_process import start_server, stop_server  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real server, trainings in subprocesses
 
@@ -60,11 +59,12 @@ def _wait_train(base: str, timeout: float = 300) -> dict:
     raise TimeoutError("training did not finish")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _serve(tmp_path_factory, name: str):
+    """A MONAI Label server of the app on six synthetic volumes (two tiny models), yielded as
+    ``{"base", "root", "syn", "studies"}`` and stopped afterwards."""
     from ssmis.data.synthetic import make_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("label_app")
+    root = tmp_path_factory.mktemp(name)
     syn = make_synthetic_dataset(root / "syn", dims=3, classes=2, cases=6, labeled=3, val=1, size=32)
     studies = root / "studies"
     studies.mkdir()
@@ -84,7 +84,46 @@ def server(tmp_path_factory):
         stop_server(proc, timeout_s=20)
 
 
-def test_annotation_loop(server):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Shared by the tests that set up what they need themselves (:func:`_ready`), in any order."""
+    yield from _serve(tmp_path_factory, "label_app")
+
+
+@pytest.fixture(scope="module")
+def fresh_server(tmp_path_factory):
+    """test_annotation_loop's own: it starts from an empty datastore and no weights."""
+    yield from _serve(tmp_path_factory, "label_app_loop")
+
+
+def _publish_weights(root: Path, model: str) -> Path:
+    """The served ``model.pt`` of ``model``: the one a training published, or else (a test run on its own or before
+    the trainings) freshly initialised weights of the served network, so every test runs in any order."""
+    weights = root / "model" / model / "model.pt"
+    if not weights.is_file():
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        bundle = ROOT / "bundles" / model
+        parser.read_config([*config_files(bundle, "inference"), str(root / "tiny.yaml")])
+        parser["bundle_root"] = str(bundle)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    return weights
+
+
+def _ready(server: dict) -> None:
+    """Three labelled images and published weights for both models, whether or not test_annotation_loop ran first."""
+    for i in range(3):
+        r = requests.put(f"{server['base']}/datastore/label?image=case_00{i}", files={
+            "label": ("label.nii.gz", (server["syn"] / "labelsTr" / f"case_00{i}.nii.gz").read_bytes())})
+        assert r.status_code == 200, r.text
+    for model in ("transmedseg_la", "fixed_dynamic_pl_la"):
+        _publish_weights(server["root"], model)
+
+
+def test_annotation_loop(fresh_server):
+    server = fresh_server
     base, syn, root = server["base"], server["syn"], server["root"]
     # its own download folder: the server deletes its result file from /tmp, under the same name, after answering
     client = MONAILabelClient(base, tmpdir=str(root / "client"))
@@ -168,9 +207,8 @@ def test_annotation_loop(server):
 def test_stop_training_keeps_served_weights(server):
     base, root = server["base"], server["root"]
     client = MONAILabelClient(base, tmpdir=str(root / "client"))
+    _ready(server)
     model = root / "model" / "fixed_dynamic_pl_la" / "model.pt"
-    if not model.is_file():
-        pytest.skip("needs the weights of test_annotation_loop")
     before = (model.stat().st_mtime, model.read_bytes())
     client.train_start("fixed_dynamic_pl_la", {"num_iterations": 100000, "val_interval": 50000})
     for _ in range(120):
@@ -209,6 +247,7 @@ def test_stop_training_keeps_served_weights(server):
 
 def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     base, syn, root = server["base"], server["syn"], server["root"]
+    _ready(server)
     tmp = root / "bad"
     tmp.mkdir(exist_ok=True)
     nib.save(nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)), tmp / "flat.nii.gz")
@@ -327,15 +366,7 @@ def test_unusable_weights_are_named(server):
     base, root = server["base"], server["root"]
     weights = root / "model" / "transmedseg_la" / "model.pt"
     before = weights.read_bytes() if weights.is_file() else None
-    if before is None:  # run on its own: publish freshly initialised weights of the served network first
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser()
-        bundle = ROOT / "bundles" / "transmedseg_la"
-        parser.read_config([*config_files(bundle, "inference"), str(root / "tiny.yaml")])
-        parser["bundle_root"] = str(bundle)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": parser.get_parsed_content("network").state_dict()}, weights)
+    _publish_weights(root, "transmedseg_la")
     good = weights.read_bytes()
     try:
         for content, words in ((b"not a checkpoint", "cannot read the weights"), (None, "do not fit")):
@@ -480,10 +511,7 @@ def test_auto_reload_follows_an_index_replaced_by_another_process(tmp_path):
 
 def test_a_failed_training_names_the_file(server):
     base, studies, syn = server["base"], server["studies"], server["syn"]
-    for i in range(3):  # labelled whether or not test_annotation_loop ran first
-        r = requests.put(f"{base}/datastore/label?image=case_00{i}", files={
-            "label": ("label.nii.gz", (syn / "labelsTr" / f"case_00{i}.nii.gz").read_bytes())})
-        assert r.status_code == 200, r.text
+    _ready(server)
     victim = studies / "case_002.nii.gz"
     good = victim.read_bytes()
     try:

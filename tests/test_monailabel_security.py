@@ -26,10 +26,9 @@ import requests
 
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "monailabel_app"))
 
-from benchmarks.monailabel_server import start_server, stop_server  # noqa: E402
+from lib.server_process import start_server, stop_server  # noqa: E402
 
 pytest.importorskip("monailabel")
 pytestmark = pytest.mark.slow

@@ -1,6 +1,7 @@
-"""Start and stop the project's MONAI Label app as a real server on 127.0.0.1, for the app's benchmark and tests.
+"""Start and stop this MONAI Label app as a real server on 127.0.0.1, in a subprocess: for the app's tests, its
+benchmarks and scripts (``sys.path`` holding ``monailabel_app``, then ``from lib.server_process import ...``).
 
-One launcher keeps the benchmark and the test suite on the same command line and environment.
+One launcher keeps the benchmarks and the test suite on the same command line and environment.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = Path(__file__).resolve().parents[1]  # monailabel_app/
 
 __all__ = ["free_port", "server_command", "start_server", "stop_server"]
 
@@ -31,7 +32,7 @@ def server_command(studies: Path, port: int, conf: dict[str, str]) -> list[str]:
     It runs ``python -m monailabel.main`` with this interpreter, not the ``monailabel`` script: that script runs
     whichever ``python`` is first on PATH, which is not this environment's unless it is activated.
     """
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monailabel_app"),
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
            "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for key, value in conf.items():
         cmd += ["--conf", key, str(value)]
