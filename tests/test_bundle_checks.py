@@ -51,7 +51,9 @@ def test_no_config_file_on_the_command_line_checks_nothing():
                                         ("tsa_ramp_origin", None), ("teacher_mode", "Eval"), ("sw_average", "mean"),
                                         ("val_interval", True), ("amp", "false"), ("amp", 1),
                                         ("use_tsa", "false"), ("pretrain_reset_optimizer", "false"),
-                                        ("pretrain_select", "first")])
+                                        ("pretrain_select", "first"), ("lcc", "false"), ("use_cut", "true"),
+                                        ("use_fixed", 0), ("use_dynamic", "no"), ("pseudo_lcc", "false"),
+                                        ("tsa_bidirectional", "true"), ("confidence_weighted", "false")])
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"--{key}: must be"):
         check_settings(**{key: value})
@@ -64,6 +66,24 @@ def test_good_settings_pass_and_unknown_rules_are_caught():
     assert {"num_iterations", "batch_size", "amp", "sw_average"} <= set(SETTING_RULES)
     with pytest.raises(KeyError, match="no rule for 'learning_rate'"):
         check_settings(learning_rate=0.01)
+
+
+def test_every_switch_of_every_bundle_is_checked():
+    """Each top-level true/false setting of a bundle's training config is in its ``checked`` list, so
+    ``--<switch> false`` (a string to python-fire, and truthy) is refused instead of meaning true."""
+    from monai.bundle import ConfigParser
+
+    from conftest import BUNDLES
+    from ssmis.bundle.layout import config_files
+
+    bundles = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json"))
+    assert len(bundles) >= 8
+    for bundle in bundles:
+        parser = ConfigParser()
+        parser.read_config(config_files(BUNDLES / bundle, "train"))
+        switches = {k for k, v in parser.get().items() if isinstance(v, bool)}
+        assert switches, bundle
+        assert switches <= set(parser["checked"]), (bundle, switches - set(parser["checked"]))
 
 
 @pytest.mark.parametrize("override, words", [(["--num_iteration", "5"], "did you mean --num_iterations"),

@@ -107,6 +107,13 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_tsa": (_bool, _BOOL),
     "use_graph": (_bool, _BOOL),
     "pretrain_reset_optimizer": (_bool, _BOOL),
+    "lcc": (_bool, _BOOL),
+    "pseudo_lcc": (_bool, _BOOL),
+    "tsa_bidirectional": (_bool, _BOOL),
+    "use_fixed": (_bool, _BOOL),
+    "use_dynamic": (_bool, _BOOL),
+    "use_cut": (_bool, _BOOL),
+    "confidence_weighted": (_bool, _BOOL),
 }
 
 
