@@ -198,3 +198,44 @@ def test_inference_resamples_to_the_target_spacing_and_back(tmp_path) -> None:
     assert dice > 0.85, dice  # a ball of radius 8 voxels, seen at half the resolution
     np.testing.assert_allclose(np.argwhere(got).mean(0), np.argwhere(ball).mean(0), atol=0.6)  # in place
     assert out["pred"].shape[1:] == shape
+
+
+def test_bfloat16_windows_match_float32_and_bad_precisions_are_named():
+    """``precision='bfloat16'`` runs each window under autocast and blends float32 probabilities that agree with the
+    float32 path to bfloat16's rounding; an unknown precision is refused."""
+    import torch
+
+    from ssmis.inferers import SoftmaxSlidingWindowInferer, bfloat16_is_fast
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1)).eval()
+    x = torch.randn(1, 1, 20, 18, 12)
+    dtypes = []
+    net.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    with torch.no_grad():
+        ref = torch.softmax(SoftmaxSlidingWindowInferer((8, 8, 8), 2, 0.5)(x, net), 1)
+        assert dtypes and set(dtypes) == {torch.float32}
+        dtypes.clear()
+        out = SoftmaxSlidingWindowInferer((8, 8, 8), 2, 0.5, precision="bfloat16")(x, net)
+    assert set(dtypes) == {torch.bfloat16} and out.dtype == torch.float32
+    assert torch.allclose(torch.softmax(out, 1), ref, atol=0.02)
+    assert isinstance(bfloat16_is_fast(), bool)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SoftmaxSlidingWindowInferer((8, 8, 8), precision="float16")
+
+
+def test_channels_last_converts_2d_and_3d_weights_and_keeps_loaded_values():
+    import torch
+
+    from ssmis.networks import channels_last
+
+    net = torch.nn.ModuleDict({"c3": torch.nn.Conv3d(2, 4, 3), "c2": torch.nn.Conv2d(2, 4, 3),
+                               "bn": torch.nn.BatchNorm3d(4)})
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert channels_last(net) is net
+    assert net["c3"].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert net["c2"].weight.is_contiguous(memory_format=torch.channels_last)
+    assert net["bn"].weight.dim() == 1 and net["c3"].bias.is_contiguous()
+    net.load_state_dict({k: v * 2 for k, v in state.items() if v.is_floating_point()}, strict=False)
+    assert net["c3"].weight.is_contiguous(memory_format=torch.channels_last_3d)  # loading keeps the format
+    assert torch.equal(net["c3"].weight, state["c3.weight"] * 2)

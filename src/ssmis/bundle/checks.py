@@ -114,6 +114,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_dynamic": (_bool, _BOOL),
     "use_cut": (_bool, _BOOL),
     "confidence_weighted": (_bool, _BOOL),
+    "channels_last": (_bool, _BOOL),
+    "sw_precision": (_one_of("float32", "bfloat16"), "'float32' or 'bfloat16'"),
 }
 
 
