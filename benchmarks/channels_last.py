@@ -12,7 +12,6 @@ seconds per iteration are measured around its process. Results: ``docs/results/c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.la_protocol import run_cmd, scalar_curves  # noqa: E402
+from benchmarks.results_files import write_results  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
-from ssmis.utils import atomic_write_text  # noqa: E402
 
 
 def train(bundle: str, data: Path, out: Path, iterations: int, channels_last: bool) -> dict:
@@ -75,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                             "loss_range": [min(a), max(a)]})
             print(f"{bundle}: {speedup:.2f}x, largest loss difference {diff:.2e}", flush=True)
     r = {"date": time.strftime("%Y-%m-%d"), "iterations": args.iterations, "bundles": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(r, indent=2), args.output)
-    atomic_write_text(report(r), args.output.with_suffix(".md"))
-    print(report(r))
+    print(write_results(r, args.output, report))
     return 0
 
 

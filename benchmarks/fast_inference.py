@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter  # noqa: E402
+from benchmarks.results_files import write_results  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
-from ssmis.utils import atomic_write_text  # noqa: E402
 
 VARIANTS = {"float32": {"channels_last": False, "sw_precision": "float32"},
             "channels_last": {"channels_last": True, "sw_precision": "float32"},
@@ -171,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"V-Net {name}: {v['median_s']:.2f} s", flush=True)
     r = {"date": time.strftime("%Y-%m-%d"), "steal": steal.fraction, "bfloat16_is_fast": bfloat16_is_fast(),
          "bundles": results, "vnet": vnet, "vnet_volume": shape, "repeats": args.repeats}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(r, indent=2), args.output)
-    atomic_write_text(report(r), args.output.with_suffix(".md"))
-    print(report(r))
+    print(write_results(r, args.output, report))
     return 0
 
 
