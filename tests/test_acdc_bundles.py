@@ -120,3 +120,25 @@ def test_the_app_serves_transmedseg_acdc_slice_by_slice(tmp_path):
     prediction = predictor.predict(tmp_path / "p001_frame01.nii.gz")
     assert prediction.probs.shape == (4, 256, 256, 4)  # the network's in-plane size, slice by slice
     assert prediction.label.shape == shape
+
+
+def test_each_process_draws_its_own_slices_with_replacement():
+    """One sampler definition serves both workflows: volumes drawn with replacement, ``val_interval`` batches per
+    round, from a generator seeded by the process's rank (``multi_gpu_train.yaml`` sets ``sampler_rank``)."""
+    from monai.bundle import ConfigParser
+
+    draws = {}
+    for names, rank in ((("train",), 0), (("train", "multi_gpu_train"), 0), (("train", "multi_gpu_train"), 1)):
+        parser = ConfigParser()
+        parser.read_config(config_list("supervised_acdc", *names))
+        parser.update({"train#dataset": "$list(range(6))", "train#unlabeled_dataset": "$list(range(10))",
+                       "sampler_rank": rank, "val_interval": 50, "batch_size": 4})
+        key = "train#sampler" if "multi_gpu_train" in names else "train#dataloader#sampler"
+        sampler = parser.get_parsed_content(key)
+        assert isinstance(sampler, torch.utils.data.RandomSampler) and sampler.replacement
+        assert len(sampler) == 200 and parser.get_parsed_content(key) is sampler
+        draws[(names, rank)] = list(sampler)
+        unlabeled = parser.get_parsed_content("unlabeled_slice_sampler")
+        assert len(unlabeled) == 50 * parser.get_parsed_content("unlabeled_batch_size")
+    single, ddp0, ddp1 = draws.values()
+    assert single == ddp0 != ddp1 and set(single) == set(range(6))  # each volume drawn, repeats allowed
