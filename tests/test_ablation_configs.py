@@ -199,13 +199,19 @@ def test_graph_loss_switches_are_reachable_by_override():
     assert head.normalize is False and head.reduction == "nodes"
 
 
+def _tms_parser(**overrides) -> ConfigParser:
+    """transmedseg_la's training config (+ cpu_protocol) with ``overrides``."""
+    parser = ConfigParser()
+    parser.read_config(config_list(TMS, "train", "cpu_protocol"))
+    parser["bundle_root"] = str(BUNDLES / TMS)
+    parser.update(overrides)
+    return parser
+
+
 def test_graph_term_switched_off_builds_nothing():
     """``use_graph: false``: no GCN/MLP head is built, optimised or checkpointed, and the strategy has no graph term."""
     for use_graph in (True, False):
-        parser = ConfigParser()
-        parser.read_config(config_list(TMS, "train", "cpu_protocol"))
-        parser["bundle_root"] = str(BUNDLES / TMS)
-        parser["use_graph"] = use_graph
+        parser = _tms_parser(use_graph=use_graph)
         head = parser.get_parsed_content("graph_loss")
         params = sum(p.numel() for g in parser.get_parsed_content("optimizer").param_groups for p in g["params"])
         network = sum(p.numel() for p in parser.get_parsed_content("network").parameters())
@@ -221,10 +227,7 @@ def test_tsa_switched_off_builds_nothing():
     """``use_tsa: false``: no TSA object, so no hook on the network keeping its last feature map, no λ ramp and no
     checkpoint entry (ResumableCheckpoint leaves None entries out)."""
     for use_tsa in (True, False):
-        parser = ConfigParser()
-        parser.read_config(config_list(TMS, "train", "cpu_protocol"))
-        parser["bundle_root"] = str(BUNDLES / TMS)
-        parser["use_tsa"] = use_tsa
+        parser = _tms_parser(use_tsa=use_tsa)
         strategy = parser.get_parsed_content("train#strategy")
         handler = parser.get_parsed_content("train#method_handlers#0")
         entry = parser.get_parsed_content("checkpoint_dict#tsa")

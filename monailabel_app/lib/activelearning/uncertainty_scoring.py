@@ -60,8 +60,10 @@ class UncertaintyScoring(ScoringMethod):
     def score(self, image_path: str) -> float:
         if self.kind == "disagreement":
             per_network = self.predictor.network_probabilities(image_path)
+            # a single network cannot disagree with itself: its entropy, from the same forward pass
             if len(per_network) == 2:
                 return prediction_disagreement(*per_network)
+            return prediction_entropy(per_network[0])
         return prediction_entropy(self.predictor.predict(image_path).probs)
 
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_volume
 from ssmis.bundle.layout import config_files
@@ -173,8 +174,6 @@ class BundlePredictor:
     def _network_input(self, path: str | Path, chain: _Chain) -> tuple[nib.Nifti1Image, dict]:
         """The image read by the app, in the form the bundle's loader gives (``[1, *S]`` with its affine), through
         the bundle's remaining pre-processing: ``{"image": MetaTensor [1, *M]}``."""
-        from monai.data import MetaTensor
-
         img, arr = self.read(path)
         affine = torch.as_tensor(np.asarray(img.affine, dtype=np.float64))
         image = MetaTensor(torch.from_numpy(arr)[None], affine=affine,
@@ -195,8 +194,6 @@ class BundlePredictor:
         chain = self._load()
         img, data = self._network_input(path, chain)
         logits = self._logits(data, chain, chain.network)
-        from monai.data import MetaTensor
-
         pred = MetaTensor(logits.float().cpu(), meta=dict(data["image"].meta))  # its affine included
         out = chain.postprocessing({**data, "pred": pred})["pred"]
         label = np.asarray(torch.as_tensor(out)[0], dtype=np.uint8)

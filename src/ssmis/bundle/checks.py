@@ -102,20 +102,11 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain_select": (_one_of("best", "last"), "'best' or 'last'"),
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
-    # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
-    "amp": (_bool, _BOOL),
-    "use_tsa": (_bool, _BOOL),
-    "use_graph": (_bool, _BOOL),
-    "pretrain_reset_optimizer": (_bool, _BOOL),
-    "lcc": (_bool, _BOOL),
-    "pseudo_lcc": (_bool, _BOOL),
-    "tsa_bidirectional": (_bool, _BOOL),
-    "use_fixed": (_bool, _BOOL),
-    "use_dynamic": (_bool, _BOOL),
-    "use_cut": (_bool, _BOOL),
-    "confidence_weighted": (_bool, _BOOL),
-    "channels_last": (_bool, _BOOL),
     "sw_precision": (_one_of("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
+    **{switch: (_bool, _BOOL) for switch in ("amp", "use_tsa", "use_graph", "pretrain_reset_optimizer", "lcc",
+                                             "pseudo_lcc", "tsa_bidirectional", "use_fixed", "use_dynamic",
+                                             "use_cut", "confidence_weighted", "channels_last")},
 }
 
 

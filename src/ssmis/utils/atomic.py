@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_replace", "atomic_torch_save", "atomic_write_text", "ordinary_mode"]
+__all__ = ["atomic_replace", "atomic_torch_save", "atomic_write_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +26,17 @@ STALE_AFTER_S = 3600.0
 MARKER = "ssmis-"
 
 
-def ordinary_mode(path: Path, directory: bool = False) -> int:
-    """The permissions ``path`` would get from a plain ``open``/``mkdir`` (or keeps, if it exists).
+def _ordinary_mode(path: Path) -> int:
+    """The permissions file ``path`` would get from a plain ``open`` (or keeps, if it exists).
 
-    ``mkstemp``/``mkdtemp`` create owner-only (0600/0700) entries and a rename keeps that, which would hide
-    outputs from other users of a shared machine (e.g. a segmentation read by 3D Slicer under another account).
+    ``mkstemp`` creates owner-only (0600) files and a rename keeps that, which would hide outputs from other users
+    of a shared machine (e.g. a segmentation read by 3D Slicer under another account).
     """
     if path.exists():
         return stat.S_IMODE(path.stat().st_mode)
     mask = os.umask(0)
     os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return 0o666 & ~mask
 
 
 def _remove_stale_temporaries(path: Path, suffix: str) -> None:
@@ -56,7 +56,7 @@ def atomic_replace(write: Any, path: str | os.PathLike, keep_extension: bool = F
 
     If ``write`` raises, the temporary file is removed and ``path`` is left as it was. ``keep_extension``: the
     temporary name ends with ``path``'s extensions (``….tmp.nii.gz``), for writers that pick the format from them.
-    The file gets :func:`ordinary_mode`. Temporary files of ``path`` that a killed process left are deleted first.
+    The file gets the permissions a plain ``open`` would give (or keeps those of the file it replaces). Temporary files of ``path`` that a killed process left are deleted first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def atomic_replace(write: Any, path: str | os.PathLike, keep_extension: bool = F
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, ordinary_mode(path))
+        os.chmod(tmp, _ordinary_mode(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
