@@ -42,16 +42,19 @@ METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps",
 
 
 
-def build_network(name: str, device):
+def build_network(name: str, device, channels_last: bool = False):
     from monai.networks.nets import BasicUNet
 
     from ssmis.networks import VNet
+    from ssmis.networks import channels_last as to_channels_last
 
     if name == "vnet":
-        return VNet(3, 1, 2, features=16).to(device)
-    if name == "basicunet8":
-        return BasicUNet(3, 1, 2, features=(8, 16, 32, 64, 128, 8)).to(device)
-    raise ValueError(f"unknown network {name!r}")
+        net = VNet(3, 1, 2, features=16).to(device)
+    elif name == "basicunet8":
+        net = BasicUNet(3, 1, 2, features=(8, 16, 32, 64, 128, 8)).to(device)
+    else:
+        raise ValueError(f"unknown network {name!r}")
+    return to_channels_last(net) if channels_last else net
 
 
 def _sync(device):
@@ -136,7 +139,7 @@ def case_engine(args, device):
 
     def bare(steps):
         torch.manual_seed(0)
-        net = build_network(args.network, device)
+        net = build_network(args.network, device, args.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         times = []
         for i in range(steps + 3):
@@ -155,7 +158,7 @@ def case_engine(args, device):
 
     def factory():
         torch.manual_seed(0)
-        net = build_network(args.network, device)
+        net = build_network(args.network, device, args.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         return SupervisedStrategy(net, loss_fn), opt, []
 
@@ -181,7 +184,7 @@ def case_supervised(args, device):
 
     def factory():
         torch.manual_seed(0)
-        net = build_network(args.network, device)
+        net = build_network(args.network, device, args.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         return SupervisedStrategy(net, DiceCELoss(to_onehot_y=True, softmax=True)), opt, []
 
@@ -198,7 +201,7 @@ def case_mean_teacher(args, device):
 
     def factory():
         torch.manual_seed(0)
-        net = build_network(args.network, device)
+        net = build_network(args.network, device, args.channels_last)
         ema = EMAHandler(net, momentum=0.01)
         ramp = RampUpWeight(0.1, 1000)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -220,7 +223,7 @@ def _bcp_case(args, device, graph: bool, tsa: bool):
 
     def factory():
         torch.manual_seed(0)
-        net = build_network(args.network, device)
+        net = build_network(args.network, device, args.channels_last)
         ema = EMAHandler(net, momentum=0.01)
         gl = GraphClusteringLoss(channels, clusters=2).to(device) if graph else None
         t = TransferableSemanticAugmentation(net, 2, ramp_iterations=10).to(device) if tsa else None
@@ -256,11 +259,11 @@ def _co_case(args, device, dynamic: bool, cut: bool):
 
     def factory():
         torch.manual_seed(0)
-        nets = [build_network(args.network, device) for _ in range(2)]
+        nets = [build_network(args.network, device, args.channels_last) for _ in range(2)]
         opts = [torch.optim.SGD(n.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4) for n in nets]
         strat = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), args.patch, max_shift,
                                    unlabeled_weight=0.3, use_fixed=True, use_dynamic=dynamic, use_cut=cut,
-                                   input_noise=0.2)
+                                   input_noise=0.2, teacher_precision=args.teacher_precision)
         return strat, opts, []
 
     return time_trainer(factory, args, device, args.steps, unlabeled=True,
@@ -347,6 +350,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="engine-vs-bare repeats (default 5)")
     p.add_argument("--inference-repeats", type=int, default=3)
     p.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last weights (the bundles' default on the CPU)")
+    p.add_argument("--teacher-precision", default="float32", choices=["float32", "bfloat16"],
+                   help="co-training's gradient-free pseudo-label passes (cps, fixed_dynamic)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "speed.json")
     p.add_argument("--_case", help=argparse.SUPPRESS)
@@ -355,7 +362,8 @@ def main(argv=None) -> int:
         print(json.dumps(run_case(args._case, args)))
         return 0
     results = {"device": args.device, "network": args.network, "patch": args.patch, "batch": args.batch,
-               "amp": args.amp, "cpu_count": os.cpu_count(), "cases": {}}
+               "amp": args.amp, "channels_last": args.channels_last, "teacher_precision": args.teacher_precision,
+               "cpu_count": os.cpu_count(), "cases": {}}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for case in args.cases:
         print(f"== {case}", flush=True)
@@ -381,7 +389,9 @@ def main(argv=None) -> int:
 def report(r: dict) -> str:
     c = r["cases"]
     lines = [f"Device `{r['device']}`, network `{r['network']}`, patch {r['patch']}, batch {r['batch']} labelled"
-             f" (+ {r['batch']} unlabelled for the semi-supervised methods), amp {r['amp']}.", ""]
+             f" (+ {r['batch']} unlabelled for the semi-supervised methods), amp {r['amp']}, channels-last "
+             f"{r.get('channels_last', False)}, co-training pseudo-label passes in "
+             f"{r.get('teacher_precision', 'float32')}.", ""]
     if "engine" in c:
         e = c["engine"]
         lines += ["| engine overhead | value |", "|---|---|",

@@ -318,3 +318,32 @@ def test_bundle_passes_cut_beta():
     assert parser.get_parsed_content("train#strategy").cut_beta == (4.0, 4.0)
     parser["cut_beta"] = [2.0, 3.0]
     assert parser.get_parsed_content("train#strategy", lazy=False).cut_beta == (2.0, 3.0)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_co_training_teacher_precision(precision):
+    """``teacher_precision`` reaches exactly the gradient-free pseudo-label passes: with ``bfloat16`` their
+    convolutions run in bfloat16 under autocast, the passes with gradients stay float32, and the pseudo-labels the
+    losses see are float32 probabilities."""
+    from monai.losses import DiceCELoss
+
+    from ssmis.engines import CoTrainingStrategy
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1)) for _ in range(2)]
+    seen = []  # (grad enabled, dtype of the first convolution's output) per pass
+    for net in nets:
+        net[0].register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+    strategy = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2],
+                                  unlabeled_weight=1.0, use_cut=True, teacher_precision=precision)
+    strategy.report_pseudo_labels = True
+    labeled = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
+    out = strategy(None, labeled, {"image": torch.rand(2, 1, 12, 12, 12)})
+    out["loss"].backward()
+    low = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert sorted(set(seen)) == sorted({(True, torch.float32), (False, low)})
+    assert [g for g, _ in seen].count(False) == 3  # SN2's fixed crop, the shifted crops of each network
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="teacher_precision"):
+        CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2],
+                           teacher_precision="float16")

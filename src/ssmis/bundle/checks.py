@@ -103,6 +103,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
     "sw_precision": (_one_of("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    "teacher_precision": (_one_of("float32", "bfloat16"), "'float32' or 'bfloat16'"),
     # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
     **{switch: (_bool, _BOOL) for switch in ("amp", "use_tsa", "use_graph", "pretrain_reset_optimizer", "lcc",
                                              "pseudo_lcc", "tsa_bidirectional", "use_fixed", "use_dynamic",

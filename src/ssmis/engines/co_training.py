@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..losses import masked_dice_ce
 from ..transforms import apply_cutmix, combine_fixed_dynamic, context_size, crop_at, cutmix_box, map_back, sample_shifts
+from ..utils.precision import autocast_to, check_precision
 from .strategy import Strategy, mean_entropy, weight_value
 
 __all__ = ["CoTrainingStrategy", "pseudo_label_loss"]
@@ -75,6 +76,9 @@ class CoTrainingStrategy(Strategy):
             training forward pass; ``"eval"`` makes every pseudo-label in a separate gradient-free pass in eval
             mode, so batch-normalised networks (the V-Net) use their running statistics and the teacher passes do
             not update them. The method leaves this open; with instance norm (the CPU protocol) the two agree.
+        teacher_precision: ``"float32"`` (default, the paper) or ``"bfloat16"``: the gradient-free pseudo-label
+            passes (the other network's fixed crop, every shifted crop) run under ``torch.autocast`` in that type
+            and their softmax is taken in float32. Passes with gradients are unchanged.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class CoTrainingStrategy(Strategy):
         confidence_weighted: bool = False,
         input_noise: float = 0.0,
         teacher_mode: str = "train",
+        teacher_precision: str = "float32",
     ) -> None:
         if teacher_mode not in ("train", "eval"):
             raise ValueError(f"teacher_mode must be 'train' or 'eval', got {teacher_mode!r}")
@@ -114,16 +119,19 @@ class CoTrainingStrategy(Strategy):
         self.n_shifts, self.confidence_weighted = int(n_shifts), confidence_weighted
         self.input_noise = float(input_noise)
         self.teacher_mode = teacher_mode
+        self.teacher_precision = check_precision(teacher_precision, "teacher_precision")
         self._warned_cut = False
 
     @contextmanager
     def _teacher(self, net: nn.Module) -> Iterator[nn.Module]:
-        """``net`` without gradients, in eval mode when ``teacher_mode`` is ``"eval"`` (its mode is restored)."""
+        """``net`` without gradients, in eval mode when ``teacher_mode`` is ``"eval"`` (its mode is restored), under
+        autocast to ``teacher_precision``."""
         was_training = net.training
         if self.teacher_mode == "eval":
             net.eval()
+        device_type = next(net.parameters()).device.type
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast_to(self.teacher_precision, device_type):
                 yield net
         finally:
             net.train(was_training)

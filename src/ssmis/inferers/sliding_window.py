@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from monai.inferers import SlidingWindowInferer
 
+# bfloat16_is_fast is re-exported: inference.yaml calls ssmis.inferers.bfloat16_is_fast()
+from ..utils.precision import autocast_to, bfloat16_is_fast, check_precision
+
 __all__ = ["SoftmaxSlidingWindowInferer", "bfloat16_is_fast", "overlap_for_stride"]
 
 AVERAGES = ("softmax", "logits")
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def overlap_for_stride(stride: Sequence[int], roi_size: Sequence[int], key: str = "eval_sw_stride") -> list[float]:
@@ -31,15 +33,6 @@ def overlap_for_stride(stride: Sequence[int], roi_size: Sequence[int], key: str 
                              f"(the window size on that axis)")
         out.append(max(0.0, 1.0 - (s + 0.5) / r))
     return out
-
-
-def bfloat16_is_fast() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX) that PyTorch's oneDNN uses; without them
-    bfloat16 convolutions are emulated and slower than float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class SoftmaxSlidingWindowInferer(SlidingWindowInferer):
@@ -63,8 +56,7 @@ class SoftmaxSlidingWindowInferer(SlidingWindowInferer):
     def __init__(self, *args: Any, average: str = "softmax", precision: str = "float32", **kwargs: Any) -> None:
         if average not in AVERAGES:
             raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         super().__init__(*args, **kwargs)
         self.average = average
         self.precision = precision
@@ -72,14 +64,9 @@ class SoftmaxSlidingWindowInferer(SlidingWindowInferer):
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
-
         def window_logits(x: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
-            if dtype is None:
+            with autocast_to(self.precision, x.device.type):
                 out = network(x, *a, **k)
-            else:
-                with torch.autocast(device_type=x.device.type, dtype=dtype):
-                    out = network(x, *a, **k)
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"the network must return one tensor of logits per window, got {type(out).__name__}")
             return out.float()
