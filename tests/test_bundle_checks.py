@@ -86,16 +86,23 @@ def test_every_switch_of_every_bundle_is_checked():
         assert switches <= set(parser["checked"]), (bundle, switches - set(parser["checked"]))
 
 
-@pytest.mark.parametrize("override, words", [(["--num_iteration", "5"], "did you mean --num_iterations"),
-                                             (["--num_iterations", "-500"], "--num_iterations: must be a positive"),
-                                             (["--amp", "false"], "--amp: must be True or False")])
-def test_bundle_command_refuses_before_reading_data(tmp_path, monkeypatch, override, words):
+@pytest.mark.parametrize("bundle, override, words", [
+    ("transmedseg_la", ["--num_iteration", "5"], "did you mean --num_iterations"),
+    ("transmedseg_la", ["--num_iterations", "-500"], "--num_iterations: must be a positive"),
+    ("transmedseg_la", ["--amp", "false"], "--amp: must be True or False"),
+    # MONAI's SupervisedTrainer autocasts on CUDA only (this machine has none): amp would silently do nothing
+    ("supervised_la", ["--amp", "True"], "--amp True: this bundle trains with MONAI's SupervisedTrainer"),
+    ("supervised_acdc", ["--amp", "True"], "autocasts on CUDA only")])
+def test_bundle_command_refuses_before_reading_data(tmp_path, monkeypatch, bundle, override, words):
     """Through ``monai.bundle run``'s own command line (python-fire, in this process): the run stops at once with the
     key named, before touching data."""
     import fire
     import monai.bundle.__main__ as bundle_main
+    import torch
 
-    argv = ["run", "--config_file", TRAIN, "--dataset_dir", str(tmp_path / "absent"), "--output_dir",
+    if bundle.startswith("supervised") and torch.cuda.is_available():
+        pytest.skip("amp is refused on the CPU only")
+    argv = ["run", "--config_file", configs(bundle, "train"), "--dataset_dir", str(tmp_path / "absent"), "--output_dir",
             str(tmp_path / "out"), *override]
     monkeypatch.setattr(sys, "argv", [bundle_main.__file__, *argv])
     with pytest.raises(Exception) as raised:  # MONAI wraps the check's ValueError in a RuntimeError

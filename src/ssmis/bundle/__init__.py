@@ -1,7 +1,7 @@
 """What the bundle configs call (:mod:`.checks`, :mod:`.layout`) and how a bundle is assembled and exported."""
 
-from .checks import RUN_ARGUMENTS, SETTING_RULES, check_overrides, check_settings
+from .checks import RUN_ARGUMENTS, SETTING_RULES, check_cuda_only_amp, check_overrides, check_settings
 from .layout import SHARED_BUNDLE, config_files, config_files_on_command_line, default_bundle_root, shared_configs
 
-__all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "SHARED_BUNDLE", "check_overrides", "check_settings", "config_files",
+__all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "SHARED_BUNDLE", "check_cuda_only_amp", "check_overrides", "check_settings", "config_files",
            "config_files_on_command_line", "default_bundle_root", "shared_configs"]

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from .layout import config_files_on_command_line
 
 __all__ = ["check_overrides", "check_settings"]
@@ -121,3 +123,12 @@ def check_settings(**settings: Any) -> None:
         ok, expected = SETTING_RULES[key]
         if not ok(value):
             raise ValueError(f"--{key}: must be {expected}, got {value!r}")
+
+
+def check_cuda_only_amp(amp: bool, device: Any) -> None:
+    """Refuse ``amp`` on a non-CUDA device for MONAI's own ``SupervisedTrainer``, which autocasts to CUDA only: on the
+    CPU it would train in float32 while the flag said otherwise (the semi-supervised bundles' trainer autocasts to
+    bfloat16 there)."""
+    if amp and torch.device(device).type != "cuda":
+        raise ValueError(f"--amp True: this bundle trains with MONAI's SupervisedTrainer, which autocasts on CUDA "
+                         f"only, so on {torch.device(device).type!r} it would train in float32 anyway; use --amp False")
