@@ -2,13 +2,14 @@
 
     python benchmarks/headline.py                       # from docs/results/la_1.25mm_v2.json
     python benchmarks/headline.py --results docs/results/la_1.25mm.json --output docs/results/headline_v1.md
+    python benchmarks/headline.py --dataset acdc         # from docs/results/acdc_dev.json: mean and per-class Dice
 
 Rows of one method and label count that differ only in their seed (``<method>@seed<N>``; the default seed has no
 suffix) are one cell: Dice, Jaccard, HD95 and ASD (voxels) as mean ± standard deviation over the seeds. The paired
 comparison with supervised training averages each validation case's Dice over a method's seeds and over supervised's
 seeds, then counts the cases where the method is higher ("wins", of the cases both have) and takes the median of the
 per-case differences in points. The table goes to ``--output`` and between the ``headline`` markers of
-``docs/benchmarks.md``.
+``docs/benchmarks.md`` (ACDC: ``headline_acdc``), whose rows also give the Dice of each structure (RV, Myo, LV).
 """
 
 from __future__ import annotations
@@ -26,10 +27,21 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.la_protocol import update_doc_table  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
-METHODS = [("supervised_la", "supervised"), ("mean_teacher_la", "mean teacher"),
-           ("transmedseg_la+ablation_bcp_only", "BCP only"), ("transmedseg_la", "TransMedSeg"),
-           ("fixed_dynamic_pl_la", "fixed/dynamic co-training")]
-BASELINE = "supervised_la"
+NAMES = [("supervised", "supervised"), ("mean_teacher", "mean teacher"), ("transmedseg+ablation_bcp_only", "BCP only"),
+         ("transmedseg", "TransMedSeg"), ("fixed_dynamic_pl", "fixed/dynamic co-training")]
+# per dataset: the bundle suffix, the default label counts, the per-class columns (metric key, header), the results
+DATASETS = {
+    "la": {"suffix": "_la", "labeled": [8, 16], "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline"},
+    "acdc": {"suffix": "_acdc", "labeled": [3, 7], "classes": [("dice_class1", "RV"), ("dice_class2", "Myo"),
+                                                               ("dice_class3", "LV")],
+             "results": "acdc_dev.json", "marker": "headline_acdc"},
+}
+
+
+def methods(dataset: str) -> list[tuple[str, str]]:
+    """(method as the rows name it, display name) of ``dataset``: e.g. ``transmedseg_la+ablation_bcp_only``."""
+    suffix = DATASETS[dataset]["suffix"]
+    return [(key.replace("+", suffix + "+", 1) if "+" in key else key + suffix, name) for key, name in NAMES]
 SEED = re.compile(r"@seed\d+$")
 
 
@@ -71,19 +83,24 @@ def paired_with_baseline(rows: list[dict], base: list[dict]) -> str:
     return f"{sum(d > 0 for d in diffs)}/{len(common)}, {statistics.median(diffs):+.1f}"
 
 
-def table(rows: list[dict], labeled: list[int]) -> str:
+def table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str:
     g = groups(rows)
-    lines = ["| method | labelled | seeds | Dice % | Jaccard % | HD95 (vox) | ASD (vox) | vs supervised: wins, median |",
-             "|---|---|---|---|---|---|---|---|"]
+    classes = DATASETS[dataset]["classes"]
+    dice = "mean Dice %" if classes else "Dice %"
+    lines = [f"| method | labelled | seeds | {dice} | " + "".join(f"{h} % | " for _, h in classes)
+             + "Jaccard % | HD95 (vox) | ASD (vox) | vs supervised: wins, median |",
+             "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
+    baseline = methods(dataset)[0][0]
     for n in labeled:
-        for method, name in METHODS:
+        for method, name in methods(dataset):
             cell = g.get((method, n))
             if not cell:
-                lines.append(f"| {name} | {n} | 0 | not run | | | | |")
+                lines.append(f"| {name} | {n} | 0 | not run | " + "| " * len(classes) + "| | | |")
                 continue
             m = [r["metrics"] for r in cell]
-            vs = "–" if method == BASELINE else paired_with_baseline(cell, g.get((BASELINE, n), []))
-            lines.append(f"| {name} | {n} | {len(cell)} | {_mean_sd([x['dice'] for x in m], 100)} | "
+            vs = "–" if method == baseline else paired_with_baseline(cell, g.get((baseline, n), []))
+            per_class = "".join(f"{_mean_sd([x[k] for x in m], 100)} | " for k, _ in classes)
+            lines.append(f"| {name} | {n} | {len(cell)} | {_mean_sd([x['dice'] for x in m], 100)} | {per_class}"
                          f"{_mean_sd([x['jaccard'] for x in m], 100)} | {_mean_sd([x['hd95_vox'] for x in m])} | "
                          f"{_mean_sd([x['asd_vox'] for x in m], digits=2)} | {vs} |")
     return "\n".join(lines) + "\n"
@@ -91,22 +108,28 @@ def table(rows: list[dict], labeled: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=ROOT / "docs" / "results" / "la_1.25mm_v2.json")
-    p.add_argument("--labeled", nargs="+", type=int, default=[8, 16])
-    p.add_argument("--output", type=Path, default=ROOT / "docs" / "results" / "headline.md")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="la")
+    p.add_argument("--results", type=Path, default=None,
+                   help="default: docs/results/la_1.25mm_v2.json (ACDC: acdc_dev.json)")
+    p.add_argument("--labeled", nargs="+", type=int, default=None, help="default: 8 16 (ACDC: 3 7 patients)")
+    p.add_argument("--output", type=Path, default=None, help="default: docs/results/headline.md (ACDC: headline_acdc.md)")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="page whose 'headline' table is replaced (nothing happens without its markers)")
     args = p.parse_args(argv)
+    spec = DATASETS[args.dataset]
+    args.results = args.results or ROOT / "docs" / "results" / spec["results"]
+    args.labeled = args.labeled or spec["labeled"]
+    args.output = args.output or ROOT / "docs" / "results" / f"{spec['marker']}.md"
     rows = []  # no results yet: every cell "not run"
     if args.results.is_file():
         try:
             rows = json.loads(args.results.read_text())
         except ValueError as e:
             p.error(f"--results {args.results}: not valid JSON ({e})")
-    text = table(rows, args.labeled)
+    text = table(rows, args.labeled, args.dataset)
     atomic_write_text(text, args.output)
     if args.doc.is_file():
-        update_doc_table(args.doc, "headline", text)
+        update_doc_table(args.doc, spec["marker"], text)
     print(text)
     return 0
 
