@@ -32,7 +32,8 @@ EXTRA = {"transmedseg_la": ["--graph_layer", "down_4", "--graph_channels", "16",
 ITERS = {"fixed_dynamic_pl_la": (40, 20)}
 
 
-@pytest.fixture(scope="module", params=BUNDLE_NAMES)
+# one xdist group per bundle (make test: --dist loadgroup), so one worker trains each bundle's module fixture once
+@pytest.fixture(scope="module", params=[pytest.param(b, marks=pytest.mark.xdist_group(b)) for b in BUNDLE_NAMES])
 def bundle(request) -> str:
     return request.param
 
