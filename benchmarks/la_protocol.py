@@ -337,7 +337,7 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
                if name.endswith("/dice")}
     if quality:  # the runs that measured it (configs/pseudo_label_quality.yaml): beside the validation curves
         save_curves(quality, png.with_name(png.stem.replace("_curves", "") + "_pseudo_quality.png"),
-                    ylabel="pseudo-label Dice (mean over each validation interval)",
+                    ylabel="pseudo-label Dice (interval mean)",
                     title=f"{title.split(':')[0]}: Dice of the pseudo-labels against the unlabelled volumes' labels")
 
 
