@@ -136,6 +136,24 @@ def bundle_configs(bundle: str, *names: str) -> str:
     return repr(config_files(ROOT / "bundles" / bundle, *names))
 
 
+def start_piece(progress: Path, checkpoint: Path) -> dict:
+    """The run's time so far (``progress.json``), marked as running from now.
+
+    A piece that died without accounting for itself (killed, or the machine stopped) left ``running_since``: its
+    wall time up to its last checkpoint, the training that the next piece keeps, is added to ``wall_s`` and counted in
+    ``unaccounted_pieces``; its CPU time cannot be known, so ``cpu_s`` then covers the accounted pieces only."""
+    total = json.loads(progress.read_text()) if progress.is_file() else {}
+    since = total.pop("running_since", None)
+    if since is not None:
+        kept = checkpoint.stat().st_mtime - since if checkpoint.is_file() else 0.0
+        total["wall_s"] = total.get("wall_s", 0.0) + max(0.0, kept)
+        total["unaccounted_pieces"] = total.get("unaccounted_pieces", 0) + 1
+    total["running_since"] = time.time()
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(total), progress)
+    return total
+
+
 def trained_iterations(out: Path) -> int:
     """Iterations recorded in a run's ``models/checkpoint.pt`` (0 when there is none)."""
     import torch
@@ -218,9 +236,11 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     py = [sys.executable, "-m", "monai.bundle", "run"]
     log = out / f"train_{time.strftime('%Y%m%d-%H%M%S')}.log" if args.max_wall_s else out / "train.log"
     version = bundle_version(bundle)  # read before training: the configs the training process parses
+    # wall and CPU time summed over the pieces of a run trained in several calls (--max-wall-s, or a run killed and
+    # started again, which resumes from its checkpoint)
+    progress = out / "progress.json"
+    total = start_piece(progress, out / "models" / "checkpoint.pt")
     train_wall, train_mem, usage = run_cmd(py + ["--config_file", train_cfg] + common + train_extra, log)
-    progress = out / "progress.json"  # wall and CPU time summed over the pieces of a run trained in several calls
-    total = json.loads(progress.read_text()) if progress.is_file() and args.max_wall_s else {}
     total["wall_s"] = total.get("wall_s", 0.0) + train_wall
     total["cpu_s"] = total.get("cpu_s", 0.0) + usage["cpu_s"]
     if usage["paused_s"] is not None:
@@ -231,6 +251,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     if usage["steal"] is not None:  # steal averaged over the pieces, weighted by their wall time
         total["steal_wall_s"] = total.get("steal_wall_s", 0.0) + usage["steal"] * train_wall
         total["measured_wall_s"] = total.get("measured_wall_s", 0.0) + train_wall
+    total.pop("running_since", None)
     atomic_write_text(json.dumps(total), progress)
     done, target = trained_iterations(out), target_iterations(train_cfg, common)
     if done < target:
@@ -253,6 +274,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "bundle": bundle, "method": method, "extra_configs": extra, "labeled": labeled, "iterations": target,
         "seed": args.seed, "protocol": args.protocol,
         "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "train_paused_s": total.get("paused_s"),
+        "train_unaccounted_pieces": total.get("unaccounted_pieces", 0),
         "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
@@ -293,11 +315,16 @@ def update_doc_table(doc: Path, name: str, table: str) -> bool:
 
 
 def _wall_cell(row: dict) -> str:
-    """A row's train wall time, with the part the run spent stopped: ``"54.3 min (29.5 stopped)"``.
+    """A row's train wall time, with the part the run spent stopped and the pieces whose time was estimated from
+    their last checkpoint (:func:`start_piece`): ``"54.3 min (29.5 stopped; 1 piece to its last checkpoint)"``.
 
     Rows from before the pause was measured have no ``train_paused_s``; their cell is the wall time alone."""
     wall, paused = row["train_wall_s"] / 60, (row.get("train_paused_s") or 0.0) / 60
-    return f"{wall:.1f} min" + (f" ({paused:.1f} stopped)" if paused >= 0.05 else "")
+    notes = [f"{paused:.1f} stopped"] if paused >= 0.05 else []
+    n = row.get("train_unaccounted_pieces") or 0
+    if n:
+        notes.append(f"{n} piece{'s' if n > 1 else ''} to its last checkpoint")
+    return f"{wall:.1f} min" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _version_cell(version: str | None) -> str:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, _cpu_jiffies, format_steal  # noqa: E402
 from benchmarks.la_protocol import (  # noqa: E402
-    _version_cell, _wall_cell, merge_result, method_name, paired, update_doc_table, version_label)
+    _version_cell, _wall_cell, merge_result, start_piece, method_name, paired, update_doc_table, version_label)
 sys.path.insert(0, str(ROOT / "monailabel_app"))  # the app's lib/
 from lib.server_process import server_command  # noqa: E402
 from benchmarks.paused_time import PausedMeter, process_state  # noqa: E402
@@ -201,6 +201,25 @@ def test_wall_cell_shows_the_stopped_part():
     assert _wall_cell({"train_wall_s": 600.0}) == "10.0 min"  # rows from before the pause was measured
     assert _wall_cell({"train_wall_s": 600.0, "train_paused_s": 0.0}) == "10.0 min"
     assert _wall_cell({"train_wall_s": 3258.0, "train_paused_s": 1770.0}) == "54.3 min (29.5 stopped)"
+    assert (_wall_cell({"train_wall_s": 600.0, "train_paused_s": 0.0, "train_unaccounted_pieces": 1})
+            == "10.0 min (1 piece to its last checkpoint)")
+
+
+def test_a_piece_that_died_is_counted_to_its_last_checkpoint(tmp_path):
+    """A training piece killed before it could account for itself leaves ``running_since``; the next piece adds its
+    wall time up to its last checkpoint (what the resumed run keeps) and counts it."""
+    import os
+
+    progress, ckpt = tmp_path / "progress.json", tmp_path / "models" / "checkpoint.pt"
+    total = start_piece(progress, ckpt)  # a fresh run: nothing so far
+    assert "wall_s" not in total and json.loads(progress.read_text())["running_since"] == total["running_since"]
+    progress.write_text(json.dumps({"wall_s": 100.0, "cpu_s": 190.0, "running_since": time.time() - 900}))
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    os.utime(ckpt, (time.time() - 300, time.time() - 300))  # its last checkpoint, 600 s after the piece started
+    total = start_piece(progress, ckpt)
+    assert total["wall_s"] == pytest.approx(700.0, abs=2) and total["cpu_s"] == 190.0
+    assert total["unaccounted_pieces"] == 1 and total["running_since"] >= time.time() - 5
 
 
 def test_graph_loss_scale_on_a_synthetic_dataset(synthetic_3d, tmp_path):
