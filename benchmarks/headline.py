@@ -27,8 +27,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.la_protocol import update_doc_table  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
-NAMES = [("supervised", "supervised"), ("mean_teacher", "mean teacher"), ("transmedseg+ablation_bcp_only", "BCP only"),
-         ("transmedseg", "TransMedSeg"), ("fixed_dynamic_pl", "fixed/dynamic co-training")]
+NAMES = [("supervised", "supervised"), ("supervised+batch_4_4", "supervised, batch 4"),
+         ("mean_teacher", "mean teacher"), ("mean_teacher+batch_4_4", "mean teacher, batch 4 + 4"),
+         ("transmedseg+ablation_bcp_only", "BCP only"), ("transmedseg", "TransMedSeg"),
+         ("fixed_dynamic_pl", "fixed/dynamic co-training")]
+OPTIONAL = {"supervised+batch_4_4", "mean_teacher+batch_4_4"}  # controls: a line only where they have run
 # per dataset: the bundle suffix, the default label counts, the per-class columns (metric key, header), the results
 DATASETS = {
     "la": {"suffix": "_la", "labeled": [8, 16], "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline"},
@@ -42,6 +45,12 @@ def methods(dataset: str) -> list[tuple[str, str]]:
     """(method as the rows name it, display name) of ``dataset``: e.g. ``transmedseg_la+ablation_bcp_only``."""
     suffix = DATASETS[dataset]["suffix"]
     return [(key.replace("+", suffix + "+", 1) if "+" in key else key + suffix, name) for key, name in NAMES]
+
+
+def optional(method: str) -> bool:
+    """Whether ``method`` (as the rows name it) is a control that gets a line only where it has run."""
+    return any(method == key.replace("+", suffix + "+", 1) for key in OPTIONAL
+               for suffix in (d["suffix"] for d in DATASETS.values()))
 SEED = re.compile(r"@seed\d+$")
 
 
@@ -94,6 +103,8 @@ def table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str:
     for n in labeled:
         for method, name in methods(dataset):
             cell = g.get((method, n))
+            if not cell and optional(method):
+                continue
             if not cell:
                 lines.append(f"| {name} | {n} | 0 | not run | " + "| " * len(classes) + "| | | |")
                 continue

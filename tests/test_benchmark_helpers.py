@@ -320,6 +320,9 @@ def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
     # seeds pooled: TransMedSeg case means 0.90, 0.75; supervised 0.75, 0.80 -> wins 1 of 2, median +5.0
     assert "| 3 | 82.5 ± 2.5 |" in tms and tms.endswith("| 1/2, +5.0 |")
     assert "| BCP only | 8 | 0 | not run |" in text
+    assert "batch 4" not in text  # a control gets a line only where it has run
+    text = table(rows + [row("supervised_la+batch_4_4", 1337, [0.8, 0.9])], [8])
+    assert "| supervised, batch 4 | 8 | 1 | 85.0 |" in text and "mean teacher, batch 4" not in text
 
 
 def test_headline_table_for_acdc_gives_each_structure():
