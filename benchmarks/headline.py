@@ -30,14 +30,18 @@ from ssmis.utils import atomic_write_text  # noqa: E402
 NAMES = [("supervised", "supervised"), ("supervised+batch_4_4", "supervised, batch 4"),
          ("mean_teacher", "mean teacher"), ("mean_teacher+batch_4_4", "mean teacher, batch 4 + 4"),
          ("transmedseg+ablation_bcp_only", "BCP only"), ("transmedseg", "TransMedSeg"),
-         ("fixed_dynamic_pl", "fixed/dynamic co-training")]
-OPTIONAL = {"supervised+batch_4_4", "mean_teacher+batch_4_4"}  # controls: a line only where they have run
+         ("fixed_dynamic_pl", "fixed/dynamic co-training"),
+         ("fixed_dynamic_pl+batch_4_4", "fixed/dynamic co-training, batch 4 + 4")]
+# controls: a line only where they have run
+OPTIONAL = {"supervised+batch_4_4", "mean_teacher+batch_4_4", "fixed_dynamic_pl+batch_4_4"}
 # per dataset: the bundle suffix, the default label counts, the per-class columns (metric key, header), the results
+# file, the page's table marker and the unit of the distances
 DATASETS = {
-    "la": {"suffix": "_la", "labeled": [8, 16], "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline"},
+    "la": {"suffix": "_la", "labeled": [8, 16], "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline",
+           "unit": "vox"},
     "acdc": {"suffix": "_acdc", "labeled": [3, 7], "classes": [("dice_class1", "RV"), ("dice_class2", "Myo"),
                                                                ("dice_class3", "LV")],
-             "results": "acdc_dev.json", "marker": "headline_acdc"},
+             "results": "acdc_dev.json", "marker": "headline_acdc", "unit": "pixels"},  # ACDC: no voxel size
 }
 
 
@@ -96,8 +100,9 @@ def table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str:
     g = groups(rows)
     classes = DATASETS[dataset]["classes"]
     dice = "mean Dice %" if classes else "Dice %"
+    unit = DATASETS[dataset]["unit"]
     lines = [f"| method | labelled | seeds | {dice} | " + "".join(f"{h} % | " for _, h in classes)
-             + "Jaccard % | HD95 (vox) | ASD (vox) | vs supervised: wins, median |",
+             + f"Jaccard % | HD95 ({unit}) | ASD ({unit}) | vs supervised: wins, median |",
              "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
     baseline = methods(dataset)[0][0]
     for n in labeled:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from benchmarks.paused_time import PausedMeter  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
-from ssmis.utils import atomic_write_text  # noqa: E402
+from ssmis.utils import atomic_write_text, bfloat16_is_fast  # noqa: E402
 
 # the configs each protocol merges after a bundle's train.yaml (and before its extra configs)
 PROTOCOL_CONFIGS = {"cpu": ["cpu_protocol.yaml"], "cpu-v2": ["cpu_protocol.yaml", "cpu_protocol_v2.yaml"], "full": []}
@@ -141,8 +141,10 @@ def start_piece(progress: Path, checkpoint: Path) -> dict:
 
     A piece that died without accounting for itself (killed, or the machine stopped) left ``running_since``: its
     wall time up to its last checkpoint, the training that the next piece keeps, is added to ``wall_s`` and counted in
-    ``unaccounted_pieces``; its CPU time cannot be known, so ``cpu_s`` then covers the accounted pieces only."""
-    total = json.loads(progress.read_text()) if progress.is_file() else {}
+    ``unaccounted_pieces``; its CPU time cannot be known, so ``cpu_s`` then covers the accounted pieces only, and any
+    time it spent stopped counts as running. A folder without a checkpoint starts from nothing."""
+    # a run folder without a checkpoint starts from nothing, whatever an older progress.json says
+    total = json.loads(progress.read_text()) if progress.is_file() and checkpoint.is_file() else {}
     since = total.pop("running_since", None)
     if since is not None:
         kept = checkpoint.stat().st_mtime - since if checkpoint.is_file() else 0.0
@@ -275,6 +277,8 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "seed": args.seed, "protocol": args.protocol,
         "train_wall_s": train_wall, "train_cpu_s": total["cpu_s"], "train_paused_s": total.get("paused_s"),
         "train_unaccounted_pieces": total.get("unaccounted_pieces", 0),
+        # what decides machine-dependent defaults (teacher_precision, sw_precision) and how many threads trained
+        "bfloat16_is_fast": bfloat16_is_fast(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "host_steal": steal,
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
@@ -324,6 +328,8 @@ def _wall_cell(row: dict) -> str:
     n = row.get("train_unaccounted_pieces") or 0
     if n:
         notes.append(f"{n} piece{'s' if n > 1 else ''} to its last checkpoint")
+    if row.get("train_time_note"):  # set by hand where the time is known to be incomplete
+        notes.append(row["train_time_note"])
     return f"{wall:.1f} min" + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -336,18 +342,22 @@ def _version_cell(version: str | None) -> str:
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     from ssmis.visualize import save_curves
 
+    # ACDC's files carry no voxel size (prepare-acdc writes 1 mm), so its distances are in pixels only
+    pixels = bool(results) and all(r["bundle"].endswith("_acdc") for r in results)
+    unit = "(pixels)" if pixels else "(vox / mm)"
     rows = [
-        "| method | bundle | labelled | iterations | Dice % | Jaccard % | HD95 (vox / mm) | ASD (vox / mm) "
+        f"| method | bundle | labelled | iterations | Dice % | Jaccard % | HD95 {unit} | ASD {unit} "
         "| train wall | train CPU | host steal | peak RSS |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ordered = sorted(results, key=lambda r: (r["labeled"], r.get("method", r["bundle"])))
     for r in ordered:
         m = r["metrics"]
+        hd95 = f"{m['hd95_vox']:.2f}" + ("" if pixels else f" / {m['hd95_mm']:.2f}")
+        asd = f"{m['asd_vox']:.2f}" + ("" if pixels else f" / {m['asd_mm']:.2f}")
         rows.append(
             f"| {r.get('method', r['bundle'])} | {_version_cell(r.get('bundle_version'))} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
-            f"| {100 * m['jaccard']:.2f} | {m['hd95_vox']:.2f} / {m['hd95_mm']:.2f} "
-            f"| {m['asd_vox']:.2f} / {m['asd_mm']:.2f} | {_wall_cell(r)} "
+            f"| {100 * m['jaccard']:.2f} | {hd95} | {asd} | {_wall_cell(r)} "
             f"| {_minutes(r.get('train_cpu_s'))} | {format_steal(r.get('host_steal'))} "
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )

@@ -9,8 +9,12 @@ process (thread settings and compiled code do not leak) from the same initial we
 - ``float32``: contiguous weights, torch's default threads (the reference);
 - ``channels_last``: channels-last weights (the bundles' CPU default);
 - ``bfloat16``: channels-last + ``torch.autocast`` to bfloat16 for the forward pass;
-- ``compile``: channels-last + ``torch.compile`` (inductor, default mode); its first step includes the compilation;
-- ``one_thread``: channels-last on one thread (``torch.set_num_threads(1)``), against torch's default.
+- ``compile``: channels-last + ``torch.compile`` (inductor, default mode); its first step includes the compilation,
+  from an empty inductor cache (a temporary ``TORCHINDUCTOR_CACHE_DIR``);
+- ``one_thread``: channels-last on one thread (``torch.set_num_threads(1)``), against torch's default;
+- ``two_processes``: two ``one_thread`` processes at once (two benchmark rows side by side, one thread each); its
+  step time is the seconds per step of the pair together (the mean of their medians, halved), its first step the
+  slower process's.
 
 Reported: median step time over ``--steps`` after two warm-up steps, the first step's time, the speed-up against
 ``float32``, and the loss of the first step against ``float32``'s (the same weights and batch: a check that the
@@ -25,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from benchmarks.results_files import write_results  # noqa: E402
 
-VARIANTS = ["float32", "channels_last", "bfloat16", "compile", "one_thread"]
+VARIANTS = ["float32", "channels_last", "bfloat16", "compile", "one_thread", "two_processes"]
 
 
 def run_variant(name: str, batch: int, patch: list[int], steps: int) -> dict:
@@ -74,16 +79,22 @@ def run_variant(name: str, batch: int, patch: list[int], steps: int) -> dict:
 
 
 def report(r: dict) -> str:
-    ref = r["variants"].get("float32")
+    ref, cl = r["variants"].get("float32"), r["variants"].get("channels_last")
     lines = ["# One training step under each CPU speed-up", "",
              f"`python benchmarks/step_variants.py` on {r['date']}: MONAI BasicUNet (8–128 features, the CPU-protocol "
              f"network), batch {r['batch']}, patch {r['patch']}, {r['steps']} timed steps each; host steal "
              f"{format_steal(r['steal'])}.", "",
-             "| variant | median step | first step | speed-up vs float32 | first loss − float32's |", "|---|---|---|---|---|"]
+             "| variant | median step | first step | speed-up vs float32 | vs channels-last | first loss − float32's |",
+             "|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
         speed = f"{ref['median_s'] / v['median_s']:.2f}x" if ref else "-"
+        vs_cl = f"{cl['median_s'] / v['median_s']:.2f}x" if cl else "-"
         diff = f"{v['first_loss'] - ref['first_loss']:+.1e}" if ref else "-"
-        lines.append(f"| {name} ({v['threads']} threads) | {v['median_s']:.3f} s | {v['first_s']:.1f} s | {speed} | {diff} |")
+        label = f"{name} ({v['threads']} thread{'s' if v['threads'] > 1 else ''}" + (
+            f" each; {' and '.join(f'{s:.3f}' for s in v['each_median_s'])} s per step side by side)"
+            if "each_median_s" in v else ")")
+        lines.append(f"| {label} | {v['median_s']:.3f} s | {v['first_s']:.1f} s | {speed} | {vs_cl} | {diff} |")
+    lines += ["", "`compile`'s first step includes inductor's compilation, from an empty cache."]
     return "\n".join(lines) + "\n"
 
 
@@ -100,13 +111,32 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_variant(args._variant, args.batch, args.patch, args.steps)))
         return 0
     results = {}
+
+    cache = tempfile.TemporaryDirectory()  # compile's: empty, so its first step includes the whole compilation
+
+    def start(name: str) -> subprocess.Popen:
+        cmd = [sys.executable, __file__, "--batch", str(args.batch), "--patch", *map(str, args.patch),
+               "--steps", str(args.steps), "--_variant", name]
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache.name} if name == "compile" else os.environ.copy()
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+
+    def result(proc: subprocess.Popen) -> dict:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a variant failed: {proc.args}")
+        return json.loads(out.strip().splitlines()[-1])
+
     with StealMeter() as steal:
         for name in args.variants:
-            cmd = [sys.executable, __file__, "--batch", str(args.batch), "--patch", *map(str, args.patch),
-                   "--steps", str(args.steps), "--_variant", name]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
-            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            if name == "two_processes":
+                pair = [result(p) for p in [start("one_thread"), start("one_thread")]]
+                results[name] = {"median_s": statistics.mean(r["median_s"] for r in pair) / 2,
+                                 "first_s": max(r["first_s"] for r in pair), "first_loss": pair[0]["first_loss"],
+                                 "threads": 1, "each_median_s": [r["median_s"] for r in pair]}
+            else:
+                results[name] = result(start(name))
             print(name, results[name], flush=True)
+    cache.cleanup()
     r = {"date": time.strftime("%Y-%m-%d"), "batch": args.batch, "patch": args.patch, "steps": args.steps,
          "steal": steal.fraction, "variants": results}
     print(write_results(r, args.output, report))

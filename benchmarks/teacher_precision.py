@@ -139,7 +139,8 @@ def report(r: dict) -> str:
                      f"{v['mean_dice']:.4f} / {v['min_dice']:.4f} |")
     s = r["seconds"]
     lines += ["", f"Gradient-free passes of one step (median over volumes): float32 {s['float32']:.2f} s, bfloat16 "
-              f"{s['bfloat16']:.2f} s ({s['float32'] / s['bfloat16']:.2f}x)."]
+              f"{s['bfloat16']:.2f} s ({s['float32'] / s['bfloat16']:.2f}x). These include SN1's fixed crop, which "
+              "training takes from SN1's own training pass instead (`teacher_mode: train`)."]
     return "\n".join(lines) + "\n"
 
 

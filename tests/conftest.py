@@ -56,9 +56,17 @@ def synthetic_3d(tmp_path_factory) -> Path:
                                   labeled=4, val=2, size=32)
 
 
+# under pytest-xdist (make test: 2 workers on 2 cores) each worker and the processes its tests start take one thread
+THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+if THREADS == "1":
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", THREADS))
 
 
 def tb_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:

@@ -220,6 +220,8 @@ def test_a_piece_that_died_is_counted_to_its_last_checkpoint(tmp_path):
     total = start_piece(progress, ckpt)
     assert total["wall_s"] == pytest.approx(700.0, abs=2) and total["cpu_s"] == 190.0
     assert total["unaccounted_pieces"] == 1 and total["running_since"] >= time.time() - 5
+    ckpt.unlink()  # a folder trained again from nothing: older totals do not carry over
+    assert "wall_s" not in start_piece(progress, ckpt)
 
 
 def test_graph_loss_scale_on_a_synthetic_dataset(synthetic_3d, tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from .layout import config_files_on_command_line
 
-__all__ = ["check_overrides", "check_settings"]
+__all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "check_cuda_only_amp", "check_overrides", "check_settings"]
 
 # the arguments of ``monai.bundle run`` itself: everything else on its command line overrides a config key
 # (and of the workflow it creates), and what launchers add

@@ -35,7 +35,7 @@ __all__ = ["BASE_CONFIGS", "DATASET_DIR", "export_bundle", "merged_config"]
 #: configs that are complete workflows; the others are overlays merged on top of one of them
 BASE_CONFIGS = ("train", "inference")
 #: configs that make sense only in this repository (the export ships the weights as ``models/model.pt`` instead)
-REPOSITORY_ONLY = ("shipped_weights",)
+REPOSITORY_ONLY = ("shipped_weights", "batch_4_4")  # batch_4_4: a control of the LA benchmark
 #: the literal ``dataset_dir`` default of an exported bundle (the zoo's bundles use /workspace/data/<dataset>)
 DATASET_DIR = "/workspace/data/la_0.625mm"
 
