@@ -498,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(results: list[dict]) -> None:
         write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
-                     title=f"{name}: validation Dice ({args.val} validation volumes)")
+                     title=f"{name}: validation Dice ({args.val} validation "
+                           f"{'patients, 2 frames each' if args.dataset == 'acdc' else 'volumes'})")
 
     if args.report_only:
         report(json.loads(args.results.read_text()) if args.results.is_file() else [])
