@@ -29,11 +29,14 @@ from ssmis.utils import atomic_write_text  # noqa: E402
 
 NAMES = [("supervised", "supervised"), ("supervised+batch_4_4", "supervised, batch 4"),
          ("mean_teacher", "mean teacher"), ("mean_teacher+batch_4_4", "mean teacher, batch 4 + 4"),
-         ("transmedseg+ablation_bcp_only", "BCP only"), ("transmedseg", "TransMedSeg"),
+         ("transmedseg+ablation_bcp_only", "BCP only"),
+         ("transmedseg+ablation_bcp_only+self_training_schedule", "BCP only, v2 schedule"),
+         ("transmedseg", "TransMedSeg"), ("transmedseg+self_training_schedule", "TransMedSeg, v2 schedule"),
          ("fixed_dynamic_pl", "fixed/dynamic co-training"),
          ("fixed_dynamic_pl+batch_4_4", "fixed/dynamic co-training, batch 4 + 4")]
 # controls: a line only where they have run
-OPTIONAL = {"supervised+batch_4_4", "mean_teacher+batch_4_4", "fixed_dynamic_pl+batch_4_4"}
+OPTIONAL = {"supervised+batch_4_4", "mean_teacher+batch_4_4", "fixed_dynamic_pl+batch_4_4",
+            "transmedseg+self_training_schedule", "transmedseg+ablation_bcp_only+self_training_schedule"}
 # per dataset: the bundle suffix, the default label counts, the per-class columns (metric key, header), the results
 # file, the page's table marker and the unit of the distances
 DATASETS = {
