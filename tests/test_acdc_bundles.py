@@ -25,7 +25,7 @@ def _tb(log_dir: Path, tag: str) -> list[float]:
     return [v for _, v in tb_scalars(log_dir, tag)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a worker running another module in between keeps it
 def acdc_like(tmp_path_factory) -> Path:
     """4-class synthetic H x W x slices volumes, split like prepare-acdc's output."""
     from ssmis.data.synthetic import make_synthetic_dataset

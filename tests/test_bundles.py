@@ -38,14 +38,23 @@ def bundle(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def trained(bundle, synthetic_3d, tmp_path_factory):
-    out = tmp_path_factory.mktemp(bundle) / "run"
-    n, val = ITERS.get(bundle, (60, 30))
-    run_bundle(bundle, ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
-               "--num_iterations", str(n), "--val_interval", str(val), "--learning_rate", "0.05", *TINY,
-               *EXTRA.get(bundle, []), timeout=1500)
-    return out
+@pytest.fixture(scope="session")
+def _trained_runs() -> dict[str, Path]:
+    """Each bundle's short training run, made once per session (per xdist worker): a module-scoped fixture would be
+    torn down and made again whenever a worker runs another module's test in between."""
+    return {}
+
+
+@pytest.fixture
+def trained(bundle, synthetic_3d, tmp_path_factory, _trained_runs) -> Path:
+    if bundle not in _trained_runs:
+        out = tmp_path_factory.mktemp(bundle) / "run"
+        n, val = ITERS.get(bundle, (60, 30))
+        run_bundle(bundle, ["train.yaml"], "--dataset_dir", str(synthetic_3d), "--output_dir", str(out),
+                   "--num_iterations", str(n), "--val_interval", str(val), "--learning_rate", "0.05", *TINY,
+                   *EXTRA.get(bundle, []), timeout=1500)
+        _trained_runs[bundle] = out
+    return _trained_runs[bundle]
 
 
 def test_training_lowers_loss_and_writes_checkpoint(bundle, trained):
@@ -153,7 +162,7 @@ def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
         from ssmis.data.synthetic import make_synthetic_dataset
 
         data = make_synthetic_dataset(tmp_path / "syn", dims=3, classes=2, cases=10, labeled=4, val=2, size=32)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
            "-m", "monai.bundle", "run", "--config_file",
            configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name), "--dataset_dir", str(data), "--output_dir", str(out),
            "--num_iterations", "6", "--val_interval", "3", *TINY, *EXTRA.get(name, [])]

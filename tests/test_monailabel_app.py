@@ -85,13 +85,13 @@ def _serve(tmp_path_factory, name: str):
         stop_server(proc, timeout_s=20)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a worker running another module in between keeps it
 def server(tmp_path_factory):
     """Shared by the tests that set up what they need themselves (:func:`_ready`), in any order."""
     yield from _serve(tmp_path_factory, "label_app")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fresh_server(tmp_path_factory):
     """test_annotation_loop's own: it starts from an empty datastore and no weights."""
     yield from _serve(tmp_path_factory, "label_app_loop")

@@ -59,7 +59,7 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a worker running another module in between keeps it
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("label_security")
     studies = root / "studies"

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.xdist_group("zoo_checks")  # one worker exports the bun
 NAMES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: a worker running another module in between keeps it
 def exported(tmp_path_factory) -> Path:
     from ssmis.bundle.export import export_bundle
 
