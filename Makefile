@@ -25,10 +25,10 @@ demo: venv
 	$(PY) -m ssmis.demo --output $(DEMO_DIR)
 
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -32,16 +32,17 @@ EXTRA = {"transmedseg_la": ["--graph_layer", "down_4", "--graph_channels", "16",
 ITERS = {"fixed_dynamic_pl_la": (40, 20)}
 
 
-# one xdist group per bundle (make test: --dist loadgroup), so one worker trains each bundle's module fixture once
-@pytest.fixture(scope="module", params=[pytest.param(b, marks=pytest.mark.xdist_group(b)) for b in BUNDLE_NAMES])
+@pytest.fixture(scope="module", params=BUNDLE_NAMES)
 def bundle(request) -> str:
     return request.param
 
 
 @pytest.fixture(scope="session")
 def _trained_runs() -> dict[str, Path]:
-    """Each bundle's short training run, made once per session (per xdist worker): a module-scoped fixture would be
-    torn down and made again whenever a worker runs another module's test in between."""
+    """Each bundle's short training run, made once per session of each xdist worker that needs it: a module-scoped
+    fixture would be torn down and made again whenever a worker runs another module's test in between. The tests of
+    one bundle may run on both workers, and then each trains it once: xdist's ``--dist loadgroup`` split a marked
+    group over both workers in a check with pytest 9.2 and pytest-xdist 3.8."""
     return {}
 
 

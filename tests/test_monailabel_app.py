@@ -26,8 +26,7 @@ from ssmis.bundle.layout import config_files
 sys.path.insert(0, str(ROOT / "monailabel_app"))  # the app's lib/
 from lib.server_process import start_server, stop_server  # noqa: E402
 
-# a real server, trainings in subprocesses; one worker (make test: --dist loadgroup), so the server starts once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("monailabel_app")]
+pytestmark = pytest.mark.slow  # a real server, trainings in subprocesses
 
 monailabel_client = pytest.importorskip("monailabel.client.client")
 MONAILabelClient = monailabel_client.MONAILabelClient

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "monailabel_app"))
 from lib.server_process import start_server, stop_server  # noqa: E402
 
 pytest.importorskip("monailabel")
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("monailabel_security")]  # one server, one worker
+pytestmark = pytest.mark.slow
 
 MAX_VOXELS = 4_000_000
 MAX_UPLOAD_MB = 2

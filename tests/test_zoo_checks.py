@@ -9,7 +9,6 @@ import pytest
 from conftest import BUNDLES, ROOT
 
 SCHEMA = ROOT.parent / "shared" / "zoo" / "meta_schema_20240725.json"
-pytestmark = pytest.mark.xdist_group("zoo_checks")  # one worker exports the bundles once (--dist loadgroup)
 NAMES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
 
 
