@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..utils.precision import PRECISIONS
 from .layout import config_files_on_command_line
 
 __all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "check_cuda_only_amp", "check_overrides", "check_settings"]
@@ -104,8 +105,9 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain_select": (_one_of("best", "last"), "'best' or 'last'"),
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
-    "sw_precision": (_one_of("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-    "teacher_precision": (_one_of("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    # the precisions ssmis.utils.precision names: the inferer's windows and co-training's pseudo-label passes
+    **{key: (_one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS))
+       for key in ("sw_precision", "teacher_precision")},
     # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
     **{switch: (_bool, _BOOL) for switch in ("amp", "use_tsa", "use_graph", "pretrain_reset_optimizer", "lcc",
                                              "pseudo_lcc", "tsa_bidirectional", "use_fixed", "use_dynamic",
