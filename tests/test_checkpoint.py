@@ -152,10 +152,13 @@ def test_entries_the_preparation_does_not_write_are_carried_over(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_a_partial_folder_is_refused_and_a_cut_swap_restored(tmp_path):
-    """An existing ``<out>.partial`` (another run writing, or a killed one) is named and left alone; a two-rename swap
-    cut short (``out`` only as ``<out>.old``) is put back before anything else, so a run that then fails loses
-    nothing."""
+def test_a_partial_folder_in_use_is_refused_a_stale_one_removed_and_a_cut_swap_restored(tmp_path):
+    """A ``<out>.partial`` that a live run holds is named and left alone; one a killed run left (nobody holds its
+    lock) is deleted and the preparation goes on; a file of that name is refused; a two-rename swap cut short
+    (``out`` only as ``<out>.old``) is put back before anything else, so a run that then fails loses nothing."""
+    import fcntl
+    import os
+
     from ssmis.utils.errors import DataError
 
     out = tmp_path / "out"
@@ -163,17 +166,57 @@ def test_a_partial_folder_is_refused_and_a_cut_swap_restored(tmp_path):
         (tmp / "a.txt").write_text("old")
     (tmp_path / "out.partial").mkdir()
     (tmp_path / "out.partial" / "running.txt").write_text("x")
-    with pytest.raises(DataError, match="out.partial exists"):
+    fd = os.open(tmp_path / "out.partial", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running preparation holds it
+    try:
+        with pytest.raises(DataError, match="out.partial exists and another preparation is writing it"):
+            with replace_output_dir(out):
+                pass
+        assert (tmp_path / "out.partial" / "running.txt").exists() and (out / "a.txt").read_text() == "old"
+    finally:
+        os.close(fd)  # the running one dies: its lock goes with it
+    with replace_output_dir(out) as tmp:
+        assert not (tmp / "running.txt").exists()
+        (tmp / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "out.partial").write_text("someone's file")
+    with pytest.raises(DataError, match="not a folder this project writes"):
         with replace_output_dir(out):
             pass
-    assert (tmp_path / "out.partial" / "running.txt").exists() and (out / "a.txt").read_text() == "old"
-    (tmp_path / "out.partial" / "running.txt").unlink()
-    (tmp_path / "out.partial").rmdir()
+    assert (tmp_path / "out.partial").read_text() == "someone's file"
+    (tmp_path / "out.partial").unlink()
     out.rename(tmp_path / "out.old")  # killed between the two renames of the fallback swap
     with pytest.raises(ZeroDivisionError):
         with replace_output_dir(out):
             1 / 0
-    assert (out / "a.txt").read_text() == "old"
+    assert (out / "a.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_killed_preparation_leaves_a_partial_folder_the_next_run_removes(tmp_path):
+    """A preparation killed mid-write (SIGKILL: no clean-up runs) leaves ``<out>.partial``; the next run deletes it
+    and completes, and the earlier ``out`` was never touched."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out"
+    with replace_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    script = textwrap.dedent(f"""
+        import os, signal
+        from ssmis.data.output import replace_output_dir
+        with replace_output_dir({str(out)!r}) as tmp:
+            (tmp / "half.txt").write_text("half")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / "out.partial" / "half.txt").exists() and (out / "a.txt").read_text() == "old"
+    with replace_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new" and not (out / "half.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

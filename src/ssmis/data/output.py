@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -66,6 +67,23 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 @contextlib.contextmanager
+def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the folder ``path`` while the block runs; yield False (nothing held) where
+    ``blocking`` is False and another process holds it. The kernel drops the lock when its holder dies, so a held lock
+    means a live process."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
 def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
     """Yield ``<output>.partial``, a new folder to write into; on success it takes the place of ``output``, on
     error it is deleted and ``output`` is left as it was.
@@ -76,41 +94,54 @@ def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
     Entries of an existing ``output`` that the new folder lacks (a user's ``imagesTs/``) are carried into it first,
     as hard links where the file system allows, so nothing but what the preparation rewrites leaves ``output``.
 
-    A ``<output>.partial`` that already exists is refused before anything is written: another preparation is
-    writing there, or a killed one left it (the message names it).
+    The writing run holds a ``flock`` on ``<output>.partial`` until it is done. A ``<output>.partial`` whose lock
+    another process holds is refused before anything is written (the message names it); one that nobody holds was
+    left by a killed run and is deleted. Setting up and swapping happen under a lock on the parent folder, so two
+    runs never both take the same ``.partial``.
     """
     output = Path(output).absolute()
     partial, old = output.with_name(output.name + ".partial"), output.with_name(output.name + ".old")
-    if old.is_dir():  # a swap of the two-rename kind was cut short
-        if not os.path.lexists(output):
-            logger.warning(f"restoring {output} from {old.name}, set aside by an interrupted run")
-            os.replace(old, output)
-        else:
-            shutil.rmtree(old)
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        partial.mkdir()
-    except FileExistsError:
-        raise DataError(f"{partial} exists: another preparation is writing it, or an interrupted one left it; "
-                        "delete it (or wait for the other run) and run again") from None
-    try:
-        yield partial
-        if output.is_dir():
-            for entry in sorted(os.listdir(output)):
-                src, dst = output / entry, partial / entry
-                if os.path.lexists(dst):
-                    continue
-                if src.is_dir() and not src.is_symlink():
-                    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    with contextlib.ExitStack() as held:
+        with _locked(output.parent):
+            if old.is_dir():  # a swap of the two-rename kind was cut short
+                if not os.path.lexists(output):
+                    logger.warning(f"restoring {output} from {old.name}, set aside by an interrupted run")
+                    os.replace(old, output)
                 else:
-                    _link_or_copy(str(src), str(dst))
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if output.exists() and _exchange(partial, output):
-        shutil.rmtree(partial)  # now the old folder
-        return
-    if output.exists():
-        os.replace(output, old)
-    os.replace(partial, output)
-    shutil.rmtree(old, ignore_errors=True)
+                    shutil.rmtree(old)
+            if partial.is_dir() and not partial.is_symlink():
+                with _locked(partial, blocking=False) as free:
+                    if not free:
+                        raise DataError(f"{partial} exists and another preparation is writing it; wait for it to "
+                                        "finish, or choose another --output")
+                logger.warning(f"deleting {partial}, left by an interrupted preparation")
+                shutil.rmtree(partial)
+            try:
+                partial.mkdir()
+            except FileExistsError:  # a file or a link of that name: not ours to delete
+                raise DataError(f"{partial} exists and is not a folder this project writes; move it away and "
+                                "run again") from None
+            held.enter_context(_locked(partial))
+        try:
+            yield partial
+            if output.is_dir():
+                for entry in sorted(os.listdir(output)):
+                    src, dst = output / entry, partial / entry
+                    if os.path.lexists(dst):
+                        continue
+                    if src.is_dir() and not src.is_symlink():
+                        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+                    else:
+                        _link_or_copy(str(src), str(dst))
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        with _locked(output.parent):
+            if output.exists() and _exchange(partial, output):
+                shutil.rmtree(partial)  # now the old folder
+                return
+            if output.exists():
+                os.replace(output, old)
+            os.replace(partial, output)
+            shutil.rmtree(old, ignore_errors=True)
