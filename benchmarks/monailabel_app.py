@@ -11,7 +11,10 @@
    stay unlabelled; the clock runs from ``POST /train/<model>`` (``--train-iterations`` iterations) to the first
    inference answered with the new weights.
 
-The weights only set the network's values; latency does not depend on them. Results: ``docs/results/monailabel_app.json``.
+Each model's returned label is checked against the bundle's own ``inference.yaml`` output for the same volume
+(voxel for voxel; any difference stops the benchmark) and scored against the case's ground truth (foreground Dice),
+so a fast but wrong answer cannot pass. The weights only set the network's values; latency does not depend on them.
+Results: ``docs/results/monailabel_app.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,13 +47,40 @@ def app_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[
     return start_server(studies, conf, log)
 
 
-def la_volume(source: Path, case: str, out: Path) -> Path:
-    """One LA case at its native 0.625 mm as NIfTI (image only)."""
+def la_volume(source: Path, case: str, out: Path) -> tuple[Path, np.ndarray]:
+    """One LA case at its native 0.625 mm as NIfTI (the image only, so the server sees no label), and its
+    ground-truth label (H×W×D, uint8)."""
     from ssmis.data.la import read_la_case
     from ssmis.data.nifti import save_image, spacing_affine
 
-    image, _ = read_la_case(source / "volumes" / case / "mri_norm2.h5")
-    return save_image(image, spacing_affine(0.625), out / f"{case}.nii.gz")
+    image, label = read_la_case(source / "volumes" / case / "mri_norm2.h5")
+    return save_image(image, spacing_affine(0.625), out / f"{case}.nii.gz"), label
+
+
+def label_check(app_label: Path, bundle_out: Path, truth: np.ndarray) -> dict:
+    """Compare the label the app returned with the bundle's own ``inference.yaml`` output for the same image, voxel
+    by voxel, and score both against ``truth`` (foreground Dice). Raises when the app's label is not the bundle's:
+    the app must serve the bundle's own chain, so any difference is a bug, not noise."""
+    import nibabel as nib
+
+    outputs = sorted(bundle_out.rglob("*.nii.gz"))
+    if len(outputs) != 1:
+        raise RuntimeError(f"expected one label from the bundle's inference in {bundle_out}, found {len(outputs)}")
+    app = np.asarray(nib.load(app_label).dataobj).squeeze().astype(np.uint8)
+    own = np.asarray(nib.load(outputs[0]).dataobj).squeeze().astype(np.uint8)
+    if app.shape != truth.shape or own.shape != truth.shape:
+        raise RuntimeError(f"label shapes differ: app {app.shape}, bundle {own.shape}, image {truth.shape}")
+
+    def dice(a: np.ndarray) -> float:
+        inter, total = np.logical_and(a > 0, truth > 0).sum(), (a > 0).sum() + (truth > 0).sum()
+        return float(2 * inter / total) if total else 1.0
+
+    differ = int((app != own).sum())
+    if differ:
+        raise RuntimeError(f"the app's label differs from the bundle's own inference in {differ} voxels "
+                           f"({outputs[0].name}); the app should serve the bundle's chain unchanged")
+    return {"voxels_differing_from_bundle": differ, "foreground_voxels": int((app > 0).sum()),
+            "dice_vs_truth": dice(app)}
 
 
 def bundle_inference_seconds(bundle: str, image: Path, weights: Path, out: Path) -> float:
@@ -100,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         studies, model_dir = work / "studies", work / "model"
         studies.mkdir()
-        image = la_volume(args.source, case, studies)
+        image, truth = la_volume(args.source, case, studies)
         results["shape"] = list(nib.load(image).shape)
         for name, path in weights.items():
             (model_dir / name).mkdir(parents=True, exist_ok=True)
@@ -116,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                     out, params = client.infer(name, case, {})
                     times.append(time.perf_counter() - t0)
                     assert nib.load(out).shape == tuple(results["shape"])
-                own = [bundle_inference_seconds(name, image, Path(path), work / "bundle_out")
-                       for _ in range(max(1, args.repeats // 2))]
+                own = []
+                for _ in range(max(1, args.repeats // 2)):
+                    shutil.rmtree(work / "bundle_out", ignore_errors=True)
+                    own.append(bundle_inference_seconds(name, image, Path(path), work / "bundle_out"))
                 results["models"][name] = {
+                    "label": label_check(Path(out), work / "bundle_out", truth),
                     "app_infer_s": {"median": statistics.median(times), "min": min(times), "max": max(times)},
                     "app_infer_server_s": params["latencies"]["infer"],
                     "bundle_inference_s": {"median": statistics.median(own), "min": min(own), "max": max(own)},

@@ -361,3 +361,27 @@ def test_acdc_protocol_runs_end_to_end_on_the_cpu(tmp_path):
     rows = json.loads((tmp_path / "acdc.json").read_text())
     assert len(rows) == 1 and rows[0]["iterations"] == 4 and len(rows[0]["cases"]) == 2  # 1 patient, 2 frames
     assert {"dice_class1", "dice_class2", "dice_class3"} <= set(rows[0]["metrics"])
+
+
+def test_app_benchmark_fails_when_the_served_label_is_not_the_bundles(tmp_path):
+    """The MONAI Label benchmark compares the app's label with the bundle's own inference voxel by voxel and scores
+    it against the truth; one differing voxel stops it, naming the count."""
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.monailabel_app import label_check
+
+    truth = np.zeros((6, 5, 4), np.uint8)
+    truth[1:4, 1:4, 1:3] = 1
+    pred = truth.copy()
+    pred[1, 1, 1] = 0
+    (tmp_path / "bundle").mkdir()
+    nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / "app.nii.gz")
+    nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / "bundle" / "case_seg.nii.gz")
+    out = label_check(tmp_path / "app.nii.gz", tmp_path / "bundle", truth)
+    assert out["voxels_differing_from_bundle"] == 0 and out["foreground_voxels"] == 17
+    assert out["dice_vs_truth"] == pytest.approx(2 * 17 / (17 + 18))
+    pred[0, 0, 0] = 1
+    nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / "app.nii.gz")
+    with pytest.raises(RuntimeError, match="differs from the bundle's own inference in 1 voxels"):
+        label_check(tmp_path / "app.nii.gz", tmp_path / "bundle", truth)
