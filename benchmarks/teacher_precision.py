@@ -62,10 +62,8 @@ def pseudo_labels(strategy, context):
     sn1, sn2 = strategy.networks
     x_u = strategy.align_reference(context)
     t0 = time.perf_counter()
-    with strategy._teacher(sn1) as teacher:  # SN1's fixed label: a training pass in the step; here gradient-free
-        p1 = torch.softmax(teacher(x_u).float(), 1)
-    with strategy._teacher(sn2) as teacher:
-        p2 = torch.softmax(teacher(x_u).float(), 1)
+    p1 = strategy.fixed_prob(sn1, x_u)  # SN1's fixed label: a training pass in the step; here gradient-free
+    p2 = strategy.fixed_prob(sn2, x_u)
     torch.manual_seed(7)
     d1 = strategy.dynamic_prob(sn1, context, p1)
     torch.manual_seed(8)

@@ -147,6 +147,12 @@ class CoTrainingStrategy(Strategy):
                              f"{self.max_shift}")
         return context[(slice(None), slice(None), *idx)]
 
+    def fixed_prob(self, net: nn.Module, x_u: torch.Tensor) -> torch.Tensor:
+        """``net``'s gradient-free probabilities ``[B, K, *crop]`` (float32) on the fixed crops ``x_u``: the fixed
+        pseudo-label it gives the other network."""
+        with self._teacher(net) as teacher:
+            return torch.softmax(teacher(x_u).float(), 1)
+
     @torch.no_grad()
     def dynamic_prob(self, net: nn.Module, context: torch.Tensor, fixed_prob: torch.Tensor) -> torch.Tensor:
         """COM of ``net``'s fixed-crop probabilities and its mapped-back predictions on shifted crops."""
@@ -171,12 +177,10 @@ class CoTrainingStrategy(Strategy):
         # SN1 trains on the original crops; its own prediction (detached) is SN2's fixed pseudo-label
         out1 = self.forward(engine, sn1, torch.cat([x_l, x_u]))
         if self.teacher_mode == "eval":
-            with self._teacher(sn1) as teacher:
-                p1_fix = torch.softmax(teacher(x_u).float(), 1)
+            p1_fix = self.fixed_prob(sn1, x_u)
         else:
             p1_fix = torch.softmax(out1[b_l:].detach().float(), 1)
-        with self._teacher(sn2) as teacher:
-            p2_fix = torch.softmax(teacher(x_u).float(), 1)
+        p2_fix = self.fixed_prob(sn2, x_u)
         p1_dyn = self.dynamic_prob(sn1, ctx, p1_fix) if self.use_dynamic else None
         p2_dyn = self.dynamic_prob(sn2, ctx, p2_fix) if self.use_dynamic else None
         x_u2, t1_fix, t1_dyn = x_u, p1_fix, p1_dyn
