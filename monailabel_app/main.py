@@ -9,8 +9,12 @@ repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's tra
 ``device``, ``allow_remote`` (answer clients on other machines when started without ``--host``; default false),
 ``cors_origins`` (web origins allowed to call the server; default none), ``max_upload_mb`` (default 512) and
 ``max_voxels`` (default 512³) per uploaded volume, ``max_parallel_infer`` (default 2) and ``infer_wait_s`` (default
-120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503. Sessions (``/session/``) are off. Nothing is downloaded, at
-start-up or later.
+120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503;
+``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
+training request may ask for (``lib.trainers.TrainLimits``). An image is also refused when it would pass
+``max_voxels`` on a served model's grid (resampled or resized). Sessions (``/session/``), whole-slide inference,
+``/logs``, the datastore zip and weight uploads are off (``lib.middleware.DisabledEndpoints``). Nothing is
+downloaded, at start-up or later.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class SSMISApp(MONAILabelApp):
 
         self.origins = allowed_origins(conf.get("cors_origins"), settings.MONAI_LABEL_CORS_ORIGINS)
         self.temp_folder: Path | None = None
-        self.gate = ComputeGate(int(conf.get("max_parallel_infer", 2)), float(conf.get("infer_wait_s", 120)))
+        self.gate_size = int(conf.get("max_parallel_infer", 2))
+        self.gate = ComputeGate(self.gate_size, float(conf.get("infer_wait_s", 120)))
         requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         # 'all': every LA model (the default studies are LA volumes); models of another task are named explicitly
         names = sorted(n for n, c in CONFIGS.items() if c.task == "la") if requested in ([], ["all"]) else requested
@@ -82,9 +87,15 @@ class SSMISApp(MONAILabelApp):
         dims = sorted({c.predictor.spatial_dims for c in self.models.values()})
         if len(dims) > 1:
             raise ValueError(f"--conf models: the served models mix {dims}D inputs; serve models of one kind")
+        predictors = [c.predictor for c in self.models.values()]
+
+        def grid_check(header: Any, name: str) -> None:  # an upload must fit every served model's grid
+            for predictor in predictors:
+                predictor.check_grid(header, name)
+
         return SafeLocalDatastore(self.studies, num_classes=num_classes, extensions=("*.nii.gz", "*.nii"),
                                   auto_reload=_true(self.conf.get("auto_reload", "false")), limits=self.limits,
-                                  spatial_dims=dims[0] if dims else 3)
+                                  spatial_dims=dims[0] if dims else 3, grid_check=grid_check)
 
     def _load_sessions(self, load: bool = False) -> None:
         """Sessions stay off: the Slicer workflow this app serves does not use them, and MONAI Label's session store
@@ -115,7 +126,7 @@ class SSMISApp(MONAILabelApp):
                            check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
-                           gate=self.gate)
+                           gate=self.gate, max_parallel_infer=self.gate_size)
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per
@@ -137,19 +148,22 @@ class SSMISApp(MONAILabelApp):
         if model is not None:
             if model in self._trainers:
                 trainer = self._trainers[model]
-                trainer.check_labels(trainer.parse(params), n_labeled)
+                trainer.check(trainer.parse(params), n_labeled)
             return
         for name, trainer in self._trainers.items():
             own = params.get(name) or {}
             if not isinstance(own, dict):
                 raise ValueError(f"train request: the section for {name!r} must be a JSON object, got {own!r:.60}")
-            trainer.check_labels(trainer.parse({**own, **params}), n_labeled)
+            trainer.check(trainer.parse({**own, **params}), n_labeled)
 
     def bundle_path(self, model: str) -> str | None:
-        # called by the /train/ and /scoring/ endpoints before they start a task: reject unknown models there
+        """Called by MONAI Label's task launcher (/train, /scoring, /batch/infer) before it starts a task: an unknown
+        model is a 404 there. The folder returned replaces any ``bundle_path`` in the request, and the launcher puts
+        it on the task process's ``PYTHONPATH``: the app's own folder, which the task imports anyway, so no
+        client-named folder ever gets there (``TaskRequestCheck`` also refuses the key)."""
         if model and model not in self.models:
             raise errors.not_found(f"unknown model {model!r}; available: {sorted(self.models)}")
-        return None
+        return str(APP_DIR)
 
     def infer(self, request: Dict[str, Any], datastore: Datastore | None = None) -> Dict[str, Any]:
         model = request.get("model")
@@ -162,6 +176,9 @@ class SSMISApp(MONAILabelApp):
             errors.check_id(image, "image id")  # a path a client names is refused: only datastore images
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise errors.not_found(f"image {image!r} is not in the datastore")
+        if request.get("save_label") and request.get("label_tag", "original") != "original":
+            raise errors.bad_request(f"label_tag={request.get('label_tag')!r}: a prediction is saved to the "
+                                     "'original' tag only; annotators' labels ('final') come from PUT /datastore/label")
         return super().infer(request, datastore)
 
     def _is_own_upload(self, image: str) -> bool:

@@ -635,3 +635,26 @@ def test_training_images_at_another_spacing_are_resampled_copies(tmp_path):
     assert resample_records(datalist, (2.0, 2.0, 2.0), cache) == out  # cached: not remade
     assert Path(out["labeled"][0]["image"]).stat().st_mtime == mtime
     assert resample_records(datalist, None, cache) == datalist
+    # an image the datalist no longer uses (deleted from the datastore) leaves the cache with the next training
+    kept = resample_records({"labeled": datalist["labeled"][:0], "unlabeled": datalist["unlabeled"]}, (2.0, 2.0, 2.0),
+                            cache)
+    assert kept["unlabeled"] == datalist["unlabeled"] and list(cache.iterdir()) == []
+    # voxels so large that the copy would pass the voxel limit: named, nothing written
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([4000.0, 4000.0, 4000.0, 1.0])),
+             tmp_path / "huge_voxels.nii.gz")
+    with pytest.raises(ValueError, match="huge_voxels.nii.gz.*voxels"):
+        resample_records({"unlabeled": [{"image": str(tmp_path / "huge_voxels.nii.gz")}]}, (2.0, 2.0, 2.0), cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_diverged_weights_are_never_published(tmp_path):
+    """A training whose weights hold NaN or infinity fails by name; the served weights are not replaced."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.trainers.semi_supervised_bundle import check_finite_weights
+
+    good = {"conv.weight": torch.ones(2, 2), "bn.num_batches_tracked": torch.tensor(3)}
+    torch.save(good, tmp_path / "good.pt")
+    check_finite_weights(tmp_path / "good.pt", tmp_path / "served.pt")
+    torch.save({**good, "head.bias": torch.tensor([0.0, float("nan")])}, tmp_path / "nan.pt")
+    with pytest.raises(RuntimeError, match=r"nan.pt hold NaN or infinite values \(head.bias;.*served.pt is kept"):
+        check_finite_weights(tmp_path / "nan.pt", tmp_path / "served.pt")

@@ -44,9 +44,11 @@ def _nifti_bytes(arr: np.ndarray, affine: np.ndarray | None = None, gz: bool = T
 
 
 def _header_only(shape: tuple, dtype=np.float32) -> bytes:
-    """A NIfTI file of header and 4 data bytes whose header declares ``shape``."""
+    """A NIfTI file of header and 4 data bytes whose header declares ``shape`` at the served network's 0.625 mm (so
+    resampling does not make it larger)."""
     header = nib.Nifti1Header()
     header.set_data_shape(shape)
+    header.set_zooms((0.625,) * len(shape))
     header.set_data_dtype(dtype)
     header.set_data_offset(352)
     return header.binaryblock + b"\0" * 4 + b"\1\2\3\4"
@@ -411,3 +413,119 @@ def test_form_fields_that_are_not_json_objects_are_refused_as_the_body_streams(c
     assert "params field must be a JSON object, got list" in run(*multipart({"x": "1", "params": "[]"}, b"data"))
     assert run(*multipart({"params": '{"a": [1]}'}, b"7" * 5000)) is None
     assert run(b"application/json", b"[1]") is None  # not a form: the endpoint's business
+
+
+def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server):
+    """Bodies of the task endpoints may not name a folder for the task's PYTHONPATH, pick GPUs, save batch or
+    inference predictions as final labels, run batch inference inside the server, or ask for unbounded work; the
+    whole-slide, log, dataset-zip and weight-upload endpoints are not served. Each answer is quick and says why."""
+    base = server["base"]
+    final = server["studies"] / "labels" / "final" / "case_0.nii.gz"
+    final_before = final.read_bytes() if final.exists() else None
+    refused = {
+        "train bundle_path": (400, lambda: requests.post(f"{base}/train/transmedseg_la", json={"bundle_path": "/tmp"})),
+        "train gpus": (400, lambda: requests.post(f"{base}/train/transmedseg_la", json={"gpus": "0"})),
+        "train section bundle_path": (400, lambda: requests.post(
+            f"{base}/train/", json={"transmedseg_la": {"bundle_path": "/tmp"}})),
+        "scoring bundle_path": (400, lambda: requests.post(f"{base}/scoring/transmedseg_la_uncertainty",
+                                                           json={"bundle_path": "/tmp"})),
+        "batch bundle_path": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la",
+                                                         json={"bundle_path": "/tmp"})),
+        "batch to final labels": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la",
+                                                             json={"label_tag": "final"})),
+        "batch run_sync": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la?run_sync=true", json={})),
+        "batch many workers": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la",
+                                                          json={"max_workers": 64})),
+        "infer to final labels": (400, lambda: requests.post(
+            f"{base}/infer/transmedseg_la?image=case_0",
+            data={"params": json.dumps({"save_label": True, "label_tag": "final"})})),
+        "active learning client_id": (400, lambda: requests.post(f"{base}/activelearning/random",
+                                                                 json={"client_id": "x" * 300})),
+        "train batch_size 1e12": (400, lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                             json={"batch_size": 10 ** 12})),
+        "train num_iterations 1e9": (400, lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                                json={"num_iterations": 10 ** 9})),
+        "train val_fraction 0.999": (400, lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                                json={"val_fraction": 0.999})),
+        "train infinite learning rate": (400, lambda: requests.post(
+            f"{base}/train/transmedseg_la", data='{"learning_rate": Infinity}',
+            headers={"Content-Type": "application/json"})),
+        "train seed 2^40": (400, lambda: requests.post(f"{base}/train/transmedseg_la", json={"seed": 2 ** 40})),
+        "train huge patch": (400, lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                        json={"patch_size": [1024, 1024, 1024]})),
+        "2 MiB JSON body": (413, lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                       json={"x": "y" * (2 << 20)})),
+        "whole-slide inference": (404, lambda: requests.post(f"{base}/infer/wsi/transmedseg_la?image=case_0")),
+        "whole-slide inference v2": (404, lambda: requests.post(f"{base}/infer/wsi_v2/transmedseg_la?image=case_0",
+                                                                json={"size": [10 ** 6, 10 ** 6]})),
+        "logs": (404, lambda: requests.get(f"{base}/logs/")),
+        "gpu logs": (404, lambda: requests.get(f"{base}/logs/gpu")),
+        "datastore zip": (404, lambda: requests.get(f"{base}/datastore/dataset")),
+        "weight upload": (404, lambda: requests.put(f"{base}/model/transmedseg_la",
+                                                    files={"file": ("model.pt", b"x")})),
+    }
+    for name, (status, call) in refused.items():
+        t0 = time.perf_counter()
+        r = call()
+        assert r.status_code == status, f"{name}: {r.status_code} {r.text[:300]}"
+        assert r.json().get("detail"), f"{name}: no message"
+        assert time.perf_counter() - t0 < 10, f"{name}: took {time.perf_counter() - t0:.1f} s"
+    for kind in ("train", "batch/infer"):  # nothing was queued
+        status = requests.get(f"{base}/{kind}/").json()
+        assert status.get("status") not in ("SUBMITTED", "RUNNING"), f"{kind}: {status}"
+    # scoring runs on its own after start-up; none of its tasks carries a client's folder
+    scorings = requests.get(f"{base}/scoring/?all=true").json()
+    assert all(t.get("request", {}).get("bundle_path") != "/tmp" for t in (scorings if isinstance(scorings, list)
+                                                                            else [scorings]))
+    assert (final.read_bytes() if final.exists() else None) == final_before  # no annotator's label replaced
+
+
+def test_uploads_too_large_on_the_models_grid_or_forged_are_refused_quickly(server):
+    """An upload is judged by what the served model would allocate: 64³ voxels of 20 mm are 2048³ at the
+    network's 0.625 mm. A forged data offset, an RGB volume and non-positive voxel sizes are refused by name,
+    before the voxels are decoded."""
+    base, pid = server["base"], server["pid"]
+    before = _rss_kb(pid)
+    coarse = _nifti_bytes(np.zeros((64, 64, 64), np.uint8), np.diag([20.0, 20.0, 20.0, 1.0]))
+    t0 = time.perf_counter()
+    r = _upload(base, "coarse", coarse)
+    assert r.status_code == 413 and "resampled" in r.json()["detail"] and "max_voxels" in r.json()["detail"], r.text
+    r = requests.post(f"{base}/infer/transmedseg_la", files={"file": ("coarse.nii.gz", coarse)})
+    assert r.status_code in (409, 413), r.text  # 409: no weights, answered before the image is read
+    header = nib.Nifti1Header()
+    header.set_data_shape((24, 24, 16))
+    header.set_data_dtype(np.uint8)
+    header.set_data_offset(10 ** 15)
+    forged = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * (24 * 24 * 16), compresslevel=1)
+    r = _upload(base, "forged", forged)
+    assert r.status_code == 400 and "vox_offset" in r.json()["detail"], r.text
+    rgb = np.zeros((24, 24, 16), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    r = _upload(base, "rgb", _nifti_bytes(rgb))
+    assert r.status_code == 400 and "RGB" in r.json()["detail"], r.text
+    img = nib.Nifti1Image(np.zeros((24, 24, 16), np.float32), np.eye(4))
+    img.header["pixdim"][2] = np.inf  # (nibabel itself turns a 0 into 1 and a negative size positive)
+    img.header.set_data_offset(352)
+    r = _upload(base, "flat", gzip.compress(img.header.binaryblock + b"\0" * 4 + np.zeros((24, 24, 16), np.float32).tobytes()))
+    assert r.status_code == 400 and "voxel sizes" in r.json()["detail"], r.text
+    assert time.perf_counter() - t0 < 30
+    assert _rss_kb(pid) - before < 150_000  # kB
+    for image_id in ("coarse", "forged", "rgb", "flat"):
+        assert image_id not in requests.get(f"{base}/datastore/?output=all").json()["objects"]
+
+
+def test_image_info_cannot_break_active_learning_or_grow_without_bound(server):
+    """Info keys the server writes are refused, ``strategy`` keeps its shape, and an image's info is bounded; the
+    random strategy keeps answering."""
+    base = server["base"]
+    cases = {
+        "strategy not an object": ({"strategy": 5}, 400),
+        "a server key": ({"name": "x.nii.gz"}, 400),
+        "too much": ({"notes": "n" * (300 * 1024)}, 413),
+    }
+    for name, (info, status) in cases.items():
+        r = requests.put(f"{base}/datastore/image/info?image=case_0", data={"info": json.dumps(info)})
+        assert r.status_code == status, f"{name}: {r.status_code} {r.text[:200]}"
+    r = requests.put(f"{base}/datastore/image/info?image=case_0", data={"info": json.dumps({"notes": "fine"})})
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{base}/activelearning/random", json={"client_id": "slicer"})
+    assert r.status_code == 200 and r.json().get("id"), r.text

@@ -85,18 +85,13 @@ class TrainRequestCheck:
                                           "length; start it without run_sync and poll GET /train/"},
                                status_code=400)(scope, receive, send)
             return
-        messages, more = [], True
-        while more:
-            message = await receive()
-            messages.append(message)
-            more = message.get("type") == "http.request" and message.get("more_body", False)
-        error = self._error(path[1] if len(path) > 1 else None, b"".join(m.get("body", b"") for m in messages))
+        from lib.middleware.buffered_body import buffer_body
+
+        body, replay = await buffer_body(receive)
+        error = self._error(path[1] if len(path) > 1 else None, body)
         if error:
             await JSONResponse({"detail": error}, status_code=400)(scope, receive, send)
             return
-
-        async def replay() -> dict:
-            return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
 
@@ -142,21 +137,25 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
 
 def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
             origins: Sequence[str] = (),
-            max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None) -> None:
+            max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
+            max_parallel_infer: int = 2) -> None:
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
     The middleware, outermost first: ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from
-    web pages of other ``origins`` are refused), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
+    web pages of other ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404),
+    a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
     allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
     ``FormFieldCheck`` (``params``/``info`` form fields must be JSON objects), ``TempFileJanitor`` (sweeps
     ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the
-    computing ones through ``gate``) and :class:`TrainRequestCheck` (with ``check_train``)."""
+    computing ones through ``gate``), ``TaskRequestCheck`` (task bodies: no ``bundle_path``/``gpus``, batch
+    inference to the ``original`` tag with at most ``max_parallel_infer`` workers, a bounded ``enqueue``) and
+    :class:`TrainRequestCheck` (with ``check_train``)."""
     from fastapi.middleware.cors import CORSMiddleware
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.middleware import Middleware
 
-    from lib.middleware import (BodySizeLimit, FormFieldCheck, LoopbackOnly, OriginGuard, TempFileJanitor,
-                                WorkerThreads)
+    from lib.middleware import (BodySizeLimit, DisabledEndpoints, FormFieldCheck, LoopbackOnly, OriginGuard,
+                                TaskRequestCheck, TempFileJanitor, WorkerThreads)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -164,13 +163,14 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
-             and m.cls not in (LoopbackOnly, OriginGuard, BodySizeLimit, FormFieldCheck, TempFileJanitor,
-                               WorkerThreads, TrainRequestCheck)]
+             and m.cls not in (LoopbackOnly, OriginGuard, DisabledEndpoints, BodySizeLimit, FormFieldCheck,
+                               TempFileJanitor, WorkerThreads, TaskRequestCheck, TrainRequestCheck)]
     if loopback_only:
         stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "
                        "(pass --host to choose the interface, or --conf allow_remote true)")
     stack.append(Middleware(OriginGuard, origins=list(origins)))
+    stack.append(Middleware(DisabledEndpoints))
     if origins:
         stack.append(Middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
                                 allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]))
@@ -181,6 +181,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
         stack.append(Middleware(TempFileJanitor, folder=temp_folder))
     if gate is not None:
         stack.append(Middleware(WorkerThreads, gate=gate))
+    stack.append(Middleware(TaskRequestCheck, max_workers=max_parallel_infer))
     if check_train is not None:
         stack.append(Middleware(TrainRequestCheck, check=check_train, scoring_methods=list(scoring_methods)))
     fastapi_app.user_middleware[:] = stack

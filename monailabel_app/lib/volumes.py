@@ -15,13 +15,18 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "read_header", "read_volume", "write_label"]
+__all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "grid_voxels", "read_header", "read_volume",
+           "write_label"]
 
 _CHUNK = 1 << 20
+#: the most bytes of header and extensions before the voxels (NIfTI's ``vox_offset``); real files have 352 plus
+#: a few kB of extensions. A forged offset would otherwise make the size check decode the whole stream
+MAX_HEADER_BYTES = 16 << 20
 
 
 class VolumeError(ValueError):
@@ -91,19 +96,43 @@ def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits,
     try:
         img = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
-        itemsize = np.dtype(img.header.get_data_dtype()).itemsize
+        dtype = np.dtype(img.header.get_data_dtype())
+        zooms = np.asarray(img.header.get_zooms()[: len(shape)], dtype=float)
     except Exception as e:
         raise VolumeError(f"{name}: not a readable NIfTI volume ({type(e).__name__}: {str(e)[:200]})") from e
+    if dtype.kind not in "biuf":  # RGB (a structured type) or complex: not an intensity image or a label map
+        raise VolumeError(f"{name}: voxels of type {dtype} ({'RGB' if dtype.names else dtype.kind}); expected one "
+                          "real-valued channel (integers or floats)")
+    if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+        raise VolumeError(f"{name}: the header's voxel sizes {tuple(zooms.tolist())} must be positive and finite")
     voxels = math.prod(shape)
     if voxels > limits.max_voxels:
         raise VolumeTooLarge(f"{name}: the header declares shape {shape}, {voxels:,} voxels, above this server's "
                              f"limit of {limits.max_voxels:,} (--conf max_voxels)")
-    needed = int(getattr(img.dataobj, "offset", 0)) + voxels * itemsize
+    offset = int(getattr(img.dataobj, "offset", 0))
+    if offset > MAX_HEADER_BYTES:
+        raise VolumeError(f"{name}: the header puts the voxels {offset:,} bytes into the file (vox_offset); this "
+                          f"server reads at most {MAX_HEADER_BYTES:,} bytes of header")
+    needed = offset + voxels * dtype.itemsize
     held = _data_bytes_available(path, needed) if check_data else needed
     if held < needed:
         raise VolumeError(f"{name}: truncated: the header declares {needed:,} bytes of header and data, the file "
                           f"holds {held:,}")
     return img
+
+
+def grid_voxels(img: nib.spatialimages.SpatialImage, spatial_dims: int,
+                target_spacing: Sequence[float] | None = None, spatial_size: Sequence[int] | None = None) -> int:
+    """How many voxels ``img`` (its header) has on a model's grid: resampled to ``target_spacing`` (one voxel size
+    per axis), or resized to ``spatial_size`` (MONAI's ``Resized``: an entry of -1 keeps that axis; ACDC's slices),
+    or as it is. What a model's pre-processing allocates grows with this, not with the upload's size."""
+    shape = [int(s) for s in img.shape[:spatial_dims]]
+    if target_spacing is not None:
+        zooms = [float(z) for z in img.header.get_zooms()[:spatial_dims]]
+        shape = [max(1, math.ceil(s * z / t)) for s, z, t in zip(shape, zooms, target_spacing)]
+    if spatial_size is not None:
+        shape = [int(v) if int(v) > 0 else s for s, v in zip(shape, spatial_size)] + shape[len(spatial_size):]
+    return math.prod(shape)
 
 
 def read_volume(path: str | os.PathLike, name: str, limits: VolumeLimits,

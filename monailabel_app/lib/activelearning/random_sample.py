@@ -10,6 +10,15 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
 
+def _last_proposed(info: Any, strategy: str) -> int:
+    """When ``strategy`` last proposed the image (its info's ``strategy.<name>.ts``); 0 for never, or for a record
+    that is not of that shape (an image's info is also written by clients)."""
+    entry = info.get("strategy") if isinstance(info, dict) else None
+    entry = entry.get(strategy) if isinstance(entry, dict) else None
+    ts = entry.get("ts") if isinstance(entry, dict) else None
+    return int(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts == ts else 0
+
+
 class RandomSample(Strategy):
     """Propose an unlabelled image at random, weighted by the seconds since it was last proposed, plus one.
 
@@ -25,6 +34,5 @@ class RandomSample(Strategy):
         if not images:
             return {}
         strategy, now = request.get("strategy", "random"), int(time.time())
-        last = [datastore.get_image_info(i).get("strategy", {}).get(strategy, {}).get("ts", 0) for i in images]
-        weights = [max(0, now - ts) + 1 for ts in last]
+        weights = [max(0, now - _last_proposed(datastore.get_image_info(i), strategy)) + 1 for i in images]
         return {"id": random.choices(images, weights=weights)[0], "selected_by": "random"}

@@ -11,7 +11,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.activelearning import ScoreCache, UncertaintyScoring
 from lib.infers import BundlePredictor, BundleSegmentation
-from lib.trainers import SemiSupervisedBundleTrain
+from lib.trainers import SemiSupervisedBundleTrain, TrainLimits
 from lib.volumes import VolumeLimits
 from ssmis.bundle.layout import config_files
 from ssmis.bundle.weights import read_state_dict, shipped_weights
@@ -90,7 +90,8 @@ class BundleTaskConfig(TaskConfig):
                                          spatial_dims=self.predictor.spatial_dims,
                                          network_dims=self.predictor.network_dims,
                                          keep_runs=int((self.conf or {}).get("keep_runs", 5)),
-                                         target_spacing=self.predictor.target_spacing)
+                                         target_spacing=self.predictor.target_spacing,
+                                         limits=TrainLimits.from_conf(self.conf or {}))
 
     def scoring_method(self) -> UncertaintyScoring:
         return UncertaintyScoring(self.predictor, self.cache, self.uncertainty,

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import nibabel as nib
 import numpy as np
@@ -59,22 +59,48 @@ def _remove_other_extensions(folder: str, stem: str, keep: str) -> None:
             os.remove(os.path.join(folder, stem + ext))
 
 
+#: the most bytes of JSON one image's or label's info may hold, after an update is merged into it
+MAX_INFO_BYTES = 256 * 1024
+#: info keys the server writes itself (``strategy``: when each active-learning strategy proposed the image)
+SERVER_KEYS = ("name", "ts", "ext")
+
+
 def _params(info: Any, field: str = "params") -> Dict[str, Any]:
     """The request's ``params`` (or ``info``) as a new dict; anything but a JSON object (or nothing) is a 400,
-    before any write."""
+    before any write. Keys the server writes are refused, and ``strategy`` must keep its shape (an object of
+    objects), so a client cannot break what the server reads back."""
     if info is None:
         return {}
     if not isinstance(info, dict):
         raise bad_request(f"the {field} field must be a JSON object, got {type(info).__name__}: {info!r:.80}")
+    own = [k for k in SERVER_KEYS if k in info]
+    if own:
+        raise bad_request(f"the {field} field sets {own}, which the server writes itself")
+    strategy = info.get("strategy", {})
+    if not (isinstance(strategy, dict) and all(isinstance(v, dict) for v in strategy.values())):
+        raise bad_request(f"the {field} field's 'strategy' must be an object of objects (strategy name -> record)")
     return dict(info)
+
+
+def _merged(old: Dict[str, Any], update: Dict[str, Any], what: str) -> Dict[str, Any]:
+    """``old`` updated by ``update``; a 413 naming ``what`` when the result passes :data:`MAX_INFO_BYTES`."""
+    merged = {**old, **update}
+    size = len(json.dumps(merged, default=str))
+    if size > MAX_INFO_BYTES:
+        raise RequestError(413, f"the info of {what} would hold {size:,} bytes of JSON, above the limit of "
+                                f"{MAX_INFO_BYTES:,}")
+    return merged
 
 
 class SafeLocalDatastore(LocalDatastore):
     """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``;
-    ``limits``: what one upload may cost; ``spatial_dims``: the served models' number of spatial axes."""
+    ``limits``: what one upload may cost; ``spatial_dims``: the served models' number of spatial axes;
+    ``grid_check``: ``(header, name) -> None``, raising :class:`~lib.volumes.VolumeTooLarge` for an image too
+    large on a served model's grid (an upload with large voxels, resampled); run on every uploaded image."""
 
     def __init__(self, datastore_path: str, num_classes: int, limits: VolumeLimits | None = None,
-                 spatial_dims: int = 3, **kwargs: Any) -> None:
+                 spatial_dims: int = 3, grid_check: Callable[[Any, str], None] | None = None, **kwargs: Any) -> None:
+        self.grid_check = grid_check
         self.num_classes = int(num_classes)
         self.limits = limits or VolumeLimits()
         self.spatial_dims = int(spatial_dims)
@@ -114,8 +140,15 @@ class SafeLocalDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         ext = _ext(image_filename)
         image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
-        info = _params(image_info)
+        info = _merged({}, _params(image_info), f"image {image_id!r}")
         what = f"the uploaded image {image_id!r}"
+        if self.grid_check is not None:
+            try:
+                self.grid_check(read_header(image_filename, what, self.limits, check_data=False), what)
+            except VolumeTooLarge as e:
+                raise RequestError(413, str(e)) from e
+            except VolumeError as e:
+                raise bad_request(str(e)) from e
         img, arr = _read(image_filename, what, self.limits, self.spatial_dims)
         if not np.isfinite(arr).all():
             raise bad_request(f"{what} holds NaN or infinite values")
@@ -147,7 +180,7 @@ class SafeLocalDatastore(LocalDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         check_id(image_id, "image id")
         check_id(label_tag, "label tag")
-        info = _params(label_info)
+        info = _merged({}, _params(label_info), f"label {label_tag!r} of {image_id!r}")
         obj = self._datastore.objects.get(image_id)
         if not obj:
             raise not_found(f"image {image_id!r} is not in the datastore")
@@ -193,12 +226,15 @@ class SafeLocalDatastore(LocalDatastore):
         info = _params(info, "info")  # not an object: a 400 (the base class fails with a TypeError, a 500)
         if image_id not in self._datastore.objects:
             raise not_found(f"image {image_id!r} is not in the datastore")
+        _merged(self._datastore.objects[image_id].image.info, info, f"image {image_id!r}")
         super().update_image_info(image_id, info)
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
         info = _params(info, "info")
-        if not self._datastore.label(label_id, label_tag):  # the base class raises LabelNotFoundException: a 500
+        label = self._datastore.label(label_id, label_tag)
+        if not label:  # the base class raises LabelNotFoundException: a 500
             raise not_found(f"no label {label_tag!r} for image {label_id!r} in the datastore")
+        _merged(getattr(label, "info", None) or {}, info, f"label {label_tag!r} of {label_id!r}")
         super().update_label_info(label_id, label_tag, info)
 
     def get_image_uri(self, image_id: str) -> str:

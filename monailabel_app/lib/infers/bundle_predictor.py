@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_volume
+from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, grid_voxels, read_header, read_volume
 from ssmis.bundle.layout import config_files
 from ssmis.bundle.weights import read_state_dict
 
@@ -101,6 +101,22 @@ class BundlePredictor:
                                                 or not all(v > 0 for v in self.target_spacing)):
             raise ValueError(f"{self.bundle_root.name}: target_spacing {spacing} is not {self.spatial_dims} "
                              "positive voxel sizes")
+        # what the pre-processing resizes each volume to (ACDC: every slice to the patch size, -1 keeps an axis)
+        size = parser.get_parsed_content("slice_size") if "slice_size" in parser else None
+        self.spatial_size = None if size is None else tuple(int(v) for v in size)
+
+    def check_grid(self, img: nib.spatialimages.SpatialImage, name: str) -> None:
+        """:class:`~lib.volumes.VolumeTooLarge` when ``img`` (its header) would have more voxels on the network's grid than
+        the server's ``max_voxels``: resampling a small upload with large voxels, or resizing many small slices,
+        can make a volume far larger than the one uploaded."""
+        voxels = grid_voxels(img, self.spatial_dims, self.target_spacing, self.spatial_size)
+        if voxels > self.limits.max_voxels:
+            grid = (f"resampled to {self.target_spacing} mm" if self.target_spacing is not None
+                    else f"resized to {self.spatial_size}")
+            raise VolumeTooLarge(f"{name}: shape {tuple(img.shape)} with voxel sizes "
+                             f"{tuple(float(z) for z in img.header.get_zooms()[:self.spatial_dims])} would be "
+                             f"{voxels:,} voxels {grid} for {self.bundle_root.name}, above this server's limit of "
+                             f"{self.limits.max_voxels:,} (--conf max_voxels)")
 
     def _parser(self):
         from monai.bundle import ConfigParser
@@ -163,6 +179,7 @@ class BundlePredictor:
         """The image and its ``[*S]`` float32 array, with a clear error for unreadable, too large, wrong-dimension or
         non-finite files."""
         try:
+            self.check_grid(read_header(path, Path(path).name, self.limits, check_data=False), Path(path).name)
             img, arr = read_volume(path, Path(path).name, self.limits, self.spatial_dims)
         except VolumeError as e:
             raise ImageError(str(e), 413 if isinstance(e, VolumeTooLarge) else 400) from e

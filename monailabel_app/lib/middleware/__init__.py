@@ -1,9 +1,11 @@
 from .body_limit import BodySizeLimit, BodyTooLarge
+from .disabled_endpoints import DisabledEndpoints
 from .form_fields import FormFieldCheck, FormFieldError
 from .loopback import LoopbackOnly
 from .origin import OriginGuard, allowed_origins
+from .task_requests import TaskRequestCheck
 from .temp_files import TempFileJanitor, current_request, is_own_upload, private_tempdir
 from .worker_threads import ComputeGate, WorkerThreads
 
-__all__ = ["BodySizeLimit", "BodyTooLarge", "ComputeGate", "FormFieldCheck", "FormFieldError", "LoopbackOnly", "OriginGuard", "TempFileJanitor",
+__all__ = ["BodySizeLimit", "BodyTooLarge", "ComputeGate", "DisabledEndpoints", "TaskRequestCheck", "FormFieldCheck", "FormFieldError", "LoopbackOnly", "OriginGuard", "TempFileJanitor",
            "WorkerThreads", "allowed_origins", "current_request", "is_own_upload", "private_tempdir"]

@@ -2,7 +2,8 @@
 
 MONAI Label's endpoints copy every upload to disk in full before any check runs. This refuses a request whose
 ``Content-Length`` is too large before reading it, and stops a body sent without one (chunked) once it passes the
-limit.
+limit. Uploads come as ``multipart/form-data``; every other body (JSON parameters, url-encoded forms) is parsed
+whole into Python objects, several times its size, so it gets a much smaller limit.
 """
 
 from __future__ import annotations
@@ -17,25 +18,31 @@ class BodyTooLarge(HTTPException):
     """Raised from ``receive`` when the body passes the limit. An ``HTTPException``, so FastAPI's body parsing
     passes it on (it turns other errors into a 400) and the client gets a 413."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"the request body exceeds this server's upload limit of "
-                                                 f"{limit:,} bytes (--conf max_upload_mb)")
+    def __init__(self, limit: int, upload: bool = True) -> None:
+        super().__init__(status_code=413, detail=(
+            f"the request body exceeds this server's upload limit of {limit:,} bytes (--conf max_upload_mb)" if upload
+            else f"the request body exceeds {limit:,} bytes, this server's limit for a body that is not a file "
+                 "upload (multipart/form-data)"))
 
 
 class BodySizeLimit:
-    """Args: ``app``: the wrapped ASGI app; ``max_bytes``: the most bytes a request body may carry."""
+    """Args: ``app``: the wrapped ASGI app; ``max_bytes``: the most bytes an upload (a ``multipart/form-data``
+    body) may carry; ``max_other_bytes``: the most bytes of any other body (default 1 MiB)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, int(max_bytes)
+    def __init__(self, app: Any, max_bytes: int, max_other_bytes: int = 1 << 20) -> None:
+        self.app, self.max_bytes, self.max_other_bytes = app, int(max_bytes), int(max_other_bytes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        upload = headers.get(b"content-type", b"").split(b";")[0].strip().lower() == b"multipart/form-data"
+        limit = self.max_bytes if upload else self.max_other_bytes
+        error = BodyTooLarge(limit, upload)
         declared = headers.get(b"content-length", b"").strip()
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await JSONResponse({"detail": BodyTooLarge(self.max_bytes).detail}, status_code=413)(scope, receive, send)
+        if declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"detail": error.detail}, status_code=413)(scope, receive, send)
             return
         seen = 0
 
@@ -44,8 +51,8 @@ class BodySizeLimit:
             message = await receive()
             if message.get("type") == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if seen > limit:
+                    raise error
             return message
 
         started = False

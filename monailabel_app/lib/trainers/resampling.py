@@ -16,6 +16,8 @@ from typing import Dict, Sequence
 import nibabel as nib
 import numpy as np
 
+from lib.volumes import VolumeLimits, grid_voxels
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["resample_records"]
@@ -29,6 +31,11 @@ def _resampled(source: str, target: Sequence[float], cache: Path, label: bool) -
     zooms = np.asarray(img.header.get_zooms()[:dims], dtype=float)
     if np.allclose(zooms, target, rtol=0.01):
         return source
+    limits = VolumeLimits()
+    voxels = grid_voxels(img, dims, target)
+    if voxels > limits.max_voxels:
+        raise ValueError(f"{source}: shape {tuple(img.shape)} at {tuple(zooms.tolist())} mm would be {voxels:,} voxels "
+                         f"at {tuple(target)} mm, above {limits.max_voxels:,}")
     key = hashlib.sha1(f"{os.path.abspath(source)}|{tuple(target)}".encode()).hexdigest()[:12]
     out = cache / f"{key}_{Path(source).name}"
     if out.is_file() and out.stat().st_mtime >= Path(source).stat().st_mtime:
@@ -53,7 +60,9 @@ def _resampled(source: str, target: Sequence[float], cache: Path, label: bool) -
 
 
 def resample_records(datalist: Dict[str, list], target: Sequence[float] | None, cache: Path) -> Dict[str, list]:
-    """``datalist`` with every image and label at ``target`` spacing (``None``: unchanged)."""
+    """``datalist`` with every image and label at ``target`` spacing (``None``: unchanged). Cached copies this
+    datalist no longer uses (deleted images, replaced labels) are deleted, so the cache holds one copy per image at
+    most."""
     if target is None:
         return datalist
     out: Dict[str, list] = {}
@@ -69,4 +78,8 @@ def resample_records(datalist: Dict[str, list], target: Sequence[float] | None, 
             out[part].append(new)
     if changed:
         logger.info(f"{changed} training record(s) resampled to {tuple(target)} mm (cached in {cache})")
+    used = {Path(r[k]).name for records in out.values() for r in records for k in ("image", "label") if k in r}
+    for stale in (cache.iterdir() if cache.is_dir() else ()):
+        if stale.is_file() and stale.name not in used:
+            stale.unlink(missing_ok=True)
     return out

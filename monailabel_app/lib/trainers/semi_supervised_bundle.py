@@ -22,6 +22,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.trainers.resampling import resample_records
+from lib.trainers.train_limits import TrainLimits
 from lib.volumes import VolumeError, VolumeLimits, read_header
 from ssmis.bundle.layout import config_files
 from ssmis.bundle.weights import read_state_dict
@@ -59,6 +60,17 @@ def check_records(datalist: Dict[str, list], spatial_dims: int) -> None:
                 raise ValueError(f"{part} label {record['label']}: shape {shapes['label']} differs from its image "
                                  f"{record['image']} ({shapes['image']})")
 
+def check_finite_weights(trained: Path, served: Path) -> None:
+    """``RuntimeError`` naming the first tensor of the state dict at ``trained`` that holds NaN or infinite values
+    (a diverged run), before it could replace the ``served`` weights."""
+    bad = [k for k, v in read_state_dict(trained).items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RuntimeError(f"the trained weights {trained} hold NaN or infinite values ({bad[0]}"
+                           f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; a diverged run: lower "
+                           f"learning_rate?); the served {served} is kept")
+
+
 # request keys a client may set, with their types; everything else in a train request is rejected
 ALLOWED = {
     "num_iterations": int, "val_interval": int, "batch_size": int, "learning_rate": float,
@@ -78,12 +90,15 @@ class SemiSupervisedBundleTrain(TrainTask):
             resampled copies (``<model_dir>/<model>/resampled/``), as inference resamples them.
         keep_runs: run folders kept (the newest); a finished run keeps its datalist, TensorBoard logs and
             ``model_best.pt``, not the resume checkpoint or a second copy of the published weights.
+        limits: the ceilings of a request (iterations, batch, patch); default :class:`TrainLimits`' defaults.
     """
 
     def __init__(self, name: str, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str],
                  defaults: Dict[str, Any], description: str, spatial_dims: int = 3, keep_runs: int = 5,
-                 target_spacing: Sequence[float] | None = None, network_dims: int | None = None) -> None:
+                 target_spacing: Sequence[float] | None = None, network_dims: int | None = None,
+                 limits: TrainLimits | None = None) -> None:
         super().__init__(description)
+        self.train_limits = limits or TrainLimits()
         self.name, self.spatial_dims = name, int(spatial_dims)
         # axes of the network's input (patch_size): the images' own, or 2 for a 2D network on volumes (ACDC)
         self.network_dims = int(network_dims or spatial_dims)
@@ -122,8 +137,8 @@ class SemiSupervisedBundleTrain(TrainTask):
                 raise ValueError(f"train request: {key}={out[key]} must be >= {low}")
         if "learning_rate" in out and not out["learning_rate"] > 0:
             raise ValueError(f"train request: learning_rate={out['learning_rate']} must be > 0")
-        if not 0.0 < out["val_fraction"] < 1.0:
-            raise ValueError(f"train request: val_fraction={out['val_fraction']} must lie in (0, 1)")
+        if not 0.0 < out["val_fraction"] <= 0.9:
+            raise ValueError(f"train request: val_fraction={out['val_fraction']} must lie in (0, 0.9]")
         if out["device"] not in ("cpu", "cuda") or (out["device"] == "cuda" and not torch.cuda.is_available()):
             raise ValueError(f"train request: device={out['device']!r} is not available (cpu or cuda)")
         return out
@@ -167,11 +182,18 @@ class SemiSupervisedBundleTrain(TrainTask):
         """How many of ``n_labeled`` labelled images :meth:`split` holds out for validation."""
         return min(n_labeled - 1, max(1, round(val_fraction * n_labeled)))
 
-    def check_labels(self, settings: Dict[str, Any], n_labeled: int) -> None:
-        """``ValueError`` saying how many labelled images a run with ``settings`` needs, when the datastore's
-        ``n_labeled`` are too few: one batch of labelled images plus the validation hold-out."""
+    def check(self, settings: Dict[str, Any], n_labeled: int) -> None:
+        """``ValueError`` saying what is wrong with a run of ``settings`` (from :meth:`parse`) before it is queued:
+        a value above the server's :class:`TrainLimits`, or too few of the datastore's ``n_labeled`` labelled
+        images for one batch plus the validation hold-out."""
         batch = int(self.configured("batch_size", settings) or 1)
-        needed = next(n for n in range(2, batch + 100) if n - self.n_validation(n, settings["val_fraction"]) >= batch)
+        self.train_limits.check(settings, batch, self.configured("patch_size", settings))
+        # the fewest labelled images that leave a batch after the hold-out; val_fraction <= 0.9 bounds the search
+        needed = next((n for n in range(2, 10 * batch + 20)
+                       if n - self.n_validation(n, settings["val_fraction"]) >= batch), None)
+        if needed is None:
+            raise ValueError(f"train request: val_fraction {settings['val_fraction']} holds out too much to leave a "
+                             f"batch of {batch}")
         if n_labeled < needed:
             raise ValueError(f"{self.name}: training needs at least {needed} labelled images: a batch takes {batch} "
                              f"(batch_size) and validation holds out {self.n_validation(needed, settings['val_fraction'])}"
@@ -220,7 +242,7 @@ class SemiSupervisedBundleTrain(TrainTask):
 
         t0 = time.time()
         settings = self.parse(request)
-        self.check_labels(settings, len(datastore.datalist()))
+        self.check(settings, len(datastore.datalist()))
         unlabeled_batch = int(self.configured("unlabeled_batch_size", settings) or 0)
         datalist = self.split(datastore, settings["val_fraction"], settings["seed"], unlabeled_batch)
         resampled = datalist.pop("unlabeled_resampled")
@@ -271,6 +293,7 @@ class SemiSupervisedBundleTrain(TrainTask):
         trained = run_dir / "models" / "model.pt"
         if not trained.is_file():
             raise RuntimeError(f"{self.name}: training finished without writing {trained}")
+        check_finite_weights(trained, self.model_path)  # a diverged run: the served weights stay
         atomic_replace(lambda tmp: shutil.copyfile(trained, tmp), self.model_path)  # publish
         for done_with in (run_dir / "models" / "checkpoint.pt", trained):  # resume state; a copy of the published
             done_with.unlink(missing_ok=True)

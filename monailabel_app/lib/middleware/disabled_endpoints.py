@@ -1,0 +1,47 @@
+"""ASGI middleware: MONAI Label endpoints this app does not serve answer 404, before their handlers run.
+
+- ``/infer/wsi*``: whole-slide (pathology) inference tiles a slide into tasks sized by the request, before any
+  check of the app's, and opens any path a client names; this app serves volumes.
+- ``/logs``: the server log holds request parameters and paths, and ``/logs/gpu`` runs ``nvidia-smi`` on the event
+  loop; read the log file on the server instead.
+- ``/datastore/dataset``: writes a zip of the whole datastore for every request.
+- ``PUT /model/*``: uploading weights through the API (the app publishes weights from its own trainings, or an
+  operator copies ``model.pt`` into ``model_dir``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+__all__ = ["DisabledEndpoints"]
+
+
+def disabled(method: str, path: list[str]) -> str | None:
+    """Why ``method`` on ``path`` (its segments) is not served, or None."""
+    if len(path) >= 2 and path[0] == "infer" and path[1].startswith("wsi"):
+        return "whole-slide inference is not served by this app (it segments volumes: POST /infer/<model>)"
+    if path[0] == "logs":
+        return "the server log is not served over HTTP; read it on the server (<app>/logs/app.log)"
+    if path[:2] == ["datastore", "dataset"]:
+        return "downloading the whole datastore is not served; copy the studies folder on the server"
+    if path[0] == "model" and method == "PUT":
+        return ("uploading weights is not served: the app publishes its trainings' weights; an operator may copy a "
+                "model.pt into model_dir/<model>/")
+    return None
+
+
+class DisabledEndpoints:
+    """Args: ``app``: the wrapped ASGI app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            reason = disabled(scope.get("method", ""), scope.get("path", "").strip("/").split("/"))
+            if reason:
+                await JSONResponse({"detail": reason}, status_code=404)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

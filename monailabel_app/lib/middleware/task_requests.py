@@ -1,0 +1,88 @@
+"""ASGI middleware: what a client may put in the JSON body of a request that starts a background task
+(``POST /train``, ``/scoring``, ``/batch/infer``) or asks for the next sample (``POST /activelearning``), checked
+before MONAI Label sees it (HTTP 400, or 429 for a full queue).
+
+MONAI Label's task launcher copies the body into the task's request and reads some keys as server settings:
+``bundle_path`` is put on the task process's ``PYTHONPATH`` (a client could name a folder, or an uploaded file
+that is also a zip, for the task to import code from), ``gpus`` becomes ``CUDA_VISIBLE_DEVICES``; batch inference
+saves a label under any ``label_tag`` (``final`` overwrites the annotators' labels) and with ``run_sync`` runs in
+the server process outside the compute gate. ``?enqueue=true`` queues tasks without bound.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+from urllib.parse import parse_qs
+
+from fastapi.responses import JSONResponse
+
+from .buffered_body import buffer_body
+
+__all__ = ["TaskRequestCheck"]
+
+_TRUE = ("1", "true", "yes", "on")
+METHODS = {"train": "train", "scoring": "scoring", "batch": "batch_infer", "activelearning": None}
+
+
+def _refusal(kind: str, body: Dict[str, Any], max_workers: int) -> str | None:
+    """Why a task body (or one model's section of it) is refused, or None."""
+    for where, params in [("", body)] + [(f" (section {k!r})", v) for k, v in body.items() if isinstance(v, dict)]:
+        if "bundle_path" in params:
+            return f"bundle_path{where}: set by the server, not by a request"
+        if params.get("gpus", "all") != "all":
+            return f"gpus={params['gpus']!r}{where}: this server chooses its devices (--conf device); send 'all' or nothing"
+    if kind == "batch":
+        if body.get("label_tag", "original") != "original":
+            return (f"label_tag={body['label_tag']!r}: batch inference saves to the 'original' tag only; annotators' "
+                    "labels ('final') come from PUT /datastore/label")
+        workers = body.get("max_workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= max_workers:
+            return f"max_workers={workers!r}: at most {max_workers} (--conf max_parallel_infer)"
+    if kind == "activelearning":
+        client = body.get("client_id")
+        if client is not None and not (isinstance(client, str) and len(client) <= 256):
+            return "client_id: a string of at most 256 characters"
+    return None
+
+
+class TaskRequestCheck:
+    """Args: ``app``: the wrapped ASGI app; ``max_queued``: the most tasks of one kind queued or running with
+    ``?enqueue=true``; ``max_workers``: the most inference threads a batch inference may ask for."""
+
+    def __init__(self, app: Any, max_queued: int = 4, max_workers: int = 2) -> None:
+        self.app, self.max_queued, self.max_workers = app, int(max_queued), int(max_workers)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "").strip("/").split("/")
+        kind = path[0]
+        if scope.get("type") != "http" or scope.get("method") != "POST" or kind not in METHODS:
+            await self.app(scope, receive, send)
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if kind == "batch" and any(v.strip().lower() in _TRUE for v in query.get("run_sync", [])):
+            await self._answer(400, "run_sync is not supported for batch inference: it would run in the server "
+                                    "process for every image; start it without run_sync and poll GET /batch/infer",
+                               scope, receive, send)
+            return
+        if METHODS[kind] and any(v.strip().lower() in _TRUE for v in query.get("enqueue", [])):
+            from lib.task_queue import pending
+
+            if len(pending(METHODS[kind])) >= self.max_queued:
+                await self._answer(429, f"{self.max_queued} {METHODS[kind]} tasks are queued or running already; "
+                                        "try again when one has finished", scope, receive, send)
+                return
+        raw, replay = await buffer_body(receive)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None  # not JSON: the endpoint answers
+        reason = _refusal(kind, body, self.max_workers) if isinstance(body, dict) else None
+        if reason:
+            await self._answer(400, reason, scope, receive, send)
+            return
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _answer(status: int, detail: str, scope: dict, receive: Any, send: Any) -> None:
+        await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
