@@ -658,3 +658,21 @@ def test_diverged_weights_are_never_published(tmp_path):
     torch.save({**good, "head.bias": torch.tensor([0.0, float("nan")])}, tmp_path / "nan.pt")
     with pytest.raises(RuntimeError, match=r"nan.pt hold NaN or infinite values \(head.bias;.*served.pt is kept"):
         check_finite_weights(tmp_path / "nan.pt", tmp_path / "served.pt")
+
+
+@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in (ROOT / "bundles").glob("*/configs/metadata.json")))
+def test_every_bundle_is_served_by_the_app(bundle, tmp_path):
+    """Each bundle's README tells users to serve it with ``--conf models <bundle>``: the app has a config for every
+    bundle, whose labels come from its metadata and whose predictor builds the bundle's network."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.configs import CONFIGS
+
+    assert bundle in CONFIGS, f"no app config for {bundle} (monailabel_app/lib/configs)"
+    config = CONFIGS[bundle]()
+    config.init(bundle, str(tmp_path / "model"), {"device": "cpu", "shipped_weights": "false"}, None,
+                bundles_dir=str(ROOT / "bundles"))
+    channels = json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())[
+        "network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert len(config.labels) == len(channels) - 1 == config.predictor.num_classes - 1
+    assert config.task == ("acdc" if bundle.endswith("_acdc") else "la")
+    assert isinstance(config.predictor._parser().get_parsed_content("network_def"), torch.nn.Module)

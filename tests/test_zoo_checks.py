@@ -37,6 +37,8 @@ def test_exported_bundle_passes_the_zoo_checks(exported, name):
     assert set(failed) == expected_fail, failed
     if "weights" in failed:
         assert "no models/model.pt" in failed["weights"]
+    # the README's License section points at LICENSE: every export has it (bundles/common/LICENSE)
+    assert (exported / name / "LICENSE").read_text().startswith((BUNDLES / "common" / "LICENSE").read_text()[:200])
 
 
 def test_a_broken_bundle_fails_the_checks_that_matter(exported, tmp_path):

@@ -8,7 +8,8 @@
   folder, as the zoo's bundles do;
 - ``configs/evaluate.yaml``, ``multi_gpu_train.yaml``, ``cpu_protocol.yaml``: overlays merged into one file each,
   still to be merged on top of ``train.yaml`` (or ``inference.yaml``);
-- the bundle's other configs (ablations) as they are, ``configs/logging.conf``, ``metadata.json``, ``LICENSE``, and
+- the bundle's other configs (ablations) as they are, ``configs/logging.conf``, ``metadata.json``, ``LICENSE`` (the
+  bundle's own, else ``bundles/common/LICENSE``), and
   ``docs/`` with the shared README sections (``bundles/common/docs/README.md``) appended to the bundle's README and
   the shared ``data_license.txt``;
 - ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them (its trained
@@ -196,12 +197,13 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             if source.is_file():
                 shutil.copyfile(source, partial / "configs" / extra)
         shutil.copyfile(bundle / "configs" / "metadata.json", partial / "configs" / "metadata.json")
-        for item in ("docs", "LICENSE"):
-            source = bundle / item
-            if source.is_dir():
-                shutil.copytree(source, partial / item)
-            elif source.is_file():
-                shutil.copyfile(source, partial / item)
+        if (bundle / "docs").is_dir():
+            shutil.copytree(bundle / "docs", partial / "docs")
+        # every bundle is under the one license of the repository's bundles (bundles/common/LICENSE), unless it has
+        # its own
+        license_file = bundle / "LICENSE" if (bundle / "LICENSE").is_file() else bundle.parent / "common" / "LICENSE"
+        if license_file.is_file():
+            shutil.copyfile(license_file, partial / "LICENSE")
         _shared_docs(bundle, partial)
         if weights.is_file():
             (partial / "models").mkdir()
