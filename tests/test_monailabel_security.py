@@ -529,3 +529,20 @@ def test_image_info_cannot_break_active_learning_or_grow_without_bound(server):
     assert r.status_code == 200, r.text
     r = requests.post(f"{base}/activelearning/random", json={"client_id": "slicer"})
     assert r.status_code == 200 and r.json().get("id"), r.text
+
+
+def test_finished_tasks_are_forgotten_beyond_a_bound(monkeypatch):
+    """MONAI Label keeps every task with its request; the app keeps the newest finished ones only, and never a
+    queued or running one."""
+    from monailabel.utils.async_tasks import utils as async_tasks
+
+    from lib.task_queue import forget_finished
+
+    tasks = [{"id": i, "status": "DONE"} for i in range(8)] + [{"id": 8, "status": "RUNNING"},
+                                                               {"id": 9, "status": "SUBMITTED"}]
+    tasks[2]["status"] = "ERROR"
+    monkeypatch.setitem(async_tasks.background_tasks, "train", tasks)
+    held = async_tasks.background_tasks["train"]
+    assert forget_finished("train", keep=3) == 5
+    assert [t["id"] for t in held] == [5, 6, 7, 8, 9] and async_tasks.background_tasks["train"] is held
+    assert forget_finished("train", keep=3) == 0 and forget_finished("scoring") == 0

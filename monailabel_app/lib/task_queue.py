@@ -14,7 +14,11 @@ from monailabel.utils.async_tasks import utils as async_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pending", "cancel_queued"]
+__all__ = ["pending", "cancel_queued", "forget_finished"]
+
+#: finished tasks of one kind whose status (``GET /train/?all=true``) is kept; MONAI Label keeps every one, with its
+#: request, for the server's lifetime
+KEEP_FINISHED = 50
 
 
 def pending(method: str) -> list[dict]:
@@ -37,3 +41,16 @@ def cancel_queued(method: str) -> int:
     if queued:
         logger.info(f"cancelled {len(queued)} queued {method} task(s)")
     return len(queued)
+
+
+def forget_finished(method: str, keep: int = KEEP_FINISHED) -> int:
+    """Drop all but the newest ``keep`` finished ``method`` tasks from MONAI Label's task list (queued and running
+    ones stay). Returns how many were dropped."""
+    tasks = async_tasks.background_tasks.get(method)
+    if not tasks:
+        return 0
+    finished = [t for t in tasks if t.get("status") not in ("SUBMITTED", "RUNNING")]
+    drop = {id(t) for t in finished[: max(0, len(finished) - keep)]}
+    if drop:
+        tasks[:] = [t for t in tasks if id(t) not in drop]  # in place: MONAI Label holds this list
+    return len(drop)

@@ -6,7 +6,8 @@ MONAI Label's task launcher copies the body into the task's request and reads so
 ``bundle_path`` is put on the task process's ``PYTHONPATH`` (a client could name a folder, or an uploaded file
 that is also a zip, for the task to import code from), ``gpus`` becomes ``CUDA_VISIBLE_DEVICES``; batch inference
 saves a label under any ``label_tag`` (``final`` overwrites the annotators' labels) and with ``run_sync`` runs in
-the server process outside the compute gate. ``?enqueue=true`` queues tasks without bound.
+the server process outside the compute gate. ``?enqueue=true`` queues tasks without bound, and MONAI Label keeps
+every finished task, with its request, in memory (here the newest ``lib.task_queue.KEEP_FINISHED``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class TaskRequestCheck:
         if scope.get("type") != "http" or scope.get("method") != "POST" or kind not in METHODS:
             await self.app(scope, receive, send)
             return
+        if METHODS[kind]:
+            from lib.task_queue import forget_finished
+
+            forget_finished(METHODS[kind])  # before another task joins the list
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if kind == "batch" and any(v.strip().lower() in _TRUE for v in query.get("run_sync", [])):
             await self._answer(400, "run_sync is not supported for batch inference: it would run in the server "
