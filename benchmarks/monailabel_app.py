@@ -59,15 +59,19 @@ def la_volume(source: Path, case: str, out: Path) -> tuple[Path, np.ndarray]:
 
 def label_check(app_label: Path, bundle_out: Path, truth: np.ndarray) -> dict:
     """Compare the label the app returned with the bundle's own ``inference.yaml`` output for the same image, voxel
-    by voxel, and score both against ``truth`` (foreground Dice). Raises when the app's label is not the bundle's:
-    the app must serve the bundle's own chain, so any difference is a bug, not noise."""
+    by voxel and grid (affine) against grid, and score it against ``truth`` (foreground Dice). Raises when the app's
+    label is not the bundle's: the app must serve the bundle's own chain, so any difference is a bug, not noise."""
     import nibabel as nib
 
     outputs = sorted(bundle_out.rglob("*.nii.gz"))
     if len(outputs) != 1:
         raise RuntimeError(f"expected one label from the bundle's inference in {bundle_out}, found {len(outputs)}")
-    app = np.asarray(nib.load(app_label).dataobj).squeeze().astype(np.uint8)
-    own = np.asarray(nib.load(outputs[0]).dataobj).squeeze().astype(np.uint8)
+    app_img, own_img = nib.load(app_label), nib.load(outputs[0])
+    if not np.allclose(app_img.affine, own_img.affine, atol=1e-3):
+        raise RuntimeError(f"the app's label lies on another grid than the bundle's ({outputs[0].name}):\n"
+                           f"{np.round(app_img.affine, 4)}\nagainst\n{np.round(own_img.affine, 4)}")
+    app = np.asarray(app_img.dataobj).squeeze().astype(np.uint8)
+    own = np.asarray(own_img.dataobj).squeeze().astype(np.uint8)
     if app.shape != truth.shape or own.shape != truth.shape:
         raise RuntimeError(f"label shapes differ: app {app.shape}, bundle {own.shape}, image {truth.shape}")
 

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 
 def _true(value: Any) -> bool:
+    """A ``--conf`` switch that is on only when spelled on (a request's flags are read as FastAPI reads them:
+    ``lib.middleware.request_parts.is_true``)."""
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -132,6 +134,7 @@ class SSMISApp(MONAILabelApp):
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per
         method each time, so they piled up behind each other. Here a new round starts only when no scoring is
         queued or running."""
+        task_queue.forget_finished("scoring")  # these rounds never pass TaskRequestCheck
         running = task_queue.pending("scoring")
         if running:
             logger.info(f"scoring already queued or running ({len(running)} task(s)): not queueing another round")
@@ -180,6 +183,19 @@ class SSMISApp(MONAILabelApp):
             raise errors.bad_request(f"label_tag={request.get('label_tag')!r}: a prediction is saved to the "
                                      "'original' tag only; annotators' labels ('final') come from PUT /datastore/label")
         return super().infer(request, datastore)
+
+    def batch_infer(self, request: Dict[str, Any], datastore: Datastore | None = None) -> Dict[str, Any]:
+        """MONAI Label's batch inference, with its labels saved to the ``original`` tag only and at most
+        ``max_parallel_infer`` images at once (MONAI Label takes a quarter of the CPUs when none is asked for;
+        ``TaskRequestCheck`` refuses larger requests with a message)."""
+        tag = request.get("label_tag", "original")
+        if tag != "original":
+            raise errors.bad_request(f"label_tag={tag!r}: batch inference saves to the 'original' tag only")
+        workers = request.get("max_workers") or 1
+        if not isinstance(workers, int) or isinstance(workers, bool):
+            raise errors.bad_request(f"max_workers={workers!r}: an integer from 1 to {self.gate_size}")
+        return super().batch_infer({**request, "label_tag": "original",
+                                    "max_workers": max(1, min(workers, self.gate_size))}, datastore)
 
     def _is_own_upload(self, image: str) -> bool:
         """Whether ``image`` is the file the client uploaded with this very request (MONAI Label saves it in the

@@ -385,3 +385,7 @@ def test_app_benchmark_fails_when_the_served_label_is_not_the_bundles(tmp_path):
     nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / "app.nii.gz")
     with pytest.raises(RuntimeError, match="differs from the bundle's own inference in 1 voxels"):
         label_check(tmp_path / "app.nii.gz", tmp_path / "bundle", truth)
+    pred[0, 0, 0] = 0
+    nib.save(nib.Nifti1Image(pred, np.diag([2.0, 1.0, 1.0, 1.0])), tmp_path / "app.nii.gz")  # same voxels, other grid
+    with pytest.raises(RuntimeError, match="another grid"):
+        label_check(tmp_path / "app.nii.gz", tmp_path / "bundle", truth)

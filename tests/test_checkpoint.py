@@ -388,3 +388,33 @@ def test_atomic_disk_saver_never_deletes_before_the_next_file_is_written(tmp_pat
         engine.state.iteration = it
         named(engine)
     assert sorted(p.name for p in (tmp_path / "named").iterdir()) == ["a_4.pt"]
+
+
+def test_where_folders_cannot_be_locked_an_existing_partial_is_refused(tmp_path, monkeypatch):
+    """Without flock (NFS's emulation needs a file open for writing; other platforms have none), nobody can tell a
+    live run's ``.partial`` from a dead one's: it is refused by name, never deleted, and the preparation fails
+    before writing anything."""
+    import errno
+
+    from ssmis.data import output
+    from ssmis.utils.errors import DataError
+
+    out = tmp_path / "out"
+    with replace_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    (tmp_path / "out.partial").mkdir()
+    (tmp_path / "out.partial" / "running.txt").write_text("x")
+
+    class NoFolderLocks:
+        LOCK_EX, LOCK_NB = 2, 4
+
+        @staticmethod
+        def flock(fd, op):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    for fcntl in (NoFolderLocks, None):
+        monkeypatch.setattr(output, "fcntl", fcntl)
+        with pytest.raises(DataError, match="out.partial exists.*cannot tell which"):
+            with replace_output_dir(out):
+                pass
+        assert (tmp_path / "out.partial" / "running.txt").exists() and (out / "a.txt").read_text() == "old"

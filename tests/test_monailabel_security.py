@@ -422,6 +422,12 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
     base = server["base"]
     final = server["studies"] / "labels" / "final" / "case_0.nii.gz"
     final_before = final.read_bytes() if final.exists() else None
+
+    def task_count(kind: str) -> int:
+        tasks = requests.get(f"{base}/{kind}/?all=true").json()
+        return len(tasks) if isinstance(tasks, list) else 0
+
+    counts = {kind: task_count(kind) for kind in ("train", "batch/infer")}
     refused = {
         "train bundle_path": (400, lambda: requests.post(f"{base}/train/transmedseg_la", json={"bundle_path": "/tmp"})),
         "train gpus": (400, lambda: requests.post(f"{base}/train/transmedseg_la", json={"gpus": "0"})),
@@ -434,6 +440,8 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
         "batch to final labels": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la",
                                                              json={"label_tag": "final"})),
         "batch run_sync": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la?run_sync=true", json={})),
+        "batch run_sync=t": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la?run_sync=t", json={})),
+        "train run_sync=Y": (400, lambda: requests.post(f"{base}/train/transmedseg_la?run_sync=Y", json={})),
         "batch many workers": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la",
                                                           json={"max_workers": 64})),
         "infer to final labels": (400, lambda: requests.post(
@@ -470,9 +478,7 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
         assert r.status_code == status, f"{name}: {r.status_code} {r.text[:300]}"
         assert r.json().get("detail"), f"{name}: no message"
         assert time.perf_counter() - t0 < 10, f"{name}: took {time.perf_counter() - t0:.1f} s"
-    for kind in ("train", "batch/infer"):  # nothing was queued
-        status = requests.get(f"{base}/{kind}/").json()
-        assert status.get("status") not in ("SUBMITTED", "RUNNING"), f"{kind}: {status}"
+    assert {kind: task_count(kind) for kind in counts} == counts  # nothing was queued, not even to fail
     # scoring runs on its own after start-up; none of its tasks carries a client's folder
     scorings = requests.get(f"{base}/scoring/?all=true").json()
     assert all(t.get("request", {}).get("bundle_path") != "/tmp" for t in (scorings if isinstance(scorings, list)
@@ -503,13 +509,19 @@ def test_uploads_too_large_on_the_models_grid_or_forged_are_refused_quickly(serv
     r = _upload(base, "rgb", _nifti_bytes(rgb))
     assert r.status_code == 400 and "RGB" in r.json()["detail"], r.text
     img = nib.Nifti1Image(np.zeros((24, 24, 16), np.float32), np.eye(4))
-    img.header["pixdim"][2] = np.inf  # (nibabel itself turns a 0 into 1 and a negative size positive)
+    img.header["srow_y"][1] = np.inf  # the affine's voxel size along y (nibabel turns a 0 pixdim into 1)
     img.header.set_data_offset(352)
     r = _upload(base, "flat", gzip.compress(img.header.binaryblock + b"\0" * 4 + np.zeros((24, 24, 16), np.float32).tobytes()))
     assert r.status_code == 400 and "voxel sizes" in r.json()["detail"], r.text
+    # voxel sizes of 0.625 in the header, but an affine (sform) of 20 mm: resampling follows the affine
+    sform = nib.Nifti1Image(np.zeros((64, 64, 64), np.uint8), np.diag([20.0, 20.0, 20.0, 1.0]))
+    sform.header.set_zooms((0.625, 0.625, 0.625))
+    assert sform.header.get_zooms() == (0.625, 0.625, 0.625)
+    r = _upload(base, "sform", gzip.compress(sform.to_bytes(), compresslevel=1))
+    assert r.status_code == 413 and "resampled" in r.json()["detail"], r.text
     assert time.perf_counter() - t0 < 30
     assert _rss_kb(pid) - before < 150_000  # kB
-    for image_id in ("coarse", "forged", "rgb", "flat"):
+    for image_id in ("coarse", "forged", "rgb", "flat", "sform"):
         assert image_id not in requests.get(f"{base}/datastore/?output=all").json()["objects"]
 
 
@@ -546,3 +558,49 @@ def test_finished_tasks_are_forgotten_beyond_a_bound(monkeypatch):
     assert forget_finished("train", keep=3) == 5
     assert [t["id"] for t in held] == [5, 6, 7, 8, 9] and async_tasks.background_tasks["train"] is held
     assert forget_finished("train", keep=3) == 0 and forget_finished("scoring") == 0
+
+
+def test_requests_that_queue_tasks_are_bounded_and_counted_under_one_lock(monkeypatch):
+    """``?enqueue=true`` and ``POST /train/`` (every model) answer 429 once ``max_queued`` tasks wait; run_sync
+    spellings FastAPI reads as True are refused; a body that is not JSON is passed on unread (FastAPI refuses it)."""
+    import asyncio
+
+    from lib import task_queue
+    from lib.middleware import TaskRequestCheck
+
+    queued: list[dict] = []
+    monkeypatch.setattr(task_queue, "pending", lambda method: queued)
+    monkeypatch.setattr(task_queue, "forget_finished", lambda method: 0)
+    reached = []
+
+    async def app(scope, receive, send):  # stands for MONAI Label: it queues a task
+        queued.append({"status": "SUBMITTED"})
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    check = TaskRequestCheck(app, max_queued=2)
+
+    async def call(path, query=b"", body=b"{}", ctype=b"application/json"):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": query,
+                 "headers": [(b"content-type", ctype)]}
+        await check(scope, receive, send)
+        return sent[0]["status"]
+
+    async def scenario():
+        together = await asyncio.gather(*(call("/train/") for _ in range(4)))  # arriving together
+        return together, [await call("/train/m", b"enqueue=true"), await call("/train/m"),
+                          await call("/batch/infer/m", b"run_sync=T"), await call("/scoring/", b"", b"--x", b"text/plain")]
+
+    together, later = asyncio.run(scenario())
+    assert sorted(together) == [200, 200, 429, 429]
+    assert later == [429, 200, 400, 429]  # a plain POST /train/<model> does not queue; run_sync=T refused
+    assert len(queued) == 3 and reached.count("/train/") == 2

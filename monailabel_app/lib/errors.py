@@ -13,7 +13,6 @@ import json
 import logging
 import re
 from typing import Any, Sequence
-from urllib.parse import parse_qs
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -51,8 +50,8 @@ def check_id(value: Any, what: str) -> str:
 
 
 class TrainRequestCheck:
-    """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it,
-    refuse ``run_sync`` trainings, cancel queued trainings on ``DELETE /train/`` (before MONAI Label stops the
+    """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it
+    (``run_sync`` is refused by ``TaskRequestCheck``, outside), cancel queued trainings on ``DELETE /train/`` (before MONAI Label stops the
     running one), and answer 404 to ``POST /scoring/<name>`` for a name not in ``scoring_methods``.
 
     The stock endpoint starts a background task with any parameters, so a typo'd key or a wrong type surfaced only
@@ -66,7 +65,9 @@ class TrainRequestCheck:
         self.scoring_methods = None if scoring_methods is None else set(scoring_methods)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "").strip("/").split("/")
+        from lib.middleware.request_parts import path_parts
+
+        path = path_parts(scope)
         if (scope.get("type") == "http" and scope.get("method") == "POST" and path[0] == "scoring" and len(path) > 1
                 and self.scoring_methods is not None and path[1] not in self.scoring_methods):
             await JSONResponse({"detail": f"unknown scoring method {path[1]!r}; available: "
@@ -79,14 +80,11 @@ class TrainRequestCheck:
         if scope.get("type") != "http" or scope.get("method") != "POST" or path[0] != "train":
             await self.app(scope, receive, send)
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if any(v.strip().lower() in ("1", "true", "yes", "on") for v in query.get("run_sync", [])):
-            await JSONResponse({"detail": "run_sync is not supported: a training would hold the request for its whole "
-                                          "length; start it without run_sync and poll GET /train/"},
-                               status_code=400)(scope, receive, send)
-            return
-        from lib.middleware.buffered_body import buffer_body
+        from lib.middleware.request_parts import buffer_body, is_json_body
 
+        if not is_json_body(scope):  # FastAPI refuses other bodies itself (422)
+            await self.app(scope, receive, send)
+            return
         body, replay = await buffer_body(receive)
         error = self._error(path[1] if len(path) > 1 else None, body)
         if error:

@@ -49,8 +49,11 @@ def forget_finished(method: str, keep: int = KEEP_FINISHED) -> int:
     tasks = async_tasks.background_tasks.get(method)
     if not tasks:
         return 0
-    finished = [t for t in tasks if t.get("status") not in ("SUBMITTED", "RUNNING")]
-    drop = {id(t) for t in finished[: max(0, len(finished) - keep)]}
-    if drop:
-        tasks[:] = [t for t in tasks if id(t) not in drop]  # in place: MONAI Label holds this list
+    finished = [t for t in list(tasks) if t.get("status") not in ("SUBMITTED", "RUNNING")]
+    drop = finished[: max(0, len(finished) - keep)]
+    for task in drop:  # one at a time, in place: MONAI Label appends to this list from other threads
+        try:
+            tasks.remove(task)
+        except ValueError:
+            pass
     return len(drop)

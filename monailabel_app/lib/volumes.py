@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "grid_voxels", "read_header", "read_volume",
-           "write_label"]
+           "voxel_sizes", "write_label"]
 
 _CHUNK = 1 << 20
 #: the most bytes of header and extensions before the voxels (NIfTI's ``vox_offset``); real files have 352 plus
@@ -97,14 +97,16 @@ def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits,
         img = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
         dtype = np.dtype(img.header.get_data_dtype())
-        zooms = np.asarray(img.header.get_zooms()[: len(shape)], dtype=float)
+        affine = np.asarray(img.affine, dtype=float)
     except Exception as e:
         raise VolumeError(f"{name}: not a readable NIfTI volume ({type(e).__name__}: {str(e)[:200]})") from e
     if dtype.kind not in "biuf":  # RGB (a structured type) or complex: not an intensity image or a label map
         raise VolumeError(f"{name}: voxels of type {dtype} ({'RGB' if dtype.names else dtype.kind}); expected one "
                           "real-valued channel (integers or floats)")
+    zooms = voxel_sizes(img, len(shape)) if np.isfinite(affine).all() else np.full(len(shape), np.nan)
     if not (np.isfinite(zooms).all() and (zooms > 0).all()):
-        raise VolumeError(f"{name}: the header's voxel sizes {tuple(zooms.tolist())} must be positive and finite")
+        raise VolumeError(f"{name}: the voxel sizes of its affine (sform/qform), {tuple(zooms.tolist())}, must be "
+                          "positive and finite")
     voxels = math.prod(shape)
     if voxels > limits.max_voxels:
         raise VolumeTooLarge(f"{name}: the header declares shape {shape}, {voxels:,} voxels, above this server's "
@@ -121,6 +123,12 @@ def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits,
     return img
 
 
+def voxel_sizes(img: nib.spatialimages.SpatialImage, spatial_dims: int) -> np.ndarray:
+    """The voxel size along each of the first ``spatial_dims`` axes from the image's affine: what resampling uses
+    (the header's ``pixdim`` can say otherwise, and a forged one must not pass a size check)."""
+    return np.asarray(nib.affines.voxel_sizes(np.asarray(img.affine, dtype=float)), dtype=float)[:spatial_dims]
+
+
 def grid_voxels(img: nib.spatialimages.SpatialImage, spatial_dims: int,
                 target_spacing: Sequence[float] | None = None, spatial_size: Sequence[int] | None = None) -> int:
     """How many voxels ``img`` (its header) has on a model's grid: resampled to ``target_spacing`` (one voxel size
@@ -128,7 +136,7 @@ def grid_voxels(img: nib.spatialimages.SpatialImage, spatial_dims: int,
     or as it is. What a model's pre-processing allocates grows with this, not with the upload's size."""
     shape = [int(s) for s in img.shape[:spatial_dims]]
     if target_spacing is not None:
-        zooms = [float(z) for z in img.header.get_zooms()[:spatial_dims]]
+        zooms = voxel_sizes(img, spatial_dims)
         shape = [max(1, math.ceil(s * z / t)) for s, z, t in zip(shape, zooms, target_spacing)]
     if spatial_size is not None:
         shape = [int(v) if int(v) > 0 else s for s, v in zip(shape, spatial_size)] + shape[len(spatial_size):]

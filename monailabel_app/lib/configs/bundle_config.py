@@ -91,7 +91,8 @@ class BundleTaskConfig(TaskConfig):
                                          network_dims=self.predictor.network_dims,
                                          keep_runs=int((self.conf or {}).get("keep_runs", 5)),
                                          target_spacing=self.predictor.target_spacing,
-                                         limits=TrainLimits.from_conf(self.conf or {}))
+                                         limits=TrainLimits.from_conf(self.conf or {}),
+                                         volume_limits=self.predictor.limits)
 
     def scoring_method(self) -> UncertaintyScoring:
         return UncertaintyScoring(self.predictor, self.cache, self.uncertainty,

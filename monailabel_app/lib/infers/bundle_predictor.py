@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, grid_voxels, read_header, read_volume
+from lib.volumes import (VolumeError, VolumeLimits, VolumeTooLarge, grid_voxels, read_header, read_volume,
+                         voxel_sizes)
 from ssmis.bundle.layout import config_files
 from ssmis.bundle.weights import read_state_dict
 
@@ -114,7 +115,7 @@ class BundlePredictor:
             grid = (f"resampled to {self.target_spacing} mm" if self.target_spacing is not None
                     else f"resized to {self.spatial_size}")
             raise VolumeTooLarge(f"{name}: shape {tuple(img.shape)} with voxel sizes "
-                             f"{tuple(float(z) for z in img.header.get_zooms()[:self.spatial_dims])} would be "
+                             f"{tuple(round(float(z), 4) for z in voxel_sizes(img, self.spatial_dims))} would be "
                              f"{voxels:,} voxels {grid} for {self.bundle_root.name}, above this server's limit of "
                              f"{self.limits.max_voxels:,} (--conf max_voxels)")
 

@@ -16,26 +16,27 @@ from typing import Dict, Sequence
 import nibabel as nib
 import numpy as np
 
-from lib.volumes import VolumeLimits, grid_voxels
+from lib.volumes import VolumeLimits, grid_voxels, voxel_sizes
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["resample_records"]
 
 
-def _resampled(source: str, target: Sequence[float], cache: Path, label: bool) -> str:
+def _resampled(source: str, target: Sequence[float], cache: Path, label: bool, limits: VolumeLimits) -> str:
     """``source`` at ``target`` spacing: the file itself when it already is (within 1 %), else a cached copy
-    (image linear, label nearest), remade when the source is newer."""
+    (image linear, label nearest), remade when the source is newer; ``ValueError`` naming it when the copy would
+    pass ``limits.max_voxels``."""
     img = nib.load(source)
     dims = len(target)
-    zooms = np.asarray(img.header.get_zooms()[:dims], dtype=float)
+    zooms = voxel_sizes(img, dims)  # from the affine, as Spacing resamples
     if np.allclose(zooms, target, rtol=0.01):
         return source
-    limits = VolumeLimits()
     voxels = grid_voxels(img, dims, target)
     if voxels > limits.max_voxels:
-        raise ValueError(f"{source}: shape {tuple(img.shape)} at {tuple(zooms.tolist())} mm would be {voxels:,} voxels "
-                         f"at {tuple(target)} mm, above {limits.max_voxels:,}")
+        raise ValueError(f"{source}: shape {tuple(img.shape)} at {tuple(round(float(z), 4) for z in zooms)} mm would "
+                         f"be {voxels:,} voxels at {tuple(target)} mm, above this server's limit of "
+                         f"{limits.max_voxels:,} (--conf max_voxels)")
     key = hashlib.sha1(f"{os.path.abspath(source)}|{tuple(target)}".encode()).hexdigest()[:12]
     out = cache / f"{key}_{Path(source).name}"
     if out.is_file() and out.stat().st_mtime >= Path(source).stat().st_mtime:
@@ -59,7 +60,8 @@ def _resampled(source: str, target: Sequence[float], cache: Path, label: bool) -
     return str(out)
 
 
-def resample_records(datalist: Dict[str, list], target: Sequence[float] | None, cache: Path) -> Dict[str, list]:
+def resample_records(datalist: Dict[str, list], target: Sequence[float] | None, cache: Path,
+                     limits: VolumeLimits | None = None) -> Dict[str, list]:
     """``datalist`` with every image and label at ``target`` spacing (``None``: unchanged). Cached copies this
     datalist no longer uses (deleted images, replaced labels) are deleted, so the cache holds one copy per image at
     most."""
@@ -73,7 +75,7 @@ def resample_records(datalist: Dict[str, list], target: Sequence[float] | None, 
             new = dict(record)
             for key in ("image", "label"):
                 if key in record:
-                    new[key] = _resampled(record[key], target, cache, label=key == "label")
+                    new[key] = _resampled(record[key], target, cache, key == "label", limits or VolumeLimits())
             changed += new != record
             out[part].append(new)
     if changed:

@@ -36,10 +36,10 @@ def _in_task_process() -> bool:
     return Path(sys.argv[0]).parts[-3:] == ("interfaces", "utils", "app.py")
 
 
-def check_records(datalist: Dict[str, list], spatial_dims: int) -> None:
-    """``ValueError`` naming the first file of ``datalist`` that cannot be read (its header), has another number of
-    spatial axes than ``spatial_dims``, or whose label's shape differs from its image's."""
-    limits = VolumeLimits()
+def check_records(datalist: Dict[str, list], spatial_dims: int, limits: VolumeLimits | None = None) -> None:
+    """``ValueError`` naming the first file of ``datalist`` that cannot be read (its header, within ``limits``), has
+    another number of spatial axes than ``spatial_dims``, or whose label's shape differs from its image's."""
+    limits = limits or VolumeLimits()
     for part, records in datalist.items():
         for record in records:
             shapes = {}
@@ -91,14 +91,16 @@ class SemiSupervisedBundleTrain(TrainTask):
         keep_runs: run folders kept (the newest); a finished run keeps its datalist, TensorBoard logs and
             ``model_best.pt``, not the resume checkpoint or a second copy of the published weights.
         limits: the ceilings of a request (iterations, batch, patch); default :class:`TrainLimits`' defaults.
+        volume_limits: what one training image may cost, resampled (the server's ``VolumeLimits``).
     """
 
     def __init__(self, name: str, bundle_root: str | Path, model_path: str | Path, extra_configs: Sequence[str],
                  defaults: Dict[str, Any], description: str, spatial_dims: int = 3, keep_runs: int = 5,
                  target_spacing: Sequence[float] | None = None, network_dims: int | None = None,
-                 limits: TrainLimits | None = None) -> None:
+                 limits: TrainLimits | None = None, volume_limits: VolumeLimits | None = None) -> None:
         super().__init__(description)
         self.train_limits = limits or TrainLimits()
+        self.volume_limits = volume_limits or VolumeLimits()
         self.name, self.spatial_dims = name, int(spatial_dims)
         # axes of the network's input (patch_size): the images' own, or 2 for a 2D network on volumes (ACDC)
         self.network_dims = int(network_dims or spatial_dims)
@@ -132,6 +134,8 @@ class SemiSupervisedBundleTrain(TrainTask):
             out[key] = self._typed(key, value, ALLOWED[key])
         if out["num_iterations"] < 1 or out["val_interval"] < 1:
             raise ValueError("train request: num_iterations and val_interval must be >= 1")
+        # a short run (Slicer sends the default val_interval with any num_iterations) validates at its end
+        out["val_interval"] = min(out["val_interval"], out["num_iterations"])
         for key, low in (("batch_size", 1), ("pretrain_iterations", 0)):
             if key in out and out[key] < low:
                 raise ValueError(f"train request: {key}={out[key]} must be >= {low}")
@@ -246,8 +250,9 @@ class SemiSupervisedBundleTrain(TrainTask):
         unlabeled_batch = int(self.configured("unlabeled_batch_size", settings) or 0)
         datalist = self.split(datastore, settings["val_fraction"], settings["seed"], unlabeled_batch)
         resampled = datalist.pop("unlabeled_resampled")
-        check_records(datalist, self.spatial_dims)
-        datalist = resample_records(datalist, self.target_spacing, self.model_path.parent / "resampled")
+        check_records(datalist, self.spatial_dims, self.volume_limits)
+        datalist = resample_records(datalist, self.target_spacing, self.model_path.parent / "resampled",
+                                    self.volume_limits)
         run_dir = self.model_path.parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(datalist, indent=2), run_dir / "datalist.json")

@@ -47,9 +47,6 @@ class TrainLimits:
         if n > self.max_iterations:
             raise ValueError(f"train request: num_iterations={n} is above this server's limit of "
                              f"{self.max_iterations:,} (--conf max_train_iterations)")
-        if settings["val_interval"] > n:
-            raise ValueError(f"train request: val_interval={settings['val_interval']} is longer than the run "
-                             f"(num_iterations={n}): it would never validate")
         if settings.get("pretrain_iterations", 0) > n:
             raise ValueError(f"train request: pretrain_iterations={settings['pretrain_iterations']} is longer than "
                              f"the run (num_iterations={n})")

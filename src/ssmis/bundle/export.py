@@ -202,8 +202,10 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
         # every bundle is under the one license of the repository's bundles (bundles/common/LICENSE), unless it has
         # its own
         license_file = bundle / "LICENSE" if (bundle / "LICENSE").is_file() else bundle.parent / "common" / "LICENSE"
-        if license_file.is_file():
-            shutil.copyfile(license_file, partial / "LICENSE")
+        if not license_file.is_file():
+            raise FileNotFoundError(f"{bundle.name}: no LICENSE, neither {bundle / 'LICENSE'} nor {license_file}; "
+                                    "the README's License section points at it")
+        shutil.copyfile(license_file, partial / "LICENSE")
         _shared_docs(bundle, partial)
         if weights.is_file():
             (partial / "models").mkdir()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import shutil
@@ -13,6 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ..utils.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: no locks; an existing <output>.partial is then always refused
+    fcntl = None
 
 __all__ = ["check_output_dir", "replace_output_dir"]
 
@@ -66,19 +70,29 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
+HELD, BUSY, UNSUPPORTED = "held", "busy", "unsupported"
+
+
 @contextlib.contextmanager
-def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on the folder ``path`` while the block runs; yield False (nothing held) where
-    ``blocking`` is False and another process holds it. The kernel drops the lock when its holder dies, so a held lock
-    means a live process."""
+def _locked(path: Path, blocking: bool = True) -> Iterator[str]:
+    """Hold an exclusive ``flock`` on the folder ``path`` while the block runs and yield ``HELD``; ``BUSY`` where
+    ``blocking`` is False and another process holds it; ``UNSUPPORTED`` where the file system cannot lock a folder
+    (NFS, which emulates flock with locks that need a file open for writing) or the platform has no flock. The
+    kernel drops the lock when its holder dies, so a held lock means a live process."""
+    if fcntl is None:
+        yield UNSUPPORTED
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        state = HELD
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
-            return
-        yield True
+            state = BUSY
+        except OSError as e:
+            logger.debug(f"cannot lock {path} ({e.strerror})")
+            state = UNSUPPORTED
+        yield state
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
@@ -97,7 +111,8 @@ def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
     The writing run holds a ``flock`` on ``<output>.partial`` until it is done. A ``<output>.partial`` whose lock
     another process holds is refused before anything is written (the message names it); one that nobody holds was
     left by a killed run and is deleted. Setting up and swapping happen under a lock on the parent folder, so two
-    runs never both take the same ``.partial``.
+    runs never both take the same ``.partial``. Where the file system cannot lock (NFS), an existing
+    ``.partial`` is refused, as nobody can tell whether a live run holds it.
     """
     output = Path(output).absolute()
     partial, old = output.with_name(output.name + ".partial"), output.with_name(output.name + ".old")
@@ -111,10 +126,14 @@ def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
                 else:
                     shutil.rmtree(old)
             if partial.is_dir() and not partial.is_symlink():
-                with _locked(partial, blocking=False) as free:
-                    if not free:
+                with _locked(partial, blocking=False) as state:
+                    if state == BUSY:
                         raise DataError(f"{partial} exists and another preparation is writing it; wait for it to "
                                         "finish, or choose another --output")
+                    if state == UNSUPPORTED:
+                        raise DataError(f"{partial} exists: another preparation is writing it, or an interrupted "
+                                        "one left it (this file system cannot tell which); delete it if no "
+                                        "preparation is running, and run again")
                 logger.warning(f"deleting {partial}, left by an interrupted preparation")
                 shutil.rmtree(partial)
             try:

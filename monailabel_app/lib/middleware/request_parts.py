@@ -1,0 +1,56 @@
+"""Parts of a raw ASGI request that several middlewares read the same way: the path's segments, a query flag as
+FastAPI would parse it, whether the body is JSON, and the whole body (bounded) with a replay for the app."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
+
+from .body_limit import BodyTooLarge
+
+__all__ = ["buffer_body", "is_json_body", "is_true", "path_parts", "query_flag"]
+
+#: what pydantic reads as False; it reads ``1``, ``on``, ``t``, ``true``, ``y``, ``yes`` (any case) as True and
+#: refuses the rest, so anything not listed here must be treated as True
+FALSE_VALUES = ("", "0", "off", "f", "false", "n", "no")
+
+
+def is_true(value: Any) -> bool:
+    """Whether ``value`` (a query value or a ``--conf`` value) could mean True."""
+    return str(value).strip().lower() not in FALSE_VALUES
+
+
+def path_parts(scope: dict) -> list[str]:
+    """The request path's segments: ``/train/m/`` -> ``["train", "m"]`` (uvicorn has decoded it already)."""
+    return scope.get("path", "").strip("/").split("/")
+
+
+def query_flag(scope: dict, name: str) -> bool:
+    """Whether the query parameter ``name`` is given with a value FastAPI would read as True."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return any(is_true(v) for v in query.get(name, []))
+
+
+def is_json_body(scope: dict) -> bool:
+    """Whether FastAPI would parse the body as JSON: no content type, ``application/json`` or ``*+json``."""
+    ctype = dict(scope.get("headers") or []).get(b"content-type", b"").split(b";")[0].strip().lower()
+    return ctype in (b"", b"application/json") or ctype.endswith(b"+json")
+
+
+async def buffer_body(receive: Any, max_bytes: int = 1 << 20) -> tuple[bytes, Callable[[], Awaitable[dict]]]:
+    """The request's body and a ``receive`` for the wrapped app that replays the messages read; raises
+    :class:`BodyTooLarge` (413) past ``max_bytes``, the limit of a body that is not an upload."""
+    messages, more, size = [], True, 0
+    while more:
+        message = await receive()
+        messages.append(message)
+        size += len(message.get("body", b""))
+        if size > max_bytes:
+            raise BodyTooLarge(max_bytes, upload=False)
+        more = message.get("type") == "http.request" and message.get("more_body", False)
+    body = b"".join(m.get("body", b"") for m in messages)
+
+    async def replay() -> dict:
+        return messages.pop(0) if messages else await receive()
+
+    return body, replay
