@@ -19,9 +19,10 @@ from ssmis.bundle.weights import read_state_dict, shipped_weights
 
 
 def _bundle(tmp_path: Path, name: str = "supervised_la") -> Path:
-    """A copy of the bundle's configs and the shared ones, as in the repository."""
+    """A copy of the bundle's configs and the shared ones (and the shared LICENSE), as in the repository."""
     shutil.copytree(BUNDLES / name / "configs", tmp_path / name / "configs")
     shutil.copytree(BUNDLES / "common" / "configs", tmp_path / "common" / "configs")
+    shutil.copyfile(BUNDLES / "common" / "LICENSE", tmp_path / "common" / "LICENSE")
     return tmp_path / name
 
 
