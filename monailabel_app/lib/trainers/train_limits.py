@@ -47,9 +47,6 @@ class TrainLimits:
         if n > self.max_iterations:
             raise ValueError(f"train request: num_iterations={n} is above this server's limit of "
                              f"{self.max_iterations:,} (--conf max_train_iterations)")
-        if settings.get("pretrain_iterations", 0) > n:
-            raise ValueError(f"train request: pretrain_iterations={settings['pretrain_iterations']} is longer than "
-                             f"the run (num_iterations={n})")
         if not 0 <= settings["seed"] < 2 ** 32:
             raise ValueError(f"train request: seed={settings['seed']} must lie in [0, 2^32)")
         lr = settings.get("learning_rate")
