@@ -676,3 +676,22 @@ def test_every_bundle_is_served_by_the_app(bundle, tmp_path):
     assert len(config.labels) == len(channels) - 1 == config.predictor.num_classes - 1
     assert config.task == ("acdc" if bundle.endswith("_acdc") else "la")
     assert isinstance(config.predictor._parser().get_parsed_content("network_def"), torch.nn.Module)
+
+
+def test_a_short_training_with_the_defaults_slicer_sends_is_accepted(tmp_path):
+    """Slicer sends the trainer's whole default config with the user's num_iterations: a 20-iteration TransMedSeg run
+    keeps its default pretrain_iterations (100: all pre-training) and validates at its end, instead of a 400."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.configs import CONFIGS
+
+    config = CONFIGS["transmedseg_la"]()
+    config.init("transmedseg_la", str(tmp_path / "model"), {"device": "cpu", "shipped_weights": "false",
+                                                           "extra_config": "cpu_protocol.yaml"}, None,
+                bundles_dir=str(ROOT / "bundles"))
+    trainer = config.trainer()
+    request = {**trainer.config(), "num_iterations": 20}
+    settings = trainer.parse(request)
+    trainer.check(settings, n_labeled=8)
+    assert settings["val_interval"] == 20 and settings["pretrain_iterations"] == 100
+    with pytest.raises(ValueError, match="num_iterations=1000000 is above this server's limit"):
+        trainer.check(trainer.parse({**request, "num_iterations": 10 ** 6}), n_labeled=8)
