@@ -27,37 +27,48 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.la_protocol import update_doc_table  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
-NAMES = [("supervised", "supervised"), ("supervised+batch_4_4", "supervised, batch 4"),
-         ("mean_teacher", "mean teacher"), ("mean_teacher+batch_4_4", "mean teacher, batch 4 + 4"),
-         ("transmedseg+ablation_bcp_only", "BCP only"),
-         ("transmedseg+ablation_bcp_only+self_training_schedule", "BCP only, v2 schedule"),
-         ("transmedseg", "TransMedSeg"), ("transmedseg+self_training_schedule", "TransMedSeg, v2 schedule"),
-         ("fixed_dynamic_pl", "fixed/dynamic co-training"),
-         ("fixed_dynamic_pl+batch_4_4", "fixed/dynamic co-training, batch 4 + 4")]
-# controls: a line only where they have run
-OPTIONAL = {"supervised+batch_4_4", "mean_teacher+batch_4_4", "fixed_dynamic_pl+batch_4_4",
-            "transmedseg+self_training_schedule", "transmedseg+ablation_bcp_only+self_training_schedule"}
-# per dataset: the bundle suffix, the default label counts, the per-class columns (metric key, header), the results
-# file, the page's table marker and the unit of the distances
+# per dataset: the bundle suffix, the default label counts, the table's lines in order (method as the rows name it
+# without the suffix, display name), the controls among them (a line only where they have run), the per-class
+# columns (metric key, header), the results file, the page's table marker and the unit of the distances
 DATASETS = {
-    "la": {"suffix": "_la", "labeled": [8, 16], "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline",
-           "unit": "vox"},
-    "acdc": {"suffix": "_acdc", "labeled": [3, 7], "classes": [("dice_class1", "RV"), ("dice_class2", "Myo"),
-                                                               ("dice_class3", "LV")],
+    "la": {"suffix": "_la", "labeled": [8, 16],
+           "names": [("supervised", "supervised"), ("supervised+batch_4_4", "supervised, batch 4"),
+                     ("mean_teacher", "mean teacher"), ("mean_teacher+batch_4_4", "mean teacher, batch 4 + 4"),
+                     ("transmedseg+ablation_bcp_only", "BCP only"), ("transmedseg", "TransMedSeg"),
+                     ("fixed_dynamic_pl", "fixed/dynamic co-training"),
+                     ("fixed_dynamic_pl+batch_4_4", "fixed/dynamic co-training, batch 4 + 4")],
+           "optional": {"supervised+batch_4_4", "mean_teacher+batch_4_4", "fixed_dynamic_pl+batch_4_4"},
+           "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline", "unit": "vox"},
+    # ACDC: TransMedSeg's CPU protocol restarts the rate for self-training from transmedseg_acdc 0.2.0; its rows
+    # name that schedule (self_training_schedule.yaml, now the default and a no-op), and the earlier rows, made with
+    # the step schedule, name step_schedule.yaml
+    "acdc": {"suffix": "_acdc", "labeled": [3, 7],
+             "names": [("supervised", "supervised"), ("mean_teacher", "mean teacher"),
+                       ("transmedseg+ablation_bcp_only+self_training_schedule", "BCP only"),
+                       ("transmedseg+self_training_schedule", "TransMedSeg"),
+                       ("fixed_dynamic_pl", "fixed/dynamic co-training"),
+                       ("transmedseg+ablation_bcp_only+step_schedule", "BCP only, step schedule (before 0.2.0)"),
+                       ("transmedseg+step_schedule", "TransMedSeg, step schedule (before 0.2.0)")],
+             "optional": {"transmedseg+ablation_bcp_only+step_schedule", "transmedseg+step_schedule"},
+             "classes": [("dice_class1", "RV"), ("dice_class2", "Myo"), ("dice_class3", "LV")],
              "results": "acdc_dev.json", "marker": "headline_acdc", "unit": "pixels"},  # ACDC: no voxel size
 }
 
 
+def _row_name(key: str, suffix: str) -> str:
+    return key.replace("+", suffix + "+", 1) if "+" in key else key + suffix
+
+
 def methods(dataset: str) -> list[tuple[str, str]]:
     """(method as the rows name it, display name) of ``dataset``: e.g. ``transmedseg_la+ablation_bcp_only``."""
-    suffix = DATASETS[dataset]["suffix"]
-    return [(key.replace("+", suffix + "+", 1) if "+" in key else key + suffix, name) for key, name in NAMES]
+    spec = DATASETS[dataset]
+    return [(_row_name(key, spec["suffix"]), name) for key, name in spec["names"]]
 
 
-def optional(method: str) -> bool:
+def optional(method: str, dataset: str = "la") -> bool:
     """Whether ``method`` (as the rows name it) is a control that gets a line only where it has run."""
-    return any(method == key.replace("+", suffix + "+", 1) for key in OPTIONAL
-               for suffix in (d["suffix"] for d in DATASETS.values()))
+    spec = DATASETS[dataset]
+    return any(method == _row_name(key, spec["suffix"]) for key in spec["optional"])
 SEED = re.compile(r"@seed\d+$")
 
 
@@ -111,7 +122,7 @@ def table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str:
     for n in labeled:
         for method, name in methods(dataset):
             cell = g.get((method, n))
-            if not cell and optional(method):
+            if not cell and optional(method, dataset):
                 continue
             if not cell:
                 lines.append(f"| {name} | {n} | 0 | not run | " + "| " * len(classes) + "| | | |")

@@ -142,3 +142,33 @@ def test_each_process_draws_its_own_slices_with_replacement():
         assert len(unlabeled) == 50 * parser.get_parsed_content("unlabeled_batch_size")
     single, ddp0, ddp1 = draws.values()
     assert single == ddp0 != ddp1 and set(single) == set(range(6))  # each volume drawn, repeats allowed
+
+
+@pytest.mark.parametrize("extra, lr_at", [((), {400: 0.01, 600: 0.01 * (1 - 100 / 1500) ** 0.9, 1999: None}),
+                                          (("step_schedule",), {400: 0.01, 600: 0.001, 1200: 0.0001})])
+def test_transmedseg_acdc_cpu_protocol_restarts_the_rate_for_self_training(extra, lr_at):
+    """The CPU protocol's default (from 0.2.0) holds 0.01 through the 500 pre-training iterations, restarts and
+    decays poly over self-training; step_schedule.yaml restores the step schedule counted from the run's start
+    (x0.1 at 7/24 of the run: self-training at 0.001 and below)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_list("transmedseg_acdc", "train", "cpu_protocol", *extra))
+    parser["optimizer"] = "$torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)"
+    assert parser.get_parsed_content("pretrain_iterations") == 500
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    lrs = {}
+    for it in range(1, 2000):
+        scheduler.optimizer.step()
+        scheduler.step()
+        lrs[it] = scheduler.get_last_lr()[0]
+    for it, lr in lr_at.items():
+        if lr is None:
+            assert lrs[it] < 1e-4  # decayed to (almost) nothing at the end
+        else:
+            assert lrs[it] == pytest.approx(lr, rel=1e-3), (it, lrs[it])
+    # the self_training_schedule.yaml the first rows named is the default now: merging it changes nothing
+    if not extra:
+        again = ConfigParser()
+        again.read_config(config_list("transmedseg_acdc", "train", "cpu_protocol", "self_training_schedule"))
+        assert again["lr_scheduler"] == parser["lr_scheduler"]

@@ -328,7 +328,8 @@ def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
 
 
 def test_headline_table_for_acdc_gives_each_structure():
-    """``--dataset acdc``: the *_acdc rows, with the Dice of RV, Myo and LV beside the mean."""
+    """``--dataset acdc``: the *_acdc rows, with the Dice of RV, Myo and LV beside the mean; TransMedSeg's rows are
+    those of the self-training schedule (the CPU default from 0.2.0), and the step-schedule rows a control line."""
     from benchmarks.headline import table
 
     metrics = {"dice": 0.8, "dice_class1": 0.7, "dice_class2": 0.8, "dice_class3": 0.9, "jaccard": 0.7,
@@ -336,13 +337,15 @@ def test_headline_table_for_acdc_gives_each_structure():
     rows = [{"bundle": b, "method": m, "labeled": 3, "seed": 1337, "cases": [{"case": "p1", "dice": d}],
              "metrics": {**metrics, "dice": d}}
             for b, m, d in [("supervised_acdc", "supervised_acdc", 0.8),
-                            ("transmedseg_acdc", "transmedseg_acdc+ablation_bcp_only", 0.85),
+                            ("transmedseg_acdc", "transmedseg_acdc+ablation_bcp_only+self_training_schedule", 0.85),
+                            ("transmedseg_acdc", "transmedseg_acdc+step_schedule", 0.75),
                             ("supervised_la", "supervised_la", 0.5)]]
     text = table(rows, [3], "acdc")
     assert "| mean Dice % | RV % | Myo % | LV % |" in text.splitlines()[0]
     assert "| supervised | 3 | 1 | 80.0 | 70.0 | 80.0 | 90.0 |" in text
     assert "| BCP only | 3 | 1 | 85.0 | 70.0 |" in text and text.count("| 1/1, +5.0 |") == 1
     assert "| TransMedSeg | 3 | 0 | not run |" in text
+    assert "| TransMedSeg, step schedule (before 0.2.0) | 3 | 1 | 75.0 |" in text and "BCP only, step" not in text
 
 
 @pytest.mark.slow
