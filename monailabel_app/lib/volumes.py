@@ -15,7 +15,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -84,13 +84,15 @@ def _data_bytes_available(path: str, needed: int) -> int:
     return seen
 
 
-def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits,
-                check_data: bool = True) -> nib.spatialimages.SpatialImage:
+def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits, check_data: bool = True,
+                check: Callable[[nib.spatialimages.SpatialImage, str], None] | None = None
+                ) -> nib.spatialimages.SpatialImage:
     """The image object of ``path`` with only its header read, after checking what the header declares.
 
     Raises :class:`VolumeTooLarge` for more voxels than ``limits.max_voxels``, and :class:`VolumeError` for a
     file that is not NIfTI or (with ``check_data``, which decodes a gzip stream once) holds less data than its
-    header declares. ``name`` is what messages call the file.
+    header declares. ``check(img, name)``, the caller's own test of the header (a model's grid), runs before any
+    data is decoded and raises the same errors. ``name`` is what messages call the file.
     """
     path = str(path)
     try:
@@ -115,6 +117,8 @@ def read_header(path: str | os.PathLike, name: str, limits: VolumeLimits,
     if offset > MAX_HEADER_BYTES:
         raise VolumeError(f"{name}: the header puts the voxels {offset:,} bytes into the file (vox_offset); this "
                           f"server reads at most {MAX_HEADER_BYTES:,} bytes of header")
+    if check is not None:
+        check(img, name)
     needed = offset + voxels * dtype.itemsize
     held = _data_bytes_available(path, needed) if check_data else needed
     if held < needed:
@@ -143,14 +147,15 @@ def grid_voxels(img: nib.spatialimages.SpatialImage, spatial_dims: int,
     return math.prod(shape)
 
 
-def read_volume(path: str | os.PathLike, name: str, limits: VolumeLimits,
-                spatial_dims: int | None = None) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
-    """The image and its array, read only after :func:`read_header` passed.
+def read_volume(path: str | os.PathLike, name: str, limits: VolumeLimits, spatial_dims: int | None = None,
+                check: Callable[[nib.spatialimages.SpatialImage, str], None] | None = None
+                ) -> tuple[nib.spatialimages.SpatialImage, np.ndarray]:
+    """The image and its array, read only after :func:`read_header` (with ``check``) passed.
 
     With ``spatial_dims``, trailing singleton axes beyond it are dropped and any other number of axes is a
     :class:`VolumeError` (a 2D or 4D upload to a 3D model). ``name`` is what messages call the file.
     """
-    img = read_header(path, name, limits)
+    img = read_header(path, name, limits, check=check)
     try:
         arr = np.asanyarray(img.dataobj)
     except Exception as e:

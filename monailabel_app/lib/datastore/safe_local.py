@@ -42,10 +42,12 @@ def _ext(filename: str) -> str:
 AFFINE_ATOL = 1e-3
 
 
-def _read(path: str, what: str, limits: VolumeLimits, spatial_dims: int) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Read an upload within ``limits``: 413 above them, 400 if unreadable or not ``spatial_dims``-D."""
+def _read(path: str, what: str, limits: VolumeLimits, spatial_dims: int,
+          check: Callable[[Any, str], None] | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Read an upload within ``limits`` (and ``check``, on its header): 413 above them, 400 if unreadable or not
+    ``spatial_dims``-D."""
     try:
-        return read_volume(path, what, limits, spatial_dims)
+        return read_volume(path, what, limits, spatial_dims, check)
     except VolumeTooLarge as e:
         raise RequestError(413, str(e)) from e
     except VolumeError as e:
@@ -142,14 +144,7 @@ class SafeLocalDatastore(LocalDatastore):
         image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
         info = _merged({}, _params(image_info), f"image {image_id!r}")
         what = f"the uploaded image {image_id!r}"
-        if self.grid_check is not None:
-            try:
-                self.grid_check(read_header(image_filename, what, self.limits, check_data=False), what)
-            except VolumeTooLarge as e:
-                raise RequestError(413, str(e)) from e
-            except VolumeError as e:
-                raise bad_request(str(e)) from e
-        img, arr = _read(image_filename, what, self.limits, self.spatial_dims)
+        img, arr = _read(image_filename, what, self.limits, self.spatial_dims, self.grid_check)
         if not np.isfinite(arr).all():
             raise bad_request(f"{what} holds NaN or infinite values")
         name = image_id + ext

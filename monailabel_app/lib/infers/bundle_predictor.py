@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from lib.volumes import (VolumeError, VolumeLimits, VolumeTooLarge, grid_voxels, read_header, read_volume,
-                         voxel_sizes)
+from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, grid_voxels, read_volume, voxel_sizes
 from ssmis.bundle.layout import config_files
 from ssmis.bundle.weights import read_state_dict
 
@@ -107,17 +106,17 @@ class BundlePredictor:
         self.spatial_size = None if size is None else tuple(int(v) for v in size)
 
     def check_grid(self, img: nib.spatialimages.SpatialImage, name: str) -> None:
-        """:class:`~lib.volumes.VolumeTooLarge` when ``img`` (its header) would have more voxels on the network's grid than
-        the server's ``max_voxels``: resampling a small upload with large voxels, or resizing many small slices,
-        can make a volume far larger than the one uploaded."""
+        """:class:`~lib.volumes.VolumeTooLarge` when ``img`` (its header) would have more voxels on the network's
+        grid than the server's ``max_voxels``: resampling a small upload with large voxels, or resizing many small
+        slices, can make a volume far larger than the one uploaded."""
         voxels = grid_voxels(img, self.spatial_dims, self.target_spacing, self.spatial_size)
         if voxels > self.limits.max_voxels:
             grid = (f"resampled to {self.target_spacing} mm" if self.target_spacing is not None
                     else f"resized to {self.spatial_size}")
             raise VolumeTooLarge(f"{name}: shape {tuple(img.shape)} with voxel sizes "
-                             f"{tuple(round(float(z), 4) for z in voxel_sizes(img, self.spatial_dims))} would be "
-                             f"{voxels:,} voxels {grid} for {self.bundle_root.name}, above this server's limit of "
-                             f"{self.limits.max_voxels:,} (--conf max_voxels)")
+                                 f"{tuple(round(float(z), 4) for z in voxel_sizes(img, self.spatial_dims))} would be "
+                                 f"{voxels:,} voxels {grid} for {self.bundle_root.name}, above this server's limit "
+                                 f"of {self.limits.max_voxels:,} (--conf max_voxels)")
 
     def _parser(self):
         from monai.bundle import ConfigParser
@@ -180,8 +179,7 @@ class BundlePredictor:
         """The image and its ``[*S]`` float32 array, with a clear error for unreadable, too large, wrong-dimension or
         non-finite files."""
         try:
-            self.check_grid(read_header(path, Path(path).name, self.limits, check_data=False), Path(path).name)
-            img, arr = read_volume(path, Path(path).name, self.limits, self.spatial_dims)
+            img, arr = read_volume(path, Path(path).name, self.limits, self.spatial_dims, check=self.check_grid)
         except VolumeError as e:
             raise ImageError(str(e), 413 if isinstance(e, VolumeTooLarge) else 400) from e
         arr = np.asarray(arr, dtype=np.float32)
