@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 import nibabel as nib
 import numpy as np
 
+from lib.conf_values import positive_number
+
 __all__ = ["VolumeError", "VolumeTooLarge", "VolumeLimits", "grid_voxels", "read_header", "read_volume",
            "voxel_sizes", "write_label"]
 
@@ -56,13 +58,8 @@ class VolumeLimits:
         """The limits from ``--conf max_voxels N`` and ``--conf max_upload_mb M``; a bad value names its key."""
         values = {}
         for key, field, scale in (("max_voxels", "max_voxels", 1), ("max_upload_mb", "max_upload_bytes", 1 << 20)):
-            if key in conf:
-                try:
-                    value = float(conf[key])
-                except (TypeError, ValueError):
-                    value = float("nan")
-                if not value > 0 or not math.isfinite(value):
-                    raise ValueError(f"--conf {key}: expected a positive number, got {conf[key]!r}")
+            value = positive_number(conf, key)
+            if value is not None:
                 values[field] = int(value * scale)
         return cls(**values)
 

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict
 
+from lib.conf_values import positive_number
+
 __all__ = ["TrainLimits"]
 
 
@@ -30,13 +32,8 @@ class TrainLimits:
         values = {}
         for key, field in (("max_train_iterations", "max_iterations"), ("max_batch_size", "max_batch_size"),
                            ("max_batch_voxels", "max_batch_voxels")):
-            if key in conf:
-                try:
-                    value = float(conf[key])
-                except (TypeError, ValueError):
-                    value = float("nan")
-                if not (math.isfinite(value) and value >= 1 and value.is_integer()):
-                    raise ValueError(f"--conf {key}: expected a positive integer, got {conf[key]!r}")
+            value = positive_number(conf, key, integer=True)
+            if value is not None:
                 values[field] = int(value)
         return cls(**values)
 
