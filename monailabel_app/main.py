@@ -11,7 +11,8 @@ repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's tra
 ``max_voxels`` (default 512³) per uploaded volume, ``max_parallel_infer`` (default 2) and ``infer_wait_s`` (default
 120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503;
 ``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
-training request may ask for (``lib.trainers.TrainLimits``). An image is also refused when it would pass
+training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`` (default 64) and
+``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``). An image is also refused when it would pass
 ``max_voxels`` on a served model's grid (resampled or resized). Sessions (``/session/``), whole-slide inference,
 ``/logs``, the datastore zip and weight uploads are off (``lib.middleware.DisabledEndpoints``). Nothing is
 downloaded, at start-up or later.
@@ -38,7 +39,7 @@ from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 from lib import errors, task_queue  # noqa: E402
 from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
 from lib.configs import CONFIGS  # noqa: E402
-from lib.datastore import SafeLocalDatastore  # noqa: E402
+from lib.datastore import SafeLocalDatastore, StorageLimits  # noqa: E402
 from lib.middleware import ComputeGate, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
 from lib.volumes import VolumeLimits  # noqa: E402
 
@@ -57,6 +58,7 @@ class SSMISApp(MONAILabelApp):
         bundles_dir = Path(conf.get("bundles", APP_DIR.parent / "bundles")).resolve()
         model_dir = Path(conf.get("model_dir", APP_DIR / "model")).resolve()
         self.limits = VolumeLimits.from_conf(conf)
+        self.storage = StorageLimits.from_conf(conf)
         from monailabel.config import settings
 
         self.origins = allowed_origins(conf.get("cors_origins"), settings.MONAI_LABEL_CORS_ORIGINS)
@@ -97,7 +99,8 @@ class SSMISApp(MONAILabelApp):
 
         return SafeLocalDatastore(self.studies, num_classes=num_classes, extensions=("*.nii.gz", "*.nii"),
                                   auto_reload=_true(self.conf.get("auto_reload", "false")), limits=self.limits,
-                                  spatial_dims=dims[0] if dims else 3, grid_check=grid_check)
+                                  spatial_dims=dims[0] if dims else 3, grid_check=grid_check,
+                                  storage=self.storage)
 
     def _load_sessions(self, load: bool = False) -> None:
         """Sessions stay off: the Slicer workflow this app serves does not use them, and MONAI Label's session store

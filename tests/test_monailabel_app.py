@@ -481,6 +481,46 @@ def test_datastore_index_survives_a_failed_write(tmp_path, monkeypatch):
     assert "final" in reopened.get_labels_by_image_id("a")
 
 
+def test_uploads_that_would_fill_the_disk_are_refused_and_nothing_stored_is_lost(tmp_path, monkeypatch):
+    """Past ``max_datastore_gb`` (re-uploads counted net of the file they replace) or below ``min_free_disk_gb``
+    free, an image or a label gets a 507 that names the conf key, and the stored files and index are unchanged."""
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    from lib.datastore import SafeLocalDatastore, StorageLimits, folder_bytes
+    from lib.errors import RequestError
+
+    studies, upload = tmp_path / "studies", tmp_path / "upload"
+    studies.mkdir(), upload.mkdir()
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((16, 16, 8)).astype(np.float32), np.eye(4)), upload / "img.nii")
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 8), np.uint8), np.eye(4)), upload / "lab.nii")
+    size = (upload / "img.nii").stat().st_size
+    limits = StorageLimits(max_bytes=2 * size + 1024, min_free_bytes=1)
+    store = SafeLocalDatastore(str(studies), num_classes=2, extensions=("*.nii.gz", "*.nii"), auto_reload=False,
+                               storage=limits)
+    store.add_image("a", str(upload / "img.nii"), {})
+    store.add_image("a", str(upload / "img.nii"), {})  # a re-upload replaces its file: no growth
+    store.add_image("b", str(upload / "img.nii"), {})
+    files = {p: p.read_bytes() for p in studies.rglob("*") if p.is_file()}
+    assert folder_bytes(studies) == sum(len(b) for b in files.values())
+    for call in (lambda: store.add_image("c", str(upload / "img.nii"), {}),
+                 lambda: store.save_label("a", str(upload / "lab.nii"), "final", {})):
+        with pytest.raises(RequestError) as e:
+            call()
+        assert e.value.status_code == 507 and "max_datastore_gb" in e.value.detail
+    assert {p: p.read_bytes() for p in studies.rglob("*") if p.is_file()} == files
+    assert sorted(store.list_images()) == ["a", "b"]
+    # the disk's free space: a write must leave min_free_disk_gb
+    roomy = SafeLocalDatastore(str(studies), num_classes=2, extensions=("*.nii.gz", "*.nii"), auto_reload=False,
+                               storage=StorageLimits(min_free_bytes=1 << 30))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("U", (), {"free": (1 << 30) + size // 2})())
+    with pytest.raises(RequestError, match="min_free_disk_gb") as e:
+        roomy.add_image("c", str(upload / "img.nii"), {})
+    assert e.value.status_code == 507 and "c" not in roomy.list_images()
+    assert StorageLimits.from_conf({"max_datastore_gb": "0.5"}).max_bytes == 1 << 29
+    with pytest.raises(ValueError, match="min_free_disk_gb"):
+        StorageLimits.from_conf({"min_free_disk_gb": "-1"})
+
+
 def test_auto_reload_follows_an_index_replaced_by_another_process(tmp_path):
     """With ``auto_reload``, a server reloads the index when another datastore replaces it (atomically, a rename)."""
     sys.path.insert(0, str(ROOT / "monailabel_app"))

@@ -604,3 +604,34 @@ def test_requests_that_queue_tasks_are_bounded_and_counted_under_one_lock(monkey
     assert sorted(together) == [200, 200, 429, 429]
     assert later == [429, 200, 400, 429]  # a plain POST /train/<model> does not queue; run_sync=T refused
     assert len(queued) == 3 and reached.count("/train/") == 2
+
+
+def test_a_root_path_does_not_let_requests_past_the_path_checks():
+    """``monailabel start_server --root_path /api`` puts ``/api`` in front of every request's path, and the router
+    serves ``/api/logs`` as ``/logs``: the path checks must judge the routed path, or the prefix walks past them."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from lib.middleware import DisabledEndpoints, TaskRequestCheck, TrainRequestCheck
+    from lib.middleware.request_parts import path_parts, route_path
+
+    async def ok(request):
+        return JSONResponse({"served": request.url.path})
+
+    def refuse(model, params):
+        raise ValueError("bad train parameters")
+
+    routes = [Route("/logs/", ok), Route("/train/{model}", ok, methods=["POST"]),
+              Route("/batch/infer/{model}", ok, methods=["POST"])]
+    app = DisabledEndpoints(TrainRequestCheck(TaskRequestCheck(Starlette(routes=routes)), check=refuse))
+    for prefix, root in (("/api", "/api"), ("/api", "/api/"), ("", "/api")):
+        client = TestClient(app, root_path=root)
+        assert client.get(f"{prefix}/logs/").status_code == 404, (prefix, root)
+        assert client.post(f"{prefix}/train/m", json={}).json() == {"detail": "bad train parameters"}
+        r = client.post(f"{prefix}/batch/infer/m?run_sync=true", json={})
+        assert r.status_code == 400 and "run_sync" in r.json()["detail"], (prefix, root, r.text)
+    # a path that only starts with the root path's letters is not under it
+    assert route_path({"path": "/apix/logs", "root_path": "/api"}) == "/apix/logs"
+    assert path_parts({"path": "/api", "root_path": "/api"}) == [""]

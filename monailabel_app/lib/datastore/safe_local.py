@@ -4,7 +4,8 @@ MONAI Label's ``LocalDatastore`` copies files in place (a crash leaves half a la
 image, any label shape, grid and value, and joins ids and tags into paths unchecked (``../`` escapes the datastore).
 Here every upload is read within :class:`~lib.volumes.VolumeLimits` and must suit the served models (their number
 of spatial axes, finite values); a label must have its image's shape and grid; and an id is stored under one file
-extension only, so deleting a label never brings back an older one saved under the other extension.
+extension only, so deleting a label never brings back an older one saved under the other extension. No write takes
+the datastore past :class:`~lib.datastore.storage_limits.StorageLimits`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
+from lib.datastore.storage_limits import StorageLimits
 from lib.errors import RequestError, bad_request, check_id, conflict, not_found
 from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_header, read_volume
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
@@ -98,11 +100,14 @@ class SafeLocalDatastore(LocalDatastore):
     """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``;
     ``limits``: what one upload may cost; ``spatial_dims``: the served models' number of spatial axes;
     ``grid_check``: ``(header, name) -> None``, raising :class:`~lib.volumes.VolumeTooLarge` for an image too
-    large on a served model's grid (an upload with large voxels, resampled); run on every uploaded image."""
+    large on a served model's grid (an upload with large voxels, resampled); run on every uploaded image;
+    ``storage``: how much disk images and labels may take."""
 
     def __init__(self, datastore_path: str, num_classes: int, limits: VolumeLimits | None = None,
-                 spatial_dims: int = 3, grid_check: Callable[[Any, str], None] | None = None, **kwargs: Any) -> None:
+                 spatial_dims: int = 3, grid_check: Callable[[Any, str], None] | None = None,
+                 storage: StorageLimits | None = None, **kwargs: Any) -> None:
         self.grid_check = grid_check
+        self.storage = storage or StorageLimits()
         self.num_classes = int(num_classes)
         self.limits = limits or VolumeLimits()
         self.spatial_dims = int(spatial_dims)
@@ -117,7 +122,15 @@ class SafeLocalDatastore(LocalDatastore):
         if os.path.abspath(getattr(event, "dest_path", "")) == os.path.abspath(self._datastore_config_path):
             self._init_from_datastore_file()  # a no-op for this process's own writes: _config_ts already matches
 
-    def _copy_in(self, src: str, dest: str) -> None:
+    def _copy_in(self, src: str, dest: str, what: str) -> None:
+        """Copy ``src`` to ``dest`` atomically, within the storage limits (counting out the file it replaces under
+        either extension)."""
+        stem = os.path.basename(dest)
+        stem = stem[: -len(_ext(stem))]
+        folder = os.path.dirname(dest)
+        replaced = sum(os.path.getsize(p) for p in (os.path.join(folder, stem + e) for e in EXTENSIONS)
+                       if os.path.isfile(p))
+        self.storage.check(self._datastore_path, os.path.getsize(src), replaced, what)
         atomic_replace(lambda tmp: shutil.copyfile(src, tmp), dest)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -155,7 +168,7 @@ class SafeLocalDatastore(LocalDatastore):
             if labels and not self._same_image(image_id, img, arr):
                 raise conflict(f"image {image_id!r} already has labels {sorted(labels)}, and the new upload is a "
                                "different image (other voxels, shape or grid); delete the image first to replace it")
-            self._copy_in(image_filename, dest)
+            self._copy_in(image_filename, dest, what)
             _remove_other_extensions(self._datastore.image_path(), image_id, ext)
             info.update(ts=int(time.time()), name=name)
             # re-uploading the same image keeps its labels; before, the entry was rebuilt without them
@@ -197,7 +210,7 @@ class SafeLocalDatastore(LocalDatastore):
         name = image_id + ext
         with FileLock(self._lock_file):
             os.makedirs(label_path, exist_ok=True)
-            self._copy_in(label_filename, os.path.join(label_path, name))
+            self._copy_in(label_filename, os.path.join(label_path, name), what)
             _remove_other_extensions(label_path, image_id, ext)
             info.update(ts=int(time.time()), name=name)
             obj.labels[label_tag] = DataModel(info=info, ext=ext)

@@ -4,8 +4,10 @@ from .form_fields import FormFieldCheck, FormFieldError
 from .loopback import LoopbackOnly
 from .origin import OriginGuard, allowed_origins
 from .task_requests import TaskRequestCheck
+from .train_requests import TrainRequestCheck
 from .temp_files import TempFileJanitor, current_request, is_own_upload, private_tempdir
 from .worker_threads import ComputeGate, WorkerThreads
 
-__all__ = ["BodySizeLimit", "BodyTooLarge", "ComputeGate", "DisabledEndpoints", "TaskRequestCheck", "FormFieldCheck", "FormFieldError", "LoopbackOnly", "OriginGuard", "TempFileJanitor",
-           "WorkerThreads", "allowed_origins", "current_request", "is_own_upload", "private_tempdir"]
+__all__ = ["BodySizeLimit", "BodyTooLarge", "ComputeGate", "DisabledEndpoints", "FormFieldCheck", "FormFieldError",
+           "LoopbackOnly", "OriginGuard", "TaskRequestCheck", "TempFileJanitor", "TrainRequestCheck", "WorkerThreads",
+           "allowed_origins", "current_request", "is_own_upload", "private_tempdir"]

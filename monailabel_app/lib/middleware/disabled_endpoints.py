@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from .request_parts import path_parts
+
 __all__ = ["DisabledEndpoints"]
 
 
@@ -40,7 +42,7 @@ class DisabledEndpoints:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
-            reason = disabled(scope.get("method", ""), scope.get("path", "").strip("/").split("/"))
+            reason = disabled(scope.get("method", ""), path_parts(scope))
             if reason:
                 await JSONResponse({"detail": reason}, status_code=404)(scope, receive, send)
                 return

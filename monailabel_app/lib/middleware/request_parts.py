@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 from .body_limit import BodyTooLarge
 
-__all__ = ["buffer_body", "is_json_body", "is_true", "path_parts", "query_flag"]
+__all__ = ["buffer_body", "is_json_body", "is_true", "path_parts", "query_flag", "route_path"]
 
 #: what pydantic reads as False; it reads ``1``, ``on``, ``t``, ``true``, ``y``, ``yes`` (any case) as True and
 #: refuses the rest, so anything not listed here must be treated as True
@@ -20,9 +20,20 @@ def is_true(value: Any) -> bool:
     return str(value).strip().lower() not in FALSE_VALUES
 
 
+def route_path(scope: dict) -> str:
+    """The path the app's router matches: ``scope["path"]`` less the server's ``root_path``
+    (``monailabel start_server --root_path``). uvicorn puts the root path in front of every request's path, and the
+    router routes ``/api/logs`` and ``/logs`` alike, so a check on ``scope["path"]`` alone would let ``/api/logs``
+    through. (Starlette strips it the same way, in a private helper, hence not imported.)"""
+    path, root = scope.get("path", ""), scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):]
+    return path
+
+
 def path_parts(scope: dict) -> list[str]:
-    """The request path's segments: ``/train/m/`` -> ``["train", "m"]`` (uvicorn has decoded it already)."""
-    return scope.get("path", "").strip("/").split("/")
+    """The routed path's segments: ``/train/m/`` -> ``["train", "m"]`` (uvicorn has decoded it already)."""
+    return route_path(scope).strip("/").split("/")
 
 
 def query_flag(scope: dict, name: str) -> bool:

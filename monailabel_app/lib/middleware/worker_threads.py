@@ -19,6 +19,8 @@ import anyio
 import anyio.to_thread
 from fastapi.responses import JSONResponse
 
+from .request_parts import route_path
+
 #: path prefixes whose endpoints block; the rest (``/info/``, ``/train/`` status, the docs) stay on the loop
 BLOCKING = ("/infer", "/scoring", "/datastore", "/activelearning", "/batch", "/train")
 #: prefixes whose ``POST`` requests compute and pass the gate
@@ -55,7 +57,7 @@ class WorkerThreads:
         self.limiter = anyio.CapacityLimiter(int(threads))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
+        path = route_path(scope)
         if scope.get("type") != "http" or not path.startswith(self.blocking):
             await self.app(scope, receive, send)
             return
