@@ -327,6 +327,25 @@ def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
     assert "| supervised, batch 4 | 8 | 1 | 85.0 |" in text and "mean teacher, batch 4" not in text
 
 
+def test_pair_table_compares_two_methods_on_their_common_seeds_only():
+    """TransMedSeg against BCP only: per-seed differences on the seeds both ran, cases averaged over those seeds."""
+    from benchmarks.headline import pair_table
+
+    def row(method, seed, dices):
+        return {"bundle": "transmedseg_la", "method": method if seed == 1337 else f"{method}@seed{seed}",
+                "labeled": 8, "seed": seed, "cases": [{"case": f"c{i}", "dice": d} for i, d in enumerate(dices)],
+                "metrics": {"dice": sum(dices) / len(dices)}}
+
+    bcp = "transmedseg_la+ablation_bcp_only"
+    assert pair_table([row("transmedseg_la", 1337, [0.8, 0.8])], [8]) == ""  # no common seed: no table
+    rows = [row("transmedseg_la", 1337, [0.9, 0.7]), row("transmedseg_la", 2, [0.8, 0.8]),
+            row("transmedseg_la", 3, [0.1, 0.1]),  # seed 3 has no BCP row: left out
+            row(bcp, 1337, [0.8, 0.8]), row(bcp, 2, [0.8, 0.6])]
+    line = pair_table(rows, [8, 16]).splitlines()[2]
+    # seed differences 0 and +10 points; case means 0.85/0.75 against 0.80/0.70: 2 of 2 better by +5.0
+    assert line == "| TransMedSeg − BCP only | 8 | 2 | +5.0 (+0.0, +10.0) | 2/2, +5.0 |"
+
+
 def test_headline_table_for_acdc_gives_each_structure():
     """``--dataset acdc``: the *_acdc rows, with the Dice of RV, Myo and LV beside the mean; TransMedSeg's rows are
     those of the self-training schedule (the CPU default from 0.2.0), and the step-schedule rows a control line."""
