@@ -379,34 +379,48 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
 
 
 def paired(results: list[dict], a: str, b: str, labeled: int, metric: str = "dice") -> dict:
-    """Per-case comparison of methods ``a`` and ``b`` (their ``method`` names) at ``labeled`` labelled volumes.
+    """Per-case comparison of methods ``a`` and ``b`` (their ``method`` names without a seed suffix) at
+    ``labeled`` labelled volumes, pooled over the seeds both have run.
 
-    Uses the last row of each that holds per-case scores (``cases``), pairs the cases by name and returns
-    ``{"cases": n, "a_better": k, "diffs": {case: a - b}, "mean": .., "median": .., "min": .., "max": ..}``, with
-    the differences in points (×100) for ``dice``/``jaccard`` and in the metric's unit otherwise. Raises ValueError
-    naming the method whose row or per-case scores are missing.
+    A method's rows are its own and its ``<method>@seed<N>`` rows (the last row of each seed that holds per-case
+    scores, ``cases``). Each case's score is averaged over the seeds common to ``a`` and ``b``, the cases are
+    paired by name, and ``{"cases": n, "seeds": [...], "a_better": k, "diffs": {case: a - b}, "mean": ..,
+    "median": .., "min": .., "max": ..}`` is returned, with the differences in points (×100) for
+    ``dice``/``jaccard`` and in the metric's unit otherwise. Raises ValueError naming the method whose rows or
+    per-case scores are missing, or when the two share no seed or case.
     """
-    def scores(method: str) -> dict[str, float]:
-        rows = [r for r in results if r.get("method", r["bundle"]) == method and r["labeled"] == labeled]
+    def scores(method: str) -> dict[int, dict[str, float]]:
+        rows = [r for r in results if re.sub(r"@seed\d+$", "", r.get("method", r["bundle"])) == method
+                and r["labeled"] == labeled]
         if not rows:
             raise ValueError(f"no result row for {method!r} at {labeled} labelled")
-        cases = next((r["cases"] for r in reversed(rows) if r.get("cases")), None)
-        if not cases:
+        by_seed = {int(r.get("seed", 1337)): {c["case"]: float(c[metric]) for c in r["cases"]}
+                   for r in rows if r.get("cases")}
+        if not by_seed:
             raise ValueError(f"{method!r} at {labeled} labelled has no per-case scores (run before they were kept)")
-        return {c["case"]: float(c[metric]) for c in cases}
+        return by_seed
 
     sa, sb = scores(a), scores(b)
-    common = sorted(set(sa) & set(sb))
+    seeds = sorted(set(sa) & set(sb))
+    if not seeds:
+        raise ValueError(f"{a!r} (seeds {sorted(sa)}) and {b!r} (seeds {sorted(sb)}) share no seed")
+
+    def pooled(by_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+        cases = set.intersection(*(set(by_seed[s]) for s in seeds))
+        return {c: sum(by_seed[s][c] for s in seeds) / len(seeds) for c in cases}
+
+    pa, pb = pooled(sa), pooled(sb)
+    common = sorted(set(pa) & set(pb))
     if not common:
         raise ValueError(f"{a!r} and {b!r} share no case")
     scale = 100.0 if metric in ("dice", "jaccard") else 1.0
-    diffs = {c: scale * (sa[c] - sb[c]) for c in common}
+    diffs = {c: scale * (pa[c] - pb[c]) for c in common}
     values = sorted(diffs.values())
     mid = len(values) // 2
     median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
     better = sum(d < 0 if metric.startswith(("hd", "asd")) else d > 0 for d in values)  # distances: lower is better
-    return {"cases": len(common), "a_better": better, "diffs": diffs, "mean": sum(values) / len(values),
-            "median": median, "min": values[0], "max": values[-1]}
+    return {"cases": len(common), "seeds": seeds, "a_better": better, "diffs": diffs,
+            "mean": sum(values) / len(values), "median": median, "min": values[0], "max": values[-1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: print the validation-Dice curve logged so far by each run (an unfinished "
                         "run too), to compare methods at equal iterations")
     p.add_argument("--compare", nargs=2, metavar=("METHOD_A", "METHOD_B"),
-                   help="train nothing: per-case differences A - B at each --labeled count, from the results file "
-                        "(method names as in the table, e.g. mean_teacher_la+tsa mean_teacher_la)")
+                   help="train nothing: per-case differences A - B at each --labeled count, from the results file, "
+                        "each case averaged over the seeds both ran (method names without @seed, e.g. "
+                        "transmedseg_la transmedseg_la+ablation_bcp_only)")
     p.add_argument("--metric", default="dice", help="metric for --compare: dice, jaccard, hd95_mm, asd_mm, ...")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the table, the plot and the table in the docs from the "
@@ -514,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{labeled} labelled: {e}")
                 continue
             a, b = args.compare
-            print(f"{labeled} labelled, {args.metric}, {a} - {b}: {a} better on {c['a_better']} of {c['cases']} "
-                  f"cases; mean {c['mean']:+.2f}, median {c['median']:+.2f}, range {c['min']:+.2f} to {c['max']:+.2f}")
+            print(f"{labeled} labelled, {args.metric}, {a} - {b}, cases averaged over seeds {c['seeds']}: {a} better "
+                  f"on {c['a_better']} of {c['cases']} cases; mean {c['mean']:+.2f}, median {c['median']:+.2f}, "
+                  f"range {c['min']:+.2f} to {c['max']:+.2f}")
             for case, d in c["diffs"].items():
                 print(f"   {case}: {d:+.2f}")
         return 0

@@ -156,6 +156,18 @@ def test_paired_comparison_by_case():
         paired(results, "x+tsa", "x", 16)
     with pytest.raises(ValueError, match="no result row for 'y' at 8 labelled"):
         paired(results, "y", "x", 8)
+    # seeds: each case averaged over the seeds both ran (x's seed 3 has no x+tsa row and is left out)
+    seeded = results + [dict(row("x+tsa@seed2", 8, [{"case": "c1", "dice": 0.70}, {"case": "c2", "dice": 0.70},
+                                                     {"case": "c3", "dice": 0.70}]), seed=2),
+                        dict(row("x@seed2", 8, [{"case": "c1", "dice": 0.75}, {"case": "c2", "dice": 0.60},
+                                                {"case": "c3", "dice": 0.91}]), seed=2),
+                        dict(row("x@seed3", 8, [{"case": "c1", "dice": 0.0}, {"case": "c2", "dice": 0.0},
+                                                {"case": "c3", "dice": 0.0}]), seed=3)]
+    e = paired(seeded, "x+tsa", "x", 8)
+    assert e["seeds"] == [2, 1337] and e["cases"] == 3
+    assert e["diffs"] == pytest.approx({"c1": 0.0, "c2": 10.0, "c3": -11.0})
+    with pytest.raises(ValueError, match="share no seed"):
+        paired([dict(row("x+tsa@seed2", 8, a), seed=2), row("x", 8, b)], "x+tsa", "x", 8)
 
 
 def test_seed_repeat_is_its_own_row(tmp_path):
