@@ -237,3 +237,14 @@ def test_tsa_switched_off_builds_nothing():
         else:
             assert strategy.tsa is None and handler is None and entry is None
             assert hooks == 1  # the graph term's tap alone
+
+
+def test_mean_teacher_consistency_weight_ablation():
+    """``ablation_consistency_1.0.yaml`` raises w0 to 1.0 and keeps the v2 ramp (a quarter of the run)."""
+    parser = ConfigParser()
+    parser.read_config(config_list("mean_teacher_la", "train", "cpu_protocol", "cpu_protocol_v2",
+                                   "ablation_consistency_1.0.yaml"))
+    parser["bundle_root"] = str(BUNDLES / "mean_teacher_la")
+    ramp = parser.get_parsed_content("train#rampup")
+    assert ramp.w0 == 1.0 and ramp.length == 300
+    assert parser.get_parsed_content("train#strategy").consistency_weight is ramp
