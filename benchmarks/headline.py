@@ -38,10 +38,12 @@ DATASETS = {
     "la": {"suffix": "_la", "labeled": [8, 16],
            "names": [("supervised", "supervised"), ("supervised+batch_4_4", "supervised, batch 4"),
                      ("mean_teacher", "mean teacher"), ("mean_teacher+batch_4_4", "mean teacher, batch 4 + 4"),
+                     ("mean_teacher+ablation_consistency_1.0", "mean teacher, consistency weight 1.0"),
                      ("transmedseg+ablation_bcp_only", "BCP only"), ("transmedseg", "TransMedSeg"),
                      ("fixed_dynamic_pl", "fixed/dynamic co-training"),
                      ("fixed_dynamic_pl+batch_4_4", "fixed/dynamic co-training, batch 4 + 4")],
-           "optional": {"supervised+batch_4_4", "mean_teacher+batch_4_4", "fixed_dynamic_pl+batch_4_4"},
+           "optional": {"supervised+batch_4_4", "mean_teacher+batch_4_4", "mean_teacher+ablation_consistency_1.0",
+                        "fixed_dynamic_pl+batch_4_4"},
            "pairs": [("transmedseg", "transmedseg+ablation_bcp_only")],
            "classes": [], "results": "la_1.25mm_v2.json", "marker": "headline", "unit": "vox"},
     # ACDC: TransMedSeg's CPU protocol restarts the rate for self-training from transmedseg_acdc 0.2.0; its rows
