@@ -12,7 +12,9 @@ repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's tra
 120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503;
 ``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
 training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`` (default 64) and
-``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``). An image is also refused when it would pass
+``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``);
+``client_idle_s`` (default 60) and ``max_body_s`` (600): how long a client may pause while sending a body or
+taking a response, and take for a whole body (``lib.middleware.SlowClients``). An image is also refused when it would pass
 ``max_voxels`` on a served model's grid (resampled or resized). Sessions (``/session/``), whole-slide inference,
 ``/logs``, the datastore zip and weight uploads are off (``lib.middleware.DisabledEndpoints``). Nothing is
 downloaded, at start-up or later.
@@ -21,6 +23,7 @@ downloaded, at start-up or later.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict
@@ -38,6 +41,7 @@ from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
 from lib import errors, task_queue  # noqa: E402
 from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
+from lib.conf_values import positive_number  # noqa: E402
 from lib.configs import CONFIGS  # noqa: E402
 from lib.datastore import SafeLocalDatastore, StorageLimits  # noqa: E402
 from lib.middleware import ComputeGate, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
@@ -65,6 +69,8 @@ class SSMISApp(MONAILabelApp):
         self.temp_folder: Path | None = None
         self.gate_size = int(conf.get("max_parallel_infer", 2))
         self.gate = ComputeGate(self.gate_size, float(conf.get("infer_wait_s", 120)))
+        self.client_idle_s = positive_number(conf, "client_idle_s") or 60.0
+        self.max_body_s = positive_number(conf, "max_body_s") or 600.0
         requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         # 'all': every LA model (the default studies are LA volumes); models of another task are named explicitly
         names = sorted(n for n, c in CONFIGS.items() if c.task == "la") if requested in ([], ["all"]) else requested
@@ -131,7 +137,8 @@ class SSMISApp(MONAILabelApp):
                            check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
-                           gate=self.gate, max_parallel_infer=self.gate_size)
+                           gate=self.gate, max_parallel_infer=self.gate_size,
+                           client_idle_s=self.client_idle_s, max_body_s=self.max_body_s)
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per
@@ -178,14 +185,23 @@ class SSMISApp(MONAILabelApp):
         image = request.get("image")
         if not isinstance(image, str) or not image:
             raise errors.bad_request("no image given: pass a datastore image id (?image=<id>) or upload a file")
-        if not self._is_own_upload(image):
-            errors.check_id(image, "image id")  # a path a client names is refused: only datastore images
-            if not (datastore or self.datastore()).get_image_uri(image):
-                raise errors.not_found(f"image {image!r} is not in the datastore")
         if request.get("save_label") and request.get("label_tag", "original") != "original":
             raise errors.bad_request(f"label_tag={request.get('label_tag')!r}: a prediction is saved to the "
                                      "'original' tag only; annotators' labels ('final') come from PUT /datastore/label")
-        return super().infer(request, datastore)
+        if self._is_own_upload(image):
+            return super().infer(request, datastore)
+        errors.check_id(image, "image id")  # a path a client names is refused: only datastore images
+        store = datastore or self.datastore()
+        uri = store.get_image_uri(image)
+        if not uri:
+            raise errors.not_found(f"image {image!r} is not in the datastore")
+        # MONAI Label reads an id that names a file in the server's working directory as that file's path (and then
+        # saves no label): hand it the datastore's own path, and save the label here as it would
+        result = super().infer({**request, "image": uri, "save_label": False}, store)
+        if request.get("save_label") and result.get("file") and os.path.exists(result["file"]):
+            result["label"] = store.save_label(image, result["file"], "original",
+                                               {"model": model, "params": result.get("params")})
+        return result
 
     def batch_infer(self, request: Dict[str, Any], datastore: Datastore | None = None) -> Dict[str, Any]:
         """MONAI Label's batch inference, with its labels saved to the ``original`` tag only and at most
@@ -194,6 +210,12 @@ class SSMISApp(MONAILabelApp):
         tag = request.get("label_tag", "original")
         if tag != "original":
             raise errors.bad_request(f"label_tag={tag!r}: batch inference saves to the 'original' tag only")
+        images = request.get("images")
+        if isinstance(images, list):  # named images: each once (a list may repeat one id 25,000 times)
+            if not all(isinstance(i, str) for i in images):
+                raise errors.bad_request("images: a list of datastore image ids (strings), 'all', 'labeled' or "
+                                         "'unlabeled'")
+            request = {**request, "images": list(dict.fromkeys(images))}
         workers = request.get("max_workers") or 1
         if not isinstance(workers, int) or isinstance(workers, bool):
             raise errors.bad_request(f"max_workers={workers!r}: an integer from 1 to {self.gate_size}")

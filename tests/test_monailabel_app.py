@@ -516,6 +516,17 @@ def test_uploads_that_would_fill_the_disk_are_refused_and_nothing_stored_is_lost
     with pytest.raises(RequestError, match="min_free_disk_gb") as e:
         roomy.add_image("c", str(upload / "img.nii"), {})
     assert e.value.status_code == 507 and "c" not in roomy.list_images()
+    # the index: each info may hold 256 KiB and tags are any names, so the index file is capped too
+    monkeypatch.undo()
+    index = Path(store._datastore_config_path)
+    small = SafeLocalDatastore(str(studies), num_classes=2, extensions=("*.nii.gz", "*.nii"), auto_reload=False,
+                               storage=StorageLimits(max_index_bytes=index.stat().st_size + 4096))
+    before = index.read_bytes()
+    with pytest.raises(RequestError, match="max_index_mb") as e:
+        small.update_image_info("a", {"note": "x" * 8000})
+    assert e.value.status_code == 507 and index.read_bytes() == before
+    small.update_image_info("a", {"note": "short"})  # a small change still fits
+    assert StorageLimits.from_conf({"max_index_mb": "1"}).max_index_bytes == 1 << 20
     assert StorageLimits.from_conf({"max_datastore_gb": "0.5"}).max_bytes == 1 << 29
     with pytest.raises(ValueError, match="min_free_disk_gb"):
         StorageLimits.from_conf({"min_free_disk_gb": "-1"})

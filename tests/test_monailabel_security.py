@@ -471,6 +471,15 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
         "datastore zip": (404, lambda: requests.get(f"{base}/datastore/dataset")),
         "weight upload": (404, lambda: requests.put(f"{base}/model/transmedseg_la",
                                                     files={"file": ("model.pt", b"x")})),
+        "reload": (404, lambda: requests.post(f"{base}/reload")),
+        "DICOM SEG output": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_0&output=dicom_seg")),
+        "session upload": (404, lambda: requests.put(f"{base}/session/", files={"files": ("x.nii.gz", b"x")})),
+        "DICOMweb proxy": (404, lambda: requests.post(f"{base}/proxy/dicom/x", data=b"x" * 1000)),
+        # a task request travels on its process's command line (Linux: 128 KiB per argument)
+        "scoring 40 KiB body": (413, lambda: requests.post(f"{base}/scoring/transmedseg_la_uncertainty",
+                                                           json={"x": "A" * 40000})),
+        "train 140 KB in another section": (413, lambda: requests.post(
+            f"{base}/train/transmedseg_la", json={"fixed_dynamic_pl_la": {"x": "A" * 140000}})),
     }
     for name, (status, call) in refused.items():
         t0 = time.perf_counter()
@@ -635,3 +644,220 @@ def test_a_root_path_does_not_let_requests_past_the_path_checks():
     # a path that only starts with the root path's letters is not under it
     assert route_path({"path": "/apix/logs", "root_path": "/api"}) == "/apix/logs"
     assert path_parts({"path": "/api", "root_path": "/api"}) == [""]
+
+
+def _asgi_call(app, scope_extra: dict, chunks: list, read_response: bool = True):
+    """Run one request through the ASGI ``app``: the body ``chunks`` (None: the client stalls forever there);
+    returns the messages sent. ``read_response`` False: the client never takes the response (send hangs)."""
+    import asyncio
+
+    sent: list = []
+    queue = list(chunks)
+
+    async def receive():
+        if not queue:
+            await asyncio.sleep(3600)  # the disconnect never comes
+        chunk = queue.pop(0)
+        if chunk is None:
+            await asyncio.sleep(3600)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+    async def send(message):
+        if not read_response and message["type"] == "http.response.body":
+            await asyncio.sleep(3600)
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/infer/m", "query_string": b"", "headers": [],
+             **scope_extra}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
+    return sent
+
+
+def test_slow_clients_are_cut_off_and_the_server_waits_for_nobody():
+    """A body that pauses longer than ``client_idle_s`` or takes longer than ``max_body_s`` in all gets a 408
+    naming the key; a response the client does not take is dropped after ``client_idle_s``."""
+    import asyncio
+
+    from lib.middleware import SlowClients
+
+    async def endpoint(scope, receive, send):  # reads the whole body, then answers with it
+        body, more = b"", True
+        while more:
+            m = await receive()
+            body, more = body + m.get("body", b""), m.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    def status(sent):
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    t0 = time.perf_counter()
+    sent = _asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"a", None])
+    assert status(sent) == 408 and b"client_idle_s" in sent[-1]["body"] and time.perf_counter() - t0 < 3
+
+    class Trickle:  # a chunk every 0.1 s, forever: never idle, but never done
+        def __init__(self):
+            self.n = 0
+
+        async def __call__(self):
+            await asyncio.sleep(0.1)
+            self.n += 1
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def trickled():
+        sent = []
+
+        async def send(m):
+            sent.append(m)
+        await SlowClients(endpoint, idle_s=1, body_s=0.5)({"type": "http", "method": "PUT", "path": "/datastore/image",
+                                                            "headers": []}, Trickle(), send)
+        return sent
+
+    sent = asyncio.run(trickled())
+    assert status(sent) == 408 and b"max_body_s" in sent[-1]["body"]
+    # a response the client never takes: dropped, no exception, within the idle time
+    t0 = time.perf_counter()
+    sent = _asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"ok"], read_response=False)
+    assert [m["type"] for m in sent] == ["http.response.start"] and time.perf_counter() - t0 < 3
+    assert status(_asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"o", b"k"])) == 200
+
+
+def test_a_slow_upload_holds_a_thread_never_a_compute_slot():
+    """The compute gate is taken once the whole body is in, so a stalled upload cannot keep inference from others;
+    a request that finds every worker thread busy gets a 503 after the gate's wait instead of queueing forever."""
+    import asyncio
+    import threading
+
+    from lib.middleware import ComputeGate, WorkerThreads
+
+    running = []
+
+    async def endpoint(scope, receive, send):
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        running.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    gate = ComputeGate(slots=1, wait_s=0.5)
+    app = WorkerThreads(endpoint, gate, threads=2)
+
+    async def scenario():
+        stalled = asyncio.ensure_future(app(*_request("/infer/a", [b"a", None])))
+        await asyncio.sleep(0.3)
+        second = await app(*_request("/infer/b", [b"b"]))
+        third = await asyncio.wait_for(app(*_request("/infer/c", [b"c"])), 5)
+        busy = []  # both threads taken: one stalled, one held below
+        hold = threading.Event()
+
+        async def held(scope, receive, send):
+            await asyncio.get_running_loop().run_in_executor(None, hold.wait, 5)
+        app.app = held
+        held_call = asyncio.ensure_future(app(*_request("/datastore/x", [b""])))
+        await asyncio.sleep(0.3)
+        await app({"type": "http", "method": "GET", "path": "/datastore/y", "headers": []}, _none, _collect(busy))
+        hold.set()
+        await held_call
+        stalled.cancel()
+        return second, third, busy
+
+    def _request(path, chunks):
+        queue = list(chunks)
+
+        async def receive():
+            chunk = queue.pop(0) if queue else None
+            if chunk is None:
+                await asyncio.sleep(3600)
+            return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+        return {"type": "http", "method": "POST", "path": path, "headers": []}, receive, _collect([])
+
+    async def _none():
+        await asyncio.sleep(3600)
+
+    def _collect(into):
+        async def send(m):
+            into.append(m)
+        return send
+
+    _, _, busy = asyncio.run(scenario())
+    assert running == ["/infer/b", "/infer/c"]  # served while /infer/a's upload stalls
+    assert busy[0]["status"] == 503 and b"worker threads" in busy[1]["body"]
+
+
+def test_a_repeated_content_type_is_read_as_the_endpoint_reads_it():
+    """FastAPI reads the first of repeated headers; the checks do too, so a JSON body with a second
+    ``Content-Type: multipart/form-data`` is still checked as JSON and capped at 1 MiB."""
+    from lib.middleware import BodySizeLimit, TaskRequestCheck
+    from lib.middleware.headers import header
+
+    headers = [(b"content-type", b"application/json"), (b"content-type", b"multipart/form-data; boundary=x")]
+    assert header({"headers": headers}, b"content-type") == b"application/json"
+    assert header({"headers": headers}, b"origin", None) is None
+
+    async def endpoint(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    scope = {"path": "/train/m", "headers": headers}
+    sent = _asgi_call(TaskRequestCheck(endpoint), scope, [json.dumps({"bundle_path": "/tmp"}).encode()])
+    assert sent[0]["status"] == 400 and b"bundle_path" in sent[1]["body"]
+    big = scope | {"headers": headers + [(b"content-length", str(2 << 20).encode())]}
+    sent = _asgi_call(BodySizeLimit(endpoint, max_bytes=512 << 20), big, [b"x"])
+    assert sent[0]["status"] == 413
+
+
+def test_an_image_id_that_names_a_file_in_the_working_directory_is_read_from_the_datastore(tmp_path, monkeypatch):
+    """MONAI Label reads an image id that names a file in the server's working directory as that file; the app
+    hands it the datastore's path instead, and still saves the prediction as the ``original`` label when asked."""
+    import importlib.util
+
+    from monailabel.interfaces.app import MONAILabelApp
+
+    spec = importlib.util.spec_from_file_location("ssmis_label_main", ROOT / "monailabel_app" / "main.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")  # a file in the working directory, named like an id
+    prediction = tmp_path / "prediction.nii.gz"
+    prediction.write_bytes(b"label")
+    seen, saved = [], []
+    monkeypatch.setattr(MONAILabelApp, "infer", lambda self, request, datastore=None: seen.append(request) or {
+        "file": str(prediction), "params": {"took": 1}, "label": str(prediction)})
+
+    class Store:
+        def get_image_uri(self, image_id):
+            return f"/datastore/{image_id}.nii.gz" if image_id == "notes.txt" else ""
+
+        def save_label(self, image_id, filename, tag, info):
+            saved.append((image_id, filename, tag, info))
+            return image_id
+
+    app = object.__new__(main.SSMISApp)
+    app._infers, app.temp_folder = {"m": object()}, None
+    result = app.infer({"model": "m", "image": "notes.txt", "save_label": True}, Store())
+    assert seen[0]["image"] == "/datastore/notes.txt.nii.gz" and seen[0]["save_label"] is False
+    assert saved == [("notes.txt", str(prediction), "original", {"model": "m", "params": {"took": 1}})]
+    assert result["label"] == "notes.txt"
+    app.infer({"model": "m", "image": "notes.txt"}, Store())
+    assert len(saved) == 1  # no save_label: nothing saved
+
+
+def test_batch_inference_names_each_image_once(monkeypatch):
+    """A batch request's ``images`` list is deduplicated (one id 25,000 times was 25,000 inferences) and must hold
+    ids; every batch saves to ``original`` with at most ``max_parallel_infer`` workers."""
+    import importlib.util
+
+    from monailabel.interfaces.app import MONAILabelApp
+
+    spec = importlib.util.spec_from_file_location("ssmis_label_main_batch", ROOT / "monailabel_app" / "main.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    seen = []
+    monkeypatch.setattr(MONAILabelApp, "batch_infer", lambda self, request, datastore=None: seen.append(request) or {})
+    app = object.__new__(main.SSMISApp)
+    app.gate_size = 2
+    app.batch_infer({"model": "m", "images": ["a"] * 25000 + ["b", "a"], "max_workers": 5})
+    assert seen[0]["images"] == ["a", "b"] and seen[0]["max_workers"] == 2 and seen[0]["label_tag"] == "original"
+    with pytest.raises(main.errors.RequestError, match="images"):
+        app.batch_infer({"model": "m", "images": [{"id": "a"}]})

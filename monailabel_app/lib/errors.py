@@ -76,10 +76,11 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
 def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
             origins: Sequence[str] = (),
             max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
-            max_parallel_infer: int = 2) -> None:
+            max_parallel_infer: int = 2, client_idle_s: float = 60.0, max_body_s: float = 600.0) -> None:
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
-    The middleware, outermost first: ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from
+    The middleware, outermost first: ``SlowClients`` (``client_idle_s``, ``max_body_s``), ``LoopbackOnly`` (if
+    ``loopback_only``), ``OriginGuard`` (requests from
     web pages of other ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404),
     a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
     allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
@@ -93,7 +94,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     from starlette.middleware import Middleware
 
     from lib.middleware import (BodySizeLimit, DisabledEndpoints, FormFieldCheck, LoopbackOnly, OriginGuard,
-                                TaskRequestCheck, TempFileJanitor, TrainRequestCheck, WorkerThreads)
+                                SlowClients, TaskRequestCheck, TempFileJanitor, TrainRequestCheck, WorkerThreads)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -101,8 +102,9 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
-             and m.cls not in (LoopbackOnly, OriginGuard, DisabledEndpoints, BodySizeLimit, FormFieldCheck,
-                               TempFileJanitor, WorkerThreads, TaskRequestCheck, TrainRequestCheck)]
+             and m.cls not in (SlowClients, LoopbackOnly, OriginGuard, DisabledEndpoints, BodySizeLimit,
+                               FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck, TrainRequestCheck)]
+    stack.append(Middleware(SlowClients, idle_s=client_idle_s, body_s=max_body_s))
     if loopback_only:
         stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "

@@ -96,6 +96,13 @@ def _merged(old: Dict[str, Any], update: Dict[str, Any], what: str) -> Dict[str,
     return merged
 
 
+def _index_growth(info: Dict[str, Any]) -> int:
+    """An upper bound of the bytes ``info`` adds to the index, which is written with ``indent=2`` and holds an
+    entry's info about 6 levels deep, plus the entry's own keys."""
+    text = json.dumps(info, indent=2, default=str)
+    return len(text) + 12 * (text.count("\n") + 1) + 512
+
+
 class SafeLocalDatastore(LocalDatastore):
     """Args (beyond ``LocalDatastore``'s): ``num_classes``: labels may hold the values ``0 … num_classes − 1``;
     ``limits``: what one upload may cost; ``spatial_dims``: the served models' number of spatial axes;
@@ -157,6 +164,7 @@ class SafeLocalDatastore(LocalDatastore):
         image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
         info = _merged({}, _params(image_info), f"image {image_id!r}")
         what = f"the uploaded image {image_id!r}"
+        self.storage.check_index(self._datastore_config_path, _index_growth(info), what)
         img, arr = _read(image_filename, what, self.limits, self.spatial_dims, self.grid_check)
         if not np.isfinite(arr).all():
             raise bad_request(f"{what} holds NaN or infinite values")
@@ -194,6 +202,7 @@ class SafeLocalDatastore(LocalDatastore):
             raise not_found(f"image {image_id!r} is not in the datastore")
         ext = _ext(label_filename)
         what = f"the label for {image_id!r}"
+        self.storage.check_index(self._datastore_config_path, _index_growth(info), what)
         label_img, label = _read(label_filename, what, self.limits, self.spatial_dims)
         image = read_header(self.get_image_uri(image_id), f"image {image_id!r}", self.limits)
         image_shape = tuple(image.shape[: self.spatial_dims])
@@ -235,6 +244,7 @@ class SafeLocalDatastore(LocalDatastore):
         if image_id not in self._datastore.objects:
             raise not_found(f"image {image_id!r} is not in the datastore")
         _merged(self._datastore.objects[image_id].image.info, info, f"image {image_id!r}")
+        self.storage.check_index(self._datastore_config_path, _index_growth(info), f"the info of image {image_id!r}")
         super().update_image_info(image_id, info)
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
@@ -243,6 +253,8 @@ class SafeLocalDatastore(LocalDatastore):
         if not label:  # the base class raises LabelNotFoundException: a 500
             raise not_found(f"no label {label_tag!r} for image {label_id!r} in the datastore")
         _merged(getattr(label, "info", None) or {}, info, f"label {label_tag!r} of {label_id!r}")
+        self.storage.check_index(self._datastore_config_path, _index_growth(info),
+                                 f"the info of label {label_tag!r} of {label_id!r}")
         super().update_label_info(label_id, label_tag, info)
 
     def get_image_uri(self, image_id: str) -> str:

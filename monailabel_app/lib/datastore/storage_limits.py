@@ -42,20 +42,25 @@ class StorageLimits:
             of the challenge take about 2 GiB gzipped). Conf key ``max_datastore_gb``.
         min_free_bytes: the free space a write must leave on the datastore's disk (default 2 GiB). Conf key
             ``min_free_disk_gb``.
+        max_index_bytes: the most bytes of the datastore's JSON index (default 64 MiB), which the server holds in
+            memory and rewrites on every change; each image's and label's info may hold 256 KiB, and label tags
+            are any names. Conf key ``max_index_mb``.
     """
 
     max_bytes: int = 64 * GIB
     min_free_bytes: int = 2 * GIB
+    max_index_bytes: int = 64 << 20
 
     @classmethod
     def from_conf(cls, conf: Dict[str, str]) -> "StorageLimits":
-        """The limits from ``--conf max_datastore_gb N`` and ``--conf min_free_disk_gb M``; a bad value names its
-        key."""
+        """The limits from ``--conf max_datastore_gb``, ``min_free_disk_gb`` and ``max_index_mb``; a bad value
+        names its key."""
         values = {}
-        for key, field in (("max_datastore_gb", "max_bytes"), ("min_free_disk_gb", "min_free_bytes")):
+        for key, field, scale in (("max_datastore_gb", "max_bytes", GIB), ("min_free_disk_gb", "min_free_bytes", GIB),
+                                  ("max_index_mb", "max_index_bytes", 1 << 20)):
             value = positive_number(conf, key)
             if value is not None:
-                values[field] = int(value * GIB)
+                values[field] = int(value * scale)
         return cls(**values)
 
     def check(self, folder: str | os.PathLike, incoming: int, replaced: int = 0, what: str = "the upload") -> None:
@@ -71,3 +76,12 @@ class StorageLimits:
             raise RequestError(507, f"{what} ({incoming / 2 ** 20:.1f} MiB) would leave less than "
                                     f"{self.min_free_bytes / GIB:g} GiB free on the datastore's disk ("
                                     f"{free / GIB:.2f} GiB free): free some space, or lower --conf min_free_disk_gb")
+
+    def check_index(self, index: str | os.PathLike, added: int, what: str) -> None:
+        """Raise a 507 :class:`~lib.errors.RequestError` naming the conf key when ``added`` more bytes (an upper
+        bound of what a change adds) would take the index file ``index`` past ``max_index_bytes``."""
+        size = os.path.getsize(index) if os.path.isfile(index) else 0
+        if size + added > self.max_index_bytes:
+            raise RequestError(507, f"{what} would take the datastore's index past {self.max_index_bytes / 2 ** 20:g} "
+                                    f"MiB (it holds {size / 2 ** 20:.1f} MiB): shorten the info, delete images or "
+                                    "labels, or raise --conf max_index_mb")

@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
+from .headers import header
+
 
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` when the body passes the limit. An ``HTTPException``, so FastAPI's body parsing
@@ -36,11 +38,10 @@ class BodySizeLimit:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        upload = headers.get(b"content-type", b"").split(b";")[0].strip().lower() == b"multipart/form-data"
+        upload = header(scope, b"content-type").split(b";")[0].strip().lower() == b"multipart/form-data"
         limit = self.max_bytes if upload else self.max_other_bytes
         error = BodyTooLarge(limit, upload)
-        declared = headers.get(b"content-length", b"").strip()
+        declared = header(scope, b"content-length").strip()
         if declared.isdigit() and int(declared) > limit:
             await JSONResponse({"detail": error.detail}, status_code=413)(scope, receive, send)
             return

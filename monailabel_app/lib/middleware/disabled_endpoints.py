@@ -7,11 +7,19 @@
 - ``/datastore/dataset``: writes a zip of the whole datastore for every request.
 - ``PUT /model/*``: uploading weights through the API (the app publishes weights from its own trainings, or an
   operator copies ``model.pt`` into ``model_dir``).
+- ``/session``: sessions are off (``SSMISApp._load_sessions``), but MONAI Label's endpoint stored a whole upload
+  before saying so.
+- ``/proxy``: DICOMweb proxying (held a whole body in memory, then failed); this app's datastore is a local folder.
+- ``POST /reload``: rebuilt the app without the set-up the server does at start-up (its private temporary folder),
+  so inference on uploaded files failed until a restart.
+- ``POST /infer/<model>?output=dicom_seg`` (400): DICOM SEG needs a DICOMweb datastore; MONAI Label said so with a
+  500, after running the whole inference.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi.responses import JSONResponse
 
@@ -28,6 +36,12 @@ def disabled(method: str, path: list[str]) -> str | None:
         return "the server log is not served over HTTP; read it on the server (<app>/logs/app.log)"
     if path[:2] == ["datastore", "dataset"]:
         return "downloading the whole datastore is not served; copy the studies folder on the server"
+    if path[0] == "session":
+        return "sessions are not served by this app: upload images with PUT /datastore/image"
+    if path[0] == "proxy":
+        return "DICOMweb proxying is not served: this app's datastore is a local folder of NIfTI volumes"
+    if path == ["reload"]:
+        return "reloading the app over HTTP is not served; restart the server to load new settings"
     if path[0] == "model" and method == "PUT":
         return ("uploading weights is not served: the app publishes its trainings' weights; an operator may copy a "
                 "model.pt into model_dir/<model>/")
@@ -42,8 +56,15 @@ class DisabledEndpoints:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
-            reason = disabled(scope.get("method", ""), path_parts(scope))
+            path = path_parts(scope)
+            reason = disabled(scope.get("method", ""), path)
             if reason:
                 await JSONResponse({"detail": reason}, status_code=404)(scope, receive, send)
+                return
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if path[0] == "infer" and "dicom_seg" in query.get("output", []):
+                await JSONResponse({"detail": "output=dicom_seg needs a DICOMweb datastore; this app's is a folder of "
+                                              "NIfTI volumes: ask for output=image or json"},
+                                   status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

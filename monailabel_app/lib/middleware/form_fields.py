@@ -17,6 +17,8 @@ from urllib.parse import unquote_to_bytes
 from fastapi import HTTPException
 from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
 
+from .headers import header
+
 
 class FormFieldError(HTTPException):
     """Raised from ``receive``: an ``HTTPException``, so FastAPI's form parsing passes it on and the client gets
@@ -117,7 +119,7 @@ class FormFieldCheck:
             await self.app(scope, receive, send)
             return
         fields = _Fields(self.fields, self.max_field_bytes)
-        parser = _parser(dict(scope.get("headers") or []).get(b"content-type", b""), fields)
+        parser = _parser(header(scope, b"content-type"), fields)
         if parser is None:
             await self.app(scope, receive, send)
             return

@@ -13,6 +13,7 @@ import ipaddress
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
+from .headers import header
 from .request_guard import RequestGuard
 
 
@@ -58,11 +59,10 @@ class OriginGuard(RequestGuard):
         return bool(parts.netloc) and parts.netloc == host and _is_literal_host(parts.hostname or "")
 
     def refusal(self, scope: dict) -> str | None:
-        headers = dict(scope.get("headers") or [])
-        origin = headers.get(b"origin")
+        origin = header(scope, b"origin", None)
         if origin is None:
             return None
-        origin_s, host = origin.decode("latin-1"), headers.get(b"host", b"").decode("latin-1")
+        origin_s, host = origin.decode("latin-1"), header(scope, b"host").decode("latin-1")
         if self.allows(origin_s, host):
             return None
         return (f"cross-origin requests from {origin_s!r} are not allowed; start the server with --conf "

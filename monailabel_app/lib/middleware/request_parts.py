@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from .body_limit import BodyTooLarge
+from .headers import header
 
 __all__ = ["buffer_body", "is_json_body", "is_true", "path_parts", "query_flag", "route_path"]
 
@@ -44,7 +45,7 @@ def query_flag(scope: dict, name: str) -> bool:
 
 def is_json_body(scope: dict) -> bool:
     """Whether FastAPI would parse the body as JSON: no content type, ``application/json`` or ``*+json``."""
-    ctype = dict(scope.get("headers") or []).get(b"content-type", b"").split(b";")[0].strip().lower()
+    ctype = header(scope, b"content-type").split(b";")[0].strip().lower()
     return ctype in (b"", b"application/json") or ctype.endswith(b"+json")
 
 

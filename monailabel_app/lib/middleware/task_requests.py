@@ -8,7 +8,9 @@ that is also a zip, for the task to import code from), ``gpus`` becomes ``CUDA_V
 saves a label under any ``label_tag`` (``final`` overwrites the annotators' labels), and ``run_sync`` runs a
 training or a batch inference in the server process, outside the compute gate. ``?enqueue=true``, ``POST /train/``
 and ``POST /scoring/`` (every model) queue tasks without bound, and MONAI Label keeps every finished task, with its
-request, in memory (here the newest ``lib.task_queue.KEEP_FINISHED``).
+request, in memory (here the newest ``lib.task_queue.KEEP_FINISHED``). A task's request travels to its process as
+one command-line argument, which Linux caps at 128 KiB: a longer one failed to start and stayed ``SUBMITTED`` for
+good (blocking automatic scoring and the queue), so a task body holds at most ``MAX_TASK_BODY`` bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from fastapi.responses import JSONResponse
 from .request_parts import buffer_body, is_json_body, path_parts, query_flag
 
 __all__ = ["TaskRequestCheck"]
+
+#: the most bytes of a task request's JSON body (413 beyond): far below Linux's 128 KiB for one argument
+MAX_TASK_BODY = 32 * 1024
 
 #: the first path segment -> MONAI Label's task kind (None: not a task, but a body to check)
 METHODS = {"train": "train", "scoring": "scoring", "batch": "batch_infer", "activelearning": None}
@@ -77,6 +82,11 @@ class TaskRequestCheck:
             return
         if is_json_body(scope):  # other bodies: FastAPI refuses them itself (422), so they are not read here
             raw, receive = await buffer_body(receive)
+            if method and len(raw) > MAX_TASK_BODY:
+                await self._answer(413, f"the {method} request's body is {len(raw):,} bytes; a task request holds at "
+                                        f"most {MAX_TASK_BODY:,} (it is passed to the task's process on its command "
+                                        "line)", scope, receive, send)
+                return
             try:
                 body = json.loads(raw or b"{}")
             except ValueError:

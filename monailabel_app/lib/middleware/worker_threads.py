@@ -4,9 +4,10 @@ Every MONAI Label endpoint is an ``async def`` that calls blocking code (inferen
 without awaiting, so one inference held the whole server: 16 parallel requests were answered one after another,
 and ``/info/`` waited 31 s behind them. :class:`WorkerThreads` runs the rest of the ASGI stack for such a request
 in a worker thread with an event loop of its own, passing ``receive`` and ``send`` back to the server's loop, so
-that loop keeps answering. Requests that compute (``POST`` to inference and scoring) also pass a
-:class:`ComputeGate`: at most ``slots`` run at once, and one that cannot start within ``wait_s`` gets a 503
-instead of waiting without bound.
+that loop keeps answering. A request waits at most the gate's ``wait_s`` for a thread (then 503). Requests that
+compute (``POST`` to inference and scoring) also pass a :class:`ComputeGate` once their whole body has arrived
+(a slow upload holds a thread, never a slot): at most ``slots`` run at once, and one that cannot start within
+``wait_s`` gets a 503 instead of waiting without bound.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 
 import anyio
 import anyio.to_thread
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 from .request_parts import route_path
@@ -46,44 +48,74 @@ class ComputeGate:
         self._semaphore.release()
 
 
+class ServerBusy(HTTPException):
+    """503: no worker thread, or no compute slot, within the gate's ``wait_s``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=503, detail=detail)
+
+
 class WorkerThreads:
     """Args: ``app``: the wrapped ASGI app; ``gate``: the :class:`ComputeGate`; ``threads``: the most requests
     served in worker threads at once (the others wait for a thread); ``blocking``/``computing``: path prefixes."""
 
     def __init__(self, app: Any, gate: ComputeGate, threads: int = 16, blocking: Sequence[str] = BLOCKING,
                  computing: Sequence[str] = COMPUTING) -> None:
-        self.app, self.gate = app, gate
+        self.app, self.gate, self.threads = app, gate, int(threads)
         self.blocking, self.computing = tuple(blocking), tuple(computing)
-        self.limiter = anyio.CapacityLimiter(int(threads))
+        self.limiter = anyio.CapacityLimiter(self.threads)
+        self._free_threads = asyncio.Semaphore(self.threads)  # waited on with a timeout, unlike the limiter
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = route_path(scope)
         if scope.get("type") != "http" or not path.startswith(self.blocking):
             await self.app(scope, receive, send)
             return
+        try:
+            await asyncio.wait_for(self._free_threads.acquire(), self.gate.wait_s)
+        except asyncio.TimeoutError:
+            await JSONResponse({"detail": f"the server is busy: all {self.threads} worker threads are serving "
+                                          f"requests and none finished within {self.gate.wait_s:.0f} s; try again "
+                                          "later"}, status_code=503)(scope, receive, send)
+            return
+        try:
+            await self._serve_in_thread(scope, receive, send, path)
+        finally:
+            self._free_threads.release()
+
+    async def _serve_in_thread(self, scope: dict, receive: Any, send: Any, path: str) -> None:
         gated = scope.get("method") == "POST" and path.startswith(self.computing)
         server_loop = asyncio.get_running_loop()
+        slot = {"held": False, "started": False}
 
         # ``receive`` and ``send`` run on the server's loop; the worker's loop awaits them without blocking, since
         # a streamed response (a file download) listens for the disconnect while it sends
         async def thread_receive() -> dict:
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), server_loop))
+            message = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), server_loop))
+            body_done = message.get("type") == "http.request" and not message.get("more_body", False)
+            if gated and body_done and not slot["held"]:
+                # the whole body is here: only now take a compute slot (this blocks the worker's own loop only)
+                if not self.gate.acquire():
+                    raise ServerBusy(f"the server is busy: {self.gate.slots} inferences or scorings are running and "
+                                     f"none finished within {self.gate.wait_s:.0f} s; try again later "
+                                     "(--conf max_parallel_infer, infer_wait_s)")
+                slot["held"] = True
+            return message
 
         async def thread_send(message: dict) -> None:
+            slot["started"] = slot["started"] or message.get("type") == "http.response.start"
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), server_loop))
 
         def serve() -> None:
-            if gated and not self.gate.acquire():
-                busy = JSONResponse({"detail": f"the server is busy: {self.gate.slots} inferences or scorings are "
-                                               f"running and none finished within {self.gate.wait_s:.0f} s; try "
-                                               "again later (--conf max_parallel_infer, infer_wait_s)"},
-                                    status_code=503)
-                asyncio.run(busy(scope, thread_receive, thread_send))
-                return
             try:
                 asyncio.run(self.app(scope, thread_receive, thread_send))
+            except ServerBusy as busy:  # raised in a middleware that reads the body before the endpoint
+                if slot["started"]:
+                    raise
+                asyncio.run(JSONResponse({"detail": busy.detail}, status_code=503)(scope, thread_receive,
+                                                                                   thread_send))
             finally:
-                if gated:
+                if slot["held"]:
                     self.gate.release()
 
         await anyio.to_thread.run_sync(serve, limiter=self.limiter)
