@@ -13,8 +13,9 @@ repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's tra
 ``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
 training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`` (default 64) and
 ``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``);
-``client_idle_s`` (default 60) and ``max_body_s`` (600): how long a client may pause while sending a body or
-taking a response, and take for a whole body (``lib.middleware.SlowClients``). An image is also refused when it would pass
+``client_idle_s`` (default 60), ``max_body_s`` (600) and ``min_client_rate_kbs`` (32): how long a client may
+pause while sending a body or taking a response, take for a whole body, and the rate it must keep
+(``lib.middleware.SlowClients``). An image is also refused when it would pass
 ``max_voxels`` on a served model's grid (resampled or resized). Sessions (``/session/``), whole-slide inference,
 ``/logs``, the datastore zip and weight uploads are off (``lib.middleware.DisabledEndpoints``). Nothing is
 downloaded, at start-up or later.
@@ -71,6 +72,7 @@ class SSMISApp(MONAILabelApp):
         self.gate = ComputeGate(self.gate_size, float(conf.get("infer_wait_s", 120)))
         self.client_idle_s = positive_number(conf, "client_idle_s") or 60.0
         self.max_body_s = positive_number(conf, "max_body_s") or 600.0
+        self.min_client_rate = 1024 * (positive_number(conf, "min_client_rate_kbs") or 32.0)
         requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         # 'all': every LA model (the default studies are LA volumes); models of another task are named explicitly
         names = sorted(n for n, c in CONFIGS.items() if c.task == "la") if requested in ([], ["all"]) else requested
@@ -138,7 +140,8 @@ class SSMISApp(MONAILabelApp):
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
                            gate=self.gate, max_parallel_infer=self.gate_size,
-                           client_idle_s=self.client_idle_s, max_body_s=self.max_body_s)
+                           client_idle_s=self.client_idle_s, max_body_s=self.max_body_s,
+                           min_client_rate=self.min_client_rate)
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per
@@ -212,10 +215,7 @@ class SSMISApp(MONAILabelApp):
             raise errors.bad_request(f"label_tag={tag!r}: batch inference saves to the 'original' tag only")
         images = request.get("images")
         if isinstance(images, list):  # named images: each once (a list may repeat one id 25,000 times)
-            if not all(isinstance(i, str) for i in images):
-                raise errors.bad_request("images: a list of datastore image ids (strings), 'all', 'labeled' or "
-                                         "'unlabeled'")
-            request = {**request, "images": list(dict.fromkeys(images))}
+            request = {**request, "images": list(dict.fromkeys(i for i in images if isinstance(i, str)))}
         workers = request.get("max_workers") or 1
         if not isinstance(workers, int) or isinstance(workers, bool):
             raise errors.bad_request(f"max_workers={workers!r}: an integer from 1 to {self.gate_size}")

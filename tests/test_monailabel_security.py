@@ -667,8 +667,8 @@ def _asgi_call(app, scope_extra: dict, chunks: list, read_response: bool = True)
             await asyncio.sleep(3600)
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/infer/m", "query_string": b"", "headers": [],
-             **scope_extra}
+    scope = {"type": "http", "method": "POST", "path": "/infer/m", "query_string": b"",
+             "headers": [(b"transfer-encoding", b"chunked")], **scope_extra}
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
     return sent
 
@@ -709,12 +709,29 @@ def test_slow_clients_are_cut_off_and_the_server_waits_for_nobody():
 
         async def send(m):
             sent.append(m)
-        await SlowClients(endpoint, idle_s=1, body_s=0.5)({"type": "http", "method": "PUT", "path": "/datastore/image",
-                                                            "headers": []}, Trickle(), send)
+        scope = {"type": "http", "method": "PUT", "path": "/datastore/image", "headers": [(b"content-length", b"99")]}
+        await SlowClients(endpoint, idle_s=1, body_s=0.5)(scope, Trickle(), send)
+        await SlowClients(endpoint, idle_s=0.3, body_s=60, min_rate=1000)(scope, Trickle(), send)
         return sent
 
     sent = asyncio.run(trickled())
-    assert status(sent) == 408 and b"max_body_s" in sent[-1]["body"]
+    assert status(sent) == 408 and b"max_body_s" in sent[1]["body"]
+    assert sent[2]["status"] == 408 and b"min_client_rate_kbs" in sent[3]["body"]  # 10 bytes/s: too slow
+
+    async def late_reader(scope, receive, send):  # computes before it reads (the clock starts at the first read)
+        await asyncio.sleep(0.4)
+        await endpoint(scope, receive, send)
+
+    assert status(_asgi_call(SlowClients(late_reader, idle_s=0.2, body_s=0.3), {}, [b"o", b"k"])) == 200
+
+    async def bodiless(scope, receive, send):  # a request without a body, answered after 0.4 s of work, which
+        await asyncio.sleep(0.4)  # then listens for the disconnect while it sends (as a file response does)
+        assert (await receive())["body"] == b""
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"file"})
+
+    sent = _asgi_call(SlowClients(bodiless, idle_s=0.2, body_s=0.3), {"headers": []}, [b""])
+    assert status(sent) == 200 and sent[-1]["body"] == b"file"
     # a response the client never takes: dropped, no exception, within the idle time
     t0 = time.perf_counter()
     sent = _asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"ok"], read_response=False)
@@ -770,7 +787,8 @@ def test_a_slow_upload_holds_a_thread_never_a_compute_slot():
             if chunk is None:
                 await asyncio.sleep(3600)
             return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
-        return {"type": "http", "method": "POST", "path": path, "headers": []}, receive, _collect([])
+        upload = [(b"content-type", b"multipart/form-data; boundary=x")]  # an upload, as Slicer sends it
+        return {"type": "http", "method": "POST", "path": path, "headers": upload}, receive, _collect([])
 
     async def _none():
         await asyncio.sleep(3600)
@@ -783,6 +801,30 @@ def test_a_slow_upload_holds_a_thread_never_a_compute_slot():
     _, _, busy = asyncio.run(scenario())
     assert running == ["/infer/b", "/infer/c"]  # served while /infer/a's upload stalls
     assert busy[0]["status"] == 503 and b"worker threads" in busy[1]["body"]
+
+    # a request that computes without reading its body (no form: no body, or JSON) takes its slot first
+    def computes(scope, receive, send):
+        async def run(scope, receive, send):
+            time.sleep(0.5)  # blocking work in the worker thread, the body never read
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        return run(scope, receive, send)
+
+    async def together(ctype):
+        app = WorkerThreads(computes, ComputeGate(slots=1, wait_s=0.1), threads=4)
+        results = [[] for _ in range(3)]
+        headers = [(b"content-type", ctype)] if ctype else []
+        await asyncio.gather(*(app({"type": "http", "method": "POST", "path": "/infer/m", "headers": headers},
+                                   _none, _collect(r)) for r in results))
+        return sorted(r[0]["status"] for r in results)
+
+    for ctype in (None, b"application/json"):
+        assert asyncio.run(together(ctype)) == [200, 503, 503], ctype
+    # a gate that does not wait (infer_wait_s 0) still serves an idle server
+    idle = []
+    asyncio.run(WorkerThreads(endpoint, ComputeGate(slots=1, wait_s=0), threads=1)(
+        *_request("/infer/z", [b"z"])[:2], _collect(idle)))
+    assert idle[0]["status"] == 200
 
 
 def test_a_repeated_content_type_is_read_as_the_endpoint_reads_it():
@@ -802,6 +844,11 @@ def test_a_repeated_content_type_is_read_as_the_endpoint_reads_it():
     scope = {"path": "/train/m", "headers": headers}
     sent = _asgi_call(TaskRequestCheck(endpoint), scope, [json.dumps({"bundle_path": "/tmp"}).encode()])
     assert sent[0]["status"] == 400 and b"bundle_path" in sent[1]["body"]
+    # a type FastAPI still reads as JSON (it strips \x85 and \xa0 as whitespace) is checked as JSON
+    for odd in (b"application/json\x85", b"application/json\xa0; charset=utf-8", b"APPLICATION/JSON"):
+        sent = _asgi_call(TaskRequestCheck(endpoint), {"path": "/train/m", "headers": [(b"content-type", odd)]},
+                          [json.dumps({"x": "A" * 40000}).encode()])
+        assert sent[0]["status"] == 413, odd
     big = scope | {"headers": headers + [(b"content-length", str(2 << 20).encode())]}
     sent = _asgi_call(BodySizeLimit(endpoint, max_bytes=512 << 20), big, [b"x"])
     assert sent[0]["status"] == 413
@@ -859,5 +906,9 @@ def test_batch_inference_names_each_image_once(monkeypatch):
     app.gate_size = 2
     app.batch_infer({"model": "m", "images": ["a"] * 25000 + ["b", "a"], "max_workers": 5})
     assert seen[0]["images"] == ["a", "b"] and seen[0]["max_workers"] == 2 and seen[0]["label_tag"] == "original"
-    with pytest.raises(main.errors.RequestError, match="images"):
-        app.batch_infer({"model": "m", "images": [{"id": "a"}]})
+    # a list that is not of ids is refused before any task starts (batch inference runs in a task process)
+    from lib.middleware.task_requests import _refusal
+
+    assert "images" in _refusal("batch", {"images": [{"id": "a"}]}, 2)
+    assert "images" in _refusal("batch", {"images": "everything"}, 2)
+    assert _refusal("batch", {"images": ["a", "b"]}, 2) is None and _refusal("batch", {"images": "unlabeled"}, 2) is None

@@ -76,10 +76,12 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
 def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
             origins: Sequence[str] = (),
             max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
-            max_parallel_infer: int = 2, client_idle_s: float = 60.0, max_body_s: float = 600.0) -> None:
+            max_parallel_infer: int = 2, client_idle_s: float = 60.0, max_body_s: float = 600.0,
+            min_client_rate: float = 32 * 1024) -> None:
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
-    The middleware, outermost first: ``SlowClients`` (``client_idle_s``, ``max_body_s``), ``LoopbackOnly`` (if
+    The middleware, outermost first: ``SlowClients`` (``client_idle_s``, ``max_body_s``, ``min_client_rate``
+    bytes/s), ``LoopbackOnly`` (if
     ``loopback_only``), ``OriginGuard`` (requests from
     web pages of other ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404),
     a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
@@ -104,7 +106,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
              and m.cls not in (SlowClients, LoopbackOnly, OriginGuard, DisabledEndpoints, BodySizeLimit,
                                FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck, TrainRequestCheck)]
-    stack.append(Middleware(SlowClients, idle_s=client_idle_s, body_s=max_body_s))
+    stack.append(Middleware(SlowClients, idle_s=client_idle_s, body_s=max_body_s, min_rate=min_client_rate))
     if loopback_only:
         stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "

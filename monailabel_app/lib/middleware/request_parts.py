@@ -3,6 +3,7 @@ FastAPI would parse it, whether the body is JSON, and the whole body (bounded) w
 
 from __future__ import annotations
 
+import email.message
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -44,9 +45,16 @@ def query_flag(scope: dict, name: str) -> bool:
 
 
 def is_json_body(scope: dict) -> bool:
-    """Whether FastAPI would parse the body as JSON: no content type, ``application/json`` or ``*+json``."""
-    ctype = header(scope, b"content-type").split(b";")[0].strip().lower()
-    return ctype in (b"", b"application/json") or ctype.endswith(b"+json")
+    """Whether FastAPI could parse the body as JSON: no content type, or one that ``email.message`` reads as
+    ``application/json`` or ``application/*+json``, read the way FastAPI reads it (a byte-wise strip kept
+    ``\\x85`` or ``\\xa0`` after the type, which FastAPI's parse drops, so such a body skipped these checks)."""
+    value = header(scope, b"content-type").decode("latin-1")
+    if not value:
+        return True
+    message = email.message.Message()
+    message["content-type"] = value
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 async def buffer_body(receive: Any, max_bytes: int = 1 << 20) -> tuple[bytes, Callable[[], Awaitable[dict]]]:

@@ -43,6 +43,10 @@ def _refusal(kind: str, body: Dict[str, Any], max_workers: int) -> str | None:
         if body.get("label_tag", "original") != "original":
             return (f"label_tag={body['label_tag']!r}: batch inference saves to the 'original' tag only; annotators' "
                     "labels ('final') come from PUT /datastore/label")
+        images = body.get("images", "all")
+        if not (images in ("all", "labeled", "unlabeled")
+                or isinstance(images, list) and all(isinstance(i, str) for i in images)):
+            return f"images={images!r:.80}: 'all', 'labeled', 'unlabeled' or a list of datastore image ids"
         workers = body.get("max_workers", 1)
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
                                     or not 0 <= workers <= max_workers):

@@ -5,9 +5,9 @@ without awaiting, so one inference held the whole server: 16 parallel requests w
 and ``/info/`` waited 31 s behind them. :class:`WorkerThreads` runs the rest of the ASGI stack for such a request
 in a worker thread with an event loop of its own, passing ``receive`` and ``send`` back to the server's loop, so
 that loop keeps answering. A request waits at most the gate's ``wait_s`` for a thread (then 503). Requests that
-compute (``POST`` to inference and scoring) also pass a :class:`ComputeGate` once their whole body has arrived
-(a slow upload holds a thread, never a slot): at most ``slots`` run at once, and one that cannot start within
-``wait_s`` gets a 503 instead of waiting without bound.
+compute (``POST`` to inference and scoring) also pass a :class:`ComputeGate`, an upload once its whole body has
+arrived (a slow upload holds a thread, never a slot): at most ``slots`` run at once, and one that cannot start
+within ``wait_s`` gets a 503 instead of waiting without bound.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ import anyio
 import anyio.to_thread
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+from python_multipart.multipart import parse_options_header  # Starlette's parse, so "a form" means the same
 
+from .headers import header
 from .request_parts import route_path
 
 #: path prefixes whose endpoints block; the rest (``/info/``, ``/train/`` status, the docs) stay on the loop
 BLOCKING = ("/infer", "/scoring", "/datastore", "/activelearning", "/batch", "/train")
 #: prefixes whose ``POST`` requests compute and pass the gate
 COMPUTING = ("/infer", "/scoring")
+#: bodies the endpoints parse as forms, reading them whole before they compute
+FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
 
 
 class ComputeGate:
@@ -72,7 +76,10 @@ class WorkerThreads:
             await self.app(scope, receive, send)
             return
         try:
-            await asyncio.wait_for(self._free_threads.acquire(), self.gate.wait_s)
+            if self._free_threads.locked():  # (wait_for with a timeout of 0 would cancel even a free acquire)
+                await asyncio.wait_for(self._free_threads.acquire(), max(self.gate.wait_s, 1e-3))
+            else:
+                await self._free_threads.acquire()
         except asyncio.TimeoutError:
             await JSONResponse({"detail": f"the server is busy: all {self.threads} worker threads are serving "
                                           f"requests and none finished within {self.gate.wait_s:.0f} s; try again "
@@ -83,8 +90,18 @@ class WorkerThreads:
         finally:
             self._free_threads.release()
 
+    def _take_slot(self) -> None:
+        """Take a compute slot within the gate's wait, or raise :class:`ServerBusy` (blocks the calling thread)."""
+        if not self.gate.acquire():
+            raise ServerBusy(f"the server is busy: {self.gate.slots} inferences or scorings are running and none "
+                             f"finished within {self.gate.wait_s:.0f} s; try again later (--conf max_parallel_infer, "
+                             "infer_wait_s)")
+
     async def _serve_in_thread(self, scope: dict, receive: Any, send: Any, path: str) -> None:
         gated = scope.get("method") == "POST" and path.startswith(self.computing)
+        # a form body (an upload) is read whole by the endpoint before it computes, so its slot waits for the body;
+        # any other request (no body, JSON) may compute without reading its body, so it takes the slot first
+        form = parse_options_header(header(scope, b"content-type"))[0] in FORM_TYPES
         server_loop = asyncio.get_running_loop()
         slot = {"held": False, "started": False}
 
@@ -93,12 +110,8 @@ class WorkerThreads:
         async def thread_receive() -> dict:
             message = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), server_loop))
             body_done = message.get("type") == "http.request" and not message.get("more_body", False)
-            if gated and body_done and not slot["held"]:
-                # the whole body is here: only now take a compute slot (this blocks the worker's own loop only)
-                if not self.gate.acquire():
-                    raise ServerBusy(f"the server is busy: {self.gate.slots} inferences or scorings are running and "
-                                     f"none finished within {self.gate.wait_s:.0f} s; try again later "
-                                     "(--conf max_parallel_infer, infer_wait_s)")
+            if gated and form and body_done and not slot["held"] and not slot["started"]:
+                self._take_slot()  # the whole upload is here (this blocks the worker's own loop only)
                 slot["held"] = True
             return message
 
@@ -108,8 +121,11 @@ class WorkerThreads:
 
         def serve() -> None:
             try:
+                if gated and not form:
+                    self._take_slot()
+                    slot["held"] = True
                 asyncio.run(self.app(scope, thread_receive, thread_send))
-            except ServerBusy as busy:  # raised in a middleware that reads the body before the endpoint
+            except ServerBusy as busy:  # before the app, or in a middleware that reads the body first
                 if slot["started"]:
                     raise
                 asyncio.run(JSONResponse({"detail": busy.detail}, status_code=503)(scope, thread_receive,
