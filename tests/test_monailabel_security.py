@@ -472,6 +472,8 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
         "weight upload": (404, lambda: requests.put(f"{base}/model/transmedseg_la",
                                                     files={"file": ("model.pt", b"x")})),
         "reload": (404, lambda: requests.post(f"{base}/reload")),
+        "infer with a label input": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?image=nosuch",
+                                                                files={"label": ("x.bin", b"\0" * 10)})),
         "DICOM SEG output": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_0&output=dicom_seg")),
         "session upload": (404, lambda: requests.put(f"{base}/session/", files={"files": ("x.nii.gz", b"x")})),
         "DICOMweb proxy": (404, lambda: requests.post(f"{base}/proxy/dicom/x", data=b"x" * 1000)),

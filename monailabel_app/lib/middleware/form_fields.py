@@ -1,11 +1,15 @@
-"""ASGI middleware: a ``params`` or ``info`` form field must be a JSON object (HTTP 400).
+"""ASGI middleware: a ``params`` or ``info`` form field must be a JSON object, and ``POST /infer`` takes no
+``label`` (HTTP 400).
 
 MONAI Label's endpoints use these fields as dicts (``request.update(p)``, ``save_params["user"] = …``), so a value
 that is JSON but not an object (``7``, ``[1]``, ``"x"``) failed inside them with a ``TypeError``, a 500. This
 middleware reads the form fields as the body streams past, with python-multipart's streaming parsers (the ones
 Starlette's form parsing uses), keeping at most ``max_field_bytes`` of each checked field and nothing of the other
 parts, and raises from ``receive`` before the endpoint runs. Malformed JSON is left to the endpoint's
-``json.loads``, which the app's ``JSONDecodeError`` handler answers with a 400.
+``json.loads``, which the app's ``JSONDecodeError`` handler answers with a 400. A ``label`` part of an inference
+request (an interactive model's input, which no model this app serves takes) is refused as soon as its name is
+read: MONAI Label decoded a ``.bin`` one against the image before any check, so an unknown image or a wrong size
+was a 500.
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from fastapi import HTTPException
 from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
 
 from .headers import header
+from .request_parts import path_parts
+
+#: form parts an inference request may not carry, with the reason
+INFER_REFUSED = {"label": "the label field is an interactive model's input, and no model this app serves takes "
+                          "one: send the image (or its id) only"}
 
 
 class FormFieldError(HTTPException):
@@ -31,8 +40,10 @@ class FormFieldError(HTTPException):
 class _Fields:
     """The values of the checked fields as the parser reports them, checked when each field ends."""
 
-    def __init__(self, names: Sequence[str], max_bytes: int, urlencoded: bool = False) -> None:
+    def __init__(self, names: Sequence[str], max_bytes: int, urlencoded: bool = False,
+                 refused: dict[str, str] | None = None) -> None:
         self.names, self.max_bytes, self.urlencoded = {n.encode() for n in names}, max_bytes, urlencoded
+        self.refused = {k.encode(): v for k, v in (refused or {}).items()}  # field name -> why it is refused
         self.error: str | None = None
         self.start()
 
@@ -50,6 +61,8 @@ class _Fields:
             if self.urlencoded:
                 name = unquote_to_bytes(name.replace(b"+", b" "))
             self.name, self.named = (name if name in self.names else None), True
+            if name in self.refused and not self.error:
+                self.error = self.refused[name]
 
     def data(self, data: bytes, start: int, end: int) -> None:
         self._resolve()
@@ -84,22 +97,22 @@ def _parser(content_type: bytes, fields: _Fields) -> Any:
                                   "on_field_data": fields.data, "on_field_end": fields.end})
     if ctype != b"multipart/form-data" or not options.get(b"boundary"):
         return None
-    header: dict[str, bytearray] = {}
+    part_header: dict[str, bytearray] = {}
 
     def header_field(d: bytes, s: int, e: int) -> None:
-        header.setdefault("field", bytearray()).extend(d[s:e])
+        part_header.setdefault("field", bytearray()).extend(d[s:e])
 
     def header_value(d: bytes, s: int, e: int) -> None:
-        header.setdefault("value", bytearray()).extend(d[s:e])
+        part_header.setdefault("value", bytearray()).extend(d[s:e])
 
     def header_end() -> None:
-        if bytes(header.get("field", b"")).lower() == b"content-disposition":
-            name = parse_options_header(bytes(header.get("value", b"")))[1].get(b"name", b"")
+        if bytes(part_header.get("field", b"")).lower() == b"content-disposition":
+            name = parse_options_header(bytes(part_header.get("value", b"")))[1].get(b"name", b"")
             fields.name_part(name, 0, len(name))
-        header.pop("field", None), header.pop("value", None)
+        part_header.pop("field", None), part_header.pop("value", None)
 
     def part_begin() -> None:
-        header.clear()
+        part_header.clear()
         fields.start()
 
     return MultipartParser(options[b"boundary"], {
@@ -118,7 +131,8 @@ class FormFieldCheck:
         if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT"):
             await self.app(scope, receive, send)
             return
-        fields = _Fields(self.fields, self.max_field_bytes)
+        refused = INFER_REFUSED if path_parts(scope)[0] == "infer" and scope.get("method") == "POST" else None
+        fields = _Fields(self.fields, self.max_field_bytes, refused=refused)
         parser = _parser(header(scope, b"content-type"), fields)
         if parser is None:
             await self.app(scope, receive, send)
