@@ -474,6 +474,7 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
         "reload": (404, lambda: requests.post(f"{base}/reload")),
         "infer with a label input": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?image=nosuch",
                                                                 files={"label": ("x.bin", b"\0" * 10)})),
+        "unknown checksum": (400, lambda: requests.get(f"{base}/datastore/image?image=case_0&check_sum=FOO:x")),
         "DICOM SEG output": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_0&output=dicom_seg")),
         "session upload": (404, lambda: requests.put(f"{base}/session/", files={"files": ("x.nii.gz", b"x")})),
         "DICOMweb proxy": (404, lambda: requests.post(f"{base}/proxy/dicom/x", data=b"x" * 1000)),

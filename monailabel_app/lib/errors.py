@@ -81,22 +81,22 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
     The middleware, outermost first: ``SlowClients`` (``client_idle_s``, ``max_body_s``, ``min_client_rate``
-    bytes/s), ``LoopbackOnly`` (if
-    ``loopback_only``), ``OriginGuard`` (requests from
-    web pages of other ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404),
-    a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
+    bytes/s), ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from web pages of other
+    ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404), ``QueryValues``
+    (query values its endpoints fail on: 400), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
     allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
     ``FormFieldCheck`` (``params``/``info`` form fields must be JSON objects), ``TempFileJanitor`` (sweeps
-    ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the
-    computing ones through ``gate``), ``TaskRequestCheck`` (task bodies: no ``bundle_path``/``gpus``, batch
-    inference to the ``original`` tag with at most ``max_parallel_infer`` workers, a bounded ``enqueue``) and
-    :class:`TrainRequestCheck` (with ``check_train``)."""
+    ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the computing ones through
+    ``gate``), ``TaskRequestCheck`` (task bodies: no ``bundle_path``/``gpus``, batch inference to the ``original``
+    tag with at most ``max_parallel_infer`` workers, a bounded ``enqueue``) and :class:`TrainRequestCheck` (with
+    ``check_train``)."""
     from fastapi.middleware.cors import CORSMiddleware
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.middleware import Middleware
 
     from lib.middleware import (BodySizeLimit, DisabledEndpoints, FormFieldCheck, LoopbackOnly, OriginGuard,
-                                SlowClients, TaskRequestCheck, TempFileJanitor, TrainRequestCheck, WorkerThreads)
+                                QueryValues, SlowClients, TaskRequestCheck, TempFileJanitor, TrainRequestCheck,
+                                WorkerThreads)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -104,8 +104,9 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
-             and m.cls not in (SlowClients, LoopbackOnly, OriginGuard, DisabledEndpoints, BodySizeLimit,
-                               FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck, TrainRequestCheck)]
+             and m.cls not in (SlowClients, LoopbackOnly, OriginGuard, DisabledEndpoints, QueryValues,
+                               BodySizeLimit, FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck,
+                               TrainRequestCheck)]
     stack.append(Middleware(SlowClients, idle_s=client_idle_s, body_s=max_body_s, min_rate=min_client_rate))
     if loopback_only:
         stack.append(Middleware(LoopbackOnly))
@@ -113,6 +114,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
                        "(pass --host to choose the interface, or --conf allow_remote true)")
     stack.append(Middleware(OriginGuard, origins=list(origins)))
     stack.append(Middleware(DisabledEndpoints))
+    stack.append(Middleware(QueryValues))
     if origins:
         stack.append(Middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
                                 allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]))

@@ -3,6 +3,7 @@ from .disabled_endpoints import DisabledEndpoints
 from .form_fields import FormFieldCheck, FormFieldError
 from .loopback import LoopbackOnly
 from .origin import OriginGuard, allowed_origins
+from .query_values import QueryValues
 from .slow_clients import ClientTooSlow, SlowClients
 from .task_requests import TaskRequestCheck
 from .train_requests import TrainRequestCheck
@@ -10,6 +11,6 @@ from .temp_files import TempFileJanitor, current_request, is_own_upload, private
 from .worker_threads import ComputeGate, WorkerThreads
 
 __all__ = ["BodySizeLimit", "BodyTooLarge", "ClientTooSlow", "ComputeGate", "DisabledEndpoints", "FormFieldCheck",
-           "FormFieldError", "LoopbackOnly", "OriginGuard", "SlowClients", "TaskRequestCheck", "TempFileJanitor",
-           "TrainRequestCheck", "WorkerThreads", "allowed_origins", "current_request", "is_own_upload",
-           "private_tempdir"]
+           "FormFieldError", "LoopbackOnly", "OriginGuard", "QueryValues", "SlowClients", "TaskRequestCheck",
+           "TempFileJanitor", "TrainRequestCheck", "WorkerThreads", "allowed_origins", "current_request",
+           "is_own_upload", "private_tempdir"]

@@ -12,14 +12,11 @@
 - ``/proxy``: DICOMweb proxying (held a whole body in memory, then failed); this app's datastore is a local folder.
 - ``POST /reload``: rebuilt the app without the set-up the server does at start-up (its private temporary folder),
   so inference on uploaded files failed until a restart.
-- ``POST /infer/<model>?output=dicom_seg`` (400): DICOM SEG needs a DICOMweb datastore; MONAI Label said so with a
-  500, after running the whole inference.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi.responses import JSONResponse
 
@@ -56,15 +53,8 @@ class DisabledEndpoints:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
-            path = path_parts(scope)
-            reason = disabled(scope.get("method", ""), path)
+            reason = disabled(scope.get("method", ""), path_parts(scope))
             if reason:
                 await JSONResponse({"detail": reason}, status_code=404)(scope, receive, send)
-                return
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            if path[0] == "infer" and "dicom_seg" in query.get("output", []):
-                await JSONResponse({"detail": "output=dicom_seg needs a DICOMweb datastore; this app's is a folder of "
-                                              "NIfTI volumes: ask for output=image or json"},
-                                   status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

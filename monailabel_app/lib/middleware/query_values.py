@@ -1,0 +1,50 @@
+"""ASGI middleware: query values MONAI Label's endpoints accept but then fail on with a 500 (HTTP 400 here).
+
+- ``POST /infer/<model>?output=dicom_seg``: DICOM SEG needs a DICOMweb datastore; MONAI Label said so with a 500,
+  after running the whole inference.
+- ``GET``/``HEAD /datastore/image?check_sum=ALGO:DIGEST``: an algorithm other than SHA256, SHA512 or MD5 raised a
+  ``ValueError`` (500).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi.responses import JSONResponse
+
+from .request_parts import path_parts
+
+__all__ = ["QueryValues", "refusal"]
+
+#: the checksum algorithms MONAI Label's image download knows
+CHECKSUMS = ("SHA256", "SHA512", "MD5")
+
+
+def refusal(path: list[str], query: dict[str, list[str]]) -> str | None:
+    """Why the query values of a request to ``path`` (its segments) are refused, or None."""
+    if path[0] == "infer" and "dicom_seg" in query.get("output", []):
+        return ("output=dicom_seg needs a DICOMweb datastore; this app's is a folder of NIfTI volumes: ask for "
+                "output=image or json")
+    if path[:2] == ["datastore", "image"]:
+        for value in query.get("check_sum", []):
+            algo = value.split(":")[0] if ":" in value else "SHA256"
+            if algo not in CHECKSUMS:
+                return f"check_sum={value!r:.60}: the algorithm must be one of {list(CHECKSUMS)} (ALGO:DIGEST)"
+    return None
+
+
+class QueryValues:
+    """Args: ``app``: the wrapped ASGI app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            reason = refusal(path_parts(scope), query)
+            if reason:
+                await JSONResponse({"detail": reason}, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
