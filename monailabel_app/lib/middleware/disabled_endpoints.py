@@ -16,10 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi.responses import JSONResponse
-
+from .request_guard import RequestGuard
 from .request_parts import path_parts
 
 __all__ = ["DisabledEndpoints"]
@@ -45,16 +42,10 @@ def disabled(method: str, path: list[str]) -> str | None:
     return None
 
 
-class DisabledEndpoints:
+class DisabledEndpoints(RequestGuard):
     """Args: ``app``: the wrapped ASGI app."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    status_code = 404
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http":
-            reason = disabled(scope.get("method", ""), path_parts(scope))
-            if reason:
-                await JSONResponse({"detail": reason}, status_code=404)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def refusal(self, scope: dict) -> str | None:
+        return disabled(scope.get("method", ""), path_parts(scope))

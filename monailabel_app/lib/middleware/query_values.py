@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi.responses import JSONResponse
-
+from .request_guard import RequestGuard
 from .request_parts import path_parts
 
 __all__ = ["QueryValues", "refusal"]
@@ -34,17 +32,11 @@ def refusal(path: list[str], query: dict[str, list[str]]) -> str | None:
     return None
 
 
-class QueryValues:
+class QueryValues(RequestGuard):
     """Args: ``app``: the wrapped ASGI app."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    status_code = 400
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http":
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            reason = refusal(path_parts(scope), query)
-            if reason:
-                await JSONResponse({"detail": reason}, status_code=400)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def refusal(self, scope: dict) -> str | None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        return refusal(path_parts(scope), query)

@@ -1,4 +1,4 @@
-"""Base ASGI middleware: answer 403 to a request that a check refuses, before anything else sees it."""
+"""Base ASGI middleware: answer a request that a check refuses (403 by default), before anything else sees it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 
 
 class RequestGuard:
-    """Subclasses implement :meth:`refusal`; ``app`` is the wrapped ASGI app."""
+    """Subclasses implement :meth:`refusal` and may set ``status_code``; ``app`` is the wrapped ASGI app."""
+
+    status_code = 403
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -21,6 +23,6 @@ class RequestGuard:
         if scope.get("type") in ("http", "websocket"):
             reason = self.refusal(scope)
             if reason:
-                await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+                await JSONResponse({"detail": reason}, status_code=self.status_code)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
