@@ -915,3 +915,33 @@ def test_batch_inference_names_each_image_once(monkeypatch):
     assert "images" in _refusal("batch", {"images": [{"id": "a"}]}, 2)
     assert "images" in _refusal("batch", {"images": "everything"}, 2)
     assert _refusal("batch", {"images": ["a", "b"]}, 2) is None and _refusal("batch", {"images": "unlabeled"}, 2) is None
+
+
+def test_queued_tasks_that_never_started_stop_counting_as_queued(monkeypatch):
+    """A task whose process failed to start stays SUBMITTED in MONAI Label for good; it is marked ERROR once a
+    later task has started (the executor runs them in order) or once it is old and its executor is idle."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timedelta
+
+    from monailabel.utils.async_tasks import utils as async_tasks
+
+    from lib.task_queue import pending
+
+    def ts(ago_s):
+        return (datetime.today() - timedelta(seconds=ago_s)).strftime("%Y-%m-%d %H:%M:%S")
+
+    skipped = {"id": "a", "status": "SUBMITTED", "start_ts": ts(5)}
+    running = {"id": "b", "status": "RUNNING", "start_ts": ts(4)}
+    waiting = {"id": "c", "status": "SUBMITTED", "start_ts": ts(3)}
+    monkeypatch.setitem(async_tasks.background_tasks, "scoring", [skipped, running, waiting])
+    monkeypatch.setitem(async_tasks.background_processes, "scoring", {"b": object()})
+    monkeypatch.setitem(async_tasks.background_executors, "scoring", ThreadPoolExecutor(max_workers=1))
+    assert [t["id"] for t in pending("scoring")] == ["b", "c"]
+    assert skipped["status"] == "ERROR" and "did not start" in skipped["details"][0]
+    # nothing runs and nothing waits in the executor: an old queued task failed, a fresh one may still start
+    running["status"] = "DONE"
+    old, fresh = ({"id": "d", "status": "SUBMITTED", "start_ts": ts(120)},
+                  {"id": "e", "status": "SUBMITTED", "start_ts": ts(1)})
+    monkeypatch.setitem(async_tasks.background_tasks, "scoring", [running, old, fresh])
+    monkeypatch.setitem(async_tasks.background_processes, "scoring", {})
+    assert [t["id"] for t in pending("scoring")] == ["e"] and old["status"] == "ERROR"
