@@ -129,6 +129,10 @@ class SafeLocalDatastore(LocalDatastore):
         if os.path.abspath(getattr(event, "dest_path", "")) == os.path.abspath(self._datastore_config_path):
             self._init_from_datastore_file()  # a no-op for this process's own writes: _config_ts already matches
 
+    def _check_index(self, info: Dict[str, Any], what: str) -> None:
+        """507 when adding ``info`` (about to be written) could take the index past the storage limits."""
+        self.storage.check_index(self._datastore_config_path, _index_growth(info), what)
+
     def _copy_in(self, src: str, dest: str, what: str) -> None:
         """Copy ``src`` to ``dest`` atomically, within the storage limits (counting out the file it replaces under
         either extension)."""
@@ -164,7 +168,7 @@ class SafeLocalDatastore(LocalDatastore):
         image_id = check_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image id")
         info = _merged({}, _params(image_info), f"image {image_id!r}")
         what = f"the uploaded image {image_id!r}"
-        self.storage.check_index(self._datastore_config_path, _index_growth(info), what)
+        self._check_index(info, what)
         img, arr = _read(image_filename, what, self.limits, self.spatial_dims, self.grid_check)
         if not np.isfinite(arr).all():
             raise bad_request(f"{what} holds NaN or infinite values")
@@ -202,7 +206,7 @@ class SafeLocalDatastore(LocalDatastore):
             raise not_found(f"image {image_id!r} is not in the datastore")
         ext = _ext(label_filename)
         what = f"the label for {image_id!r}"
-        self.storage.check_index(self._datastore_config_path, _index_growth(info), what)
+        self._check_index(info, what)
         label_img, label = _read(label_filename, what, self.limits, self.spatial_dims)
         image = read_header(self.get_image_uri(image_id), f"image {image_id!r}", self.limits)
         image_shape = tuple(image.shape[: self.spatial_dims])
@@ -244,7 +248,7 @@ class SafeLocalDatastore(LocalDatastore):
         if image_id not in self._datastore.objects:
             raise not_found(f"image {image_id!r} is not in the datastore")
         _merged(self._datastore.objects[image_id].image.info, info, f"image {image_id!r}")
-        self.storage.check_index(self._datastore_config_path, _index_growth(info), f"the info of image {image_id!r}")
+        self._check_index(info, f"the info of image {image_id!r}")
         super().update_image_info(image_id, info)
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
@@ -253,8 +257,7 @@ class SafeLocalDatastore(LocalDatastore):
         if not label:  # the base class raises LabelNotFoundException: a 500
             raise not_found(f"no label {label_tag!r} for image {label_id!r} in the datastore")
         _merged(getattr(label, "info", None) or {}, info, f"label {label_tag!r} of {label_id!r}")
-        self.storage.check_index(self._datastore_config_path, _index_growth(info),
-                                 f"the info of label {label_tag!r} of {label_id!r}")
+        self._check_index(info, f"the info of label {label_tag!r} of {label_id!r}")
         super().update_label_info(label_id, label_tag, info)
 
     def get_image_uri(self, image_id: str) -> str:
