@@ -13,7 +13,7 @@ repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's tra
 ``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
 training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`` (default 64) and
 ``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``);
-``client_idle_s`` (default 60), ``max_body_s`` (600) and ``min_client_rate_kbs`` (32): how long a client may
+``client_idle_s`` (default 60), ``max_body_s`` (600) and ``min_client_rate_kbs`` (32; 0: none): how long a client may
 pause while sending a body or taking a response, take for a whole body, and the rate it must keep
 (``lib.middleware.SlowClients``). An image is also refused when it would pass
 ``max_voxels`` on a served model's grid (resampled or resized). Sessions (``/session/``), whole-slide inference,
@@ -42,10 +42,9 @@ from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
 from lib import errors, task_queue  # noqa: E402
 from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
-from lib.conf_values import positive_number  # noqa: E402
 from lib.configs import CONFIGS  # noqa: E402
 from lib.datastore import SafeLocalDatastore, StorageLimits  # noqa: E402
-from lib.middleware import ComputeGate, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
+from lib.middleware import ComputeGate, SlowClients, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
 from lib.volumes import VolumeLimits  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -68,11 +67,9 @@ class SSMISApp(MONAILabelApp):
 
         self.origins = allowed_origins(conf.get("cors_origins"), settings.MONAI_LABEL_CORS_ORIGINS)
         self.temp_folder: Path | None = None
-        self.gate_size = int(conf.get("max_parallel_infer", 2))
-        self.gate = ComputeGate(self.gate_size, float(conf.get("infer_wait_s", 120)))
-        self.client_idle_s = positive_number(conf, "client_idle_s") or 60.0
-        self.max_body_s = positive_number(conf, "max_body_s") or 600.0
-        self.min_client_rate = 1024 * (positive_number(conf, "min_client_rate_kbs") or 32.0)
+        self.gate = ComputeGate.from_conf(conf)
+        self.gate_size = self.gate.slots
+        self.client_limits = SlowClients.conf_limits(conf)
         requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         # 'all': every LA model (the default studies are LA volumes); models of another task are named explicitly
         names = sorted(n for n, c in CONFIGS.items() if c.task == "la") if requested in ([], ["all"]) else requested
@@ -139,9 +136,7 @@ class SSMISApp(MONAILabelApp):
                            check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
-                           gate=self.gate, max_parallel_infer=self.gate_size,
-                           client_idle_s=self.client_idle_s, max_body_s=self.max_body_s,
-                           min_client_rate=self.min_client_rate)
+                           gate=self.gate, max_parallel_infer=self.gate_size, client_limits=self.client_limits)
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per

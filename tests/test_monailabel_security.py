@@ -287,6 +287,29 @@ def test_origin_and_limit_settings_are_checked():
             VolumeLimits.from_conf({key: "-1"})
 
 
+def test_server_pace_settings_are_read_once_with_the_key_named():
+    """``max_parallel_infer``, ``infer_wait_s`` and the slow-client keys: defaults when absent, 0 where it means
+    "none" (no wait, no rate), and a bad value (a word, a fraction of a slot, infinity) names its key at start-up
+    instead of a bare ``int()`` error or a gate that waits for ever."""
+    from lib.middleware import ComputeGate, SlowClients
+
+    gate = ComputeGate.from_conf({})
+    assert (gate.slots, gate.wait_s) == (2, 120.0)
+    gate = ComputeGate.from_conf({"max_parallel_infer": "3", "infer_wait_s": "0"})
+    assert (gate.slots, gate.wait_s) == (3, 0.0)
+    for key, bad in (("max_parallel_infer", "two"), ("max_parallel_infer", "1.5"), ("max_parallel_infer", "0"),
+                     ("infer_wait_s", "inf"), ("infer_wait_s", "-1")):
+        with pytest.raises(ValueError, match=f"--conf {key}"):
+            ComputeGate.from_conf({key: bad})
+    assert SlowClients.conf_limits({}) == {"idle_s": 60.0, "body_s": 600.0, "min_rate": 32 * 1024.0}
+    assert SlowClients.conf_limits({"min_client_rate_kbs": "0", "client_idle_s": "5"})["min_rate"] == 0.0
+    for key in ("client_idle_s", "max_body_s", "min_client_rate_kbs"):
+        with pytest.raises(ValueError, match=f"--conf {key}"):
+            SlowClients.conf_limits({key: "nan"})
+    with pytest.raises(ValueError, match="--conf client_idle_s"):
+        SlowClients.conf_limits({"client_idle_s": "0"})
+
+
 def test_private_tempdir_removes_dead_servers_folders(tmp_path):
     import subprocess
 

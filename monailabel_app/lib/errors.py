@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Sequence
+from typing import Any, Dict, Sequence
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -76,12 +76,11 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
 def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
             origins: Sequence[str] = (),
             max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
-            max_parallel_infer: int = 2, client_idle_s: float = 60.0, max_body_s: float = 600.0,
-            min_client_rate: float = 32 * 1024) -> None:
+            max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None) -> None:
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
-    The middleware, outermost first: ``SlowClients`` (``client_idle_s``, ``max_body_s``, ``min_client_rate``
-    bytes/s), ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from web pages of other
+    The middleware, outermost first: ``SlowClients`` (``client_limits``: its ``idle_s``, ``body_s`` and ``min_rate``,
+    from ``SlowClients.conf_limits``), ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from web pages of other
     ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404), ``QueryValues``
     (query values its endpoints fail on: 400), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
     allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
@@ -107,7 +106,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
              and m.cls not in (SlowClients, LoopbackOnly, OriginGuard, DisabledEndpoints, QueryValues,
                                BodySizeLimit, FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck,
                                TrainRequestCheck)]
-    stack.append(Middleware(SlowClients, idle_s=client_idle_s, body_s=max_body_s, min_rate=min_client_rate))
+    stack.append(Middleware(SlowClients, **(client_limits or {})))
     if loopback_only:
         stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Dict
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
+from lib.conf_values import positive_number
 from .headers import header
 
 __all__ = ["ClientTooSlow", "SlowClients"]
@@ -45,6 +46,15 @@ class SlowClients:
             raise ValueError(f"--conf client_idle_s and max_body_s must be positive and min_client_rate_kbs at "
                              f"least 0, got {idle_s}, {body_s}, {min_rate / 1024}")
         self.app, self.idle_s, self.body_s, self.min_rate = app, float(idle_s), float(body_s), float(min_rate)
+
+    @staticmethod
+    def conf_limits(conf: Dict[str, Any]) -> Dict[str, float]:
+        """``idle_s``, ``body_s`` and ``min_rate`` (bytes/s) from ``--conf client_idle_s``, ``max_body_s`` and
+        ``min_client_rate_kbs`` (KiB/s, 0 for no rate), the defaults where absent; a bad value names its key."""
+        idle_s, body_s = positive_number(conf, "client_idle_s"), positive_number(conf, "max_body_s")
+        rate = positive_number(conf, "min_client_rate_kbs", zero=True)
+        return {"idle_s": 60.0 if idle_s is None else idle_s, "body_s": 600.0 if body_s is None else body_s,
+                "min_rate": 32 * 1024.0 if rate is None else 1024 * rate}
 
     def _too_slow(self, started: float, now: float, nbytes: int) -> bool:
         """Whether ``nbytes`` since ``started`` average under ``min_rate``, once ``idle_s`` have passed."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Sequence
+from typing import Any, Dict, Sequence
 
 import anyio
 import anyio.to_thread
@@ -22,6 +22,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from python_multipart.multipart import parse_options_header  # Starlette's parse, so "a form" means the same
 
+from lib.conf_values import positive_number
 from .headers import header
 from .request_parts import route_path
 
@@ -44,6 +45,14 @@ class ComputeGate:
             raise ValueError(f"--conf max_parallel_infer must be >= 1 and infer_wait_s >= 0, got {slots}, {wait_s}")
         self.slots, self.wait_s = int(slots), float(wait_s)
         self._semaphore = threading.BoundedSemaphore(self.slots)
+
+    @classmethod
+    def from_conf(cls, conf: Dict[str, Any]) -> "ComputeGate":
+        """The gate of ``--conf max_parallel_infer`` (a whole number >= 1) and ``infer_wait_s`` (>= 0, finite); a
+        bad value names its key."""
+        slots = positive_number(conf, "max_parallel_infer", integer=True)
+        wait_s = positive_number(conf, "infer_wait_s", zero=True)
+        return cls(int(slots) if slots is not None else 2, wait_s if wait_s is not None else 120.0)
 
     def acquire(self) -> bool:
         return self._semaphore.acquire(timeout=self.wait_s)
