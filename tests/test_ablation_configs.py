@@ -248,3 +248,16 @@ def test_mean_teacher_consistency_weight_ablation():
     ramp = parser.get_parsed_content("train#rampup")
     assert ramp.w0 == 1.0 and ramp.length == 300
     assert parser.get_parsed_content("train#strategy").consistency_weight is ramp
+
+
+def test_mean_teacher_ramp_quarter_ablation_on_acdc():
+    """``ablation_ramp_quarter.yaml`` ends the ACDC mean teacher's ramp at 500 of 2,000 iterations (the default
+    ramps over the whole run), w0 unchanged."""
+    def ramp(*extra: str):
+        parser = ConfigParser()
+        parser.read_config(config_list("mean_teacher_acdc", "train", "cpu_protocol", *extra))
+        parser["bundle_root"] = str(BUNDLES / "mean_teacher_acdc")
+        return parser.get_parsed_content("train#rampup")
+
+    default, quarter = ramp(), ramp("ablation_ramp_quarter.yaml")
+    assert (default.length, quarter.length) == (2000, 500) and default.w0 == quarter.w0 == 0.1
