@@ -17,7 +17,7 @@ training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`
 pause while sending a body or taking a response, take for a whole body, and the rate it must keep
 (``lib.middleware.SlowClients``). An image is also refused when it would pass
 ``max_voxels`` on a served model's grid (resampled or resized). Sessions (``/session/``), whole-slide inference,
-``/logs``, the datastore zip and weight uploads are off (``lib.middleware.DisabledEndpoints``). Nothing is
+``/logs``, the datastore zip, weight uploads and OHIF are off (``lib.middleware.DisabledEndpoints``). Nothing is
 downloaded, at start-up or later.
 """
 

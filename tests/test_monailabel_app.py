@@ -360,6 +360,18 @@ def test_reupload_keeps_labels_and_refuses_another_image(server):
     assert r.status_code == 409 and "delete the image first" in r.json()["detail"], r.text
     assert upload(syn / "imagesTr" / "case_005.nii.gz").status_code == 200  # the same image again: label kept
     assert (studies / "reup.nii.gz").read_bytes() == before and labels_of_reup() == ["final"]
+    # without ?image=, MONAI Label takes the id from the file name up to its first dot: sub-01.T1w and sub-01.T2w
+    # are both "sub-01", and the second upload silently replaced the first
+    def unnamed(name: str, path: Path, query: str = "") -> requests.Response:
+        return requests.put(f"{base}/datastore/image{query}", files={"file": (name, path.read_bytes())})
+
+    assert unnamed("sub-01.T1w.nii.gz", syn / "imagesTr" / "case_003.nii.gz").status_code == 200
+    t1 = (studies / "sub-01.nii.gz").read_bytes()
+    r = unnamed("sub-01.T2w.nii.gz", syn / "imagesTr" / "case_004.nii.gz")
+    assert r.status_code == 409 and "?image=" in r.json()["detail"] and (studies / "sub-01.nii.gz").read_bytes() == t1
+    assert unnamed("sub-01.T1w.nii.gz", syn / "imagesTr" / "case_003.nii.gz").status_code == 200  # the same again
+    assert unnamed("x.nii.gz", syn / "imagesTr" / "case_004.nii.gz", "?image=sub-01").status_code == 200  # named
+    assert (studies / "sub-01.nii.gz").read_bytes() != t1
 
 
 def test_unusable_weights_are_named(server):

@@ -332,6 +332,46 @@ def test_private_tempdir_removes_dead_servers_folders(tmp_path):
     shutil.rmtree(folder)
 
 
+def test_each_request_keeps_its_temporary_files_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """A request's temporary files (MONAI Label's copies of uploads) go to a folder of the request's own, removed
+    when it ends, even while a longer request runs (the sweep alone kept them until every older request was done);
+    another request's file is never taken for this request's upload."""
+    import asyncio
+    import threading
+
+    from lib.middleware import TempFileJanitor, is_own_upload, private_tempdir
+
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)  # restored after the test, as is gettempdir
+    monkeypatch.setattr(tempfile, "gettempdir", tempfile.gettempdir)
+    folder = private_tempdir(str(tmp_path))
+    made, own, started, finish = {}, {}, threading.Event(), threading.Event()
+
+    async def app(scope, receive, send):  # stands for an endpoint that copies an upload to a temporary file
+        path = scope["path"]
+        with tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False) as f:
+            made[path] = f.name
+        own[path] = is_own_upload(f.name, folder), ("/long" in made and is_own_upload(made["/long"], folder))
+        if path == "/long":
+            started.set()
+            while not finish.is_set():
+                await asyncio.sleep(0.01)
+
+    janitor = TempFileJanitor(app, folder)
+
+    def call(path):
+        asyncio.run(janitor({"type": "http", "method": "PUT", "path": path, "headers": []}, None, None))
+
+    long = threading.Thread(target=call, args=("/long",), daemon=True)
+    long.start()
+    assert started.wait(5)
+    call("/short")
+    assert not os.path.exists(made["/short"]) and os.path.exists(made["/long"])  # gone although /long runs
+    assert Path(made["/short"]).parent.parent == folder and own["/short"] == (True, False)
+    finish.set(), long.join(5)
+    assert not os.path.exists(made["/long"]) and list(folder.iterdir()) == []
+    assert tempfile.gettempdir() == str(folder)  # outside a request: the server's folder
+
+
 def test_auto_scoring_does_not_pile_up(server):
     base = server["base"]
     for _ in range(6):  # each Next Sample asks for a scoring round
@@ -396,12 +436,12 @@ def test_form_fields_that_are_not_json_objects_are_refused_as_the_body_streams(c
 
     from lib.middleware import FormFieldCheck, FormFieldError
 
-    def multipart(fields: dict, file: bytes) -> tuple[bytes, bytes]:
+    def multipart(fields: dict, file: bytes, filename: bytes = b"a.nii.gz") -> tuple[bytes, bytes]:
         b = b"----x7"
         parts = [b"--" + b + b'\r\nContent-Disposition: form-data; name="' + k.encode() + b'"\r\n\r\n' + v.encode()
                  for k, v in fields.items()]
-        parts.append(b"--" + b + b'\r\nContent-Disposition: form-data; name="file"; filename="a.nii.gz"\r\n'
-                     b"Content-Type: application/octet-stream\r\n\r\n" + file)
+        parts.append(b"--" + b + b'\r\nContent-Disposition: form-data; name="file"; filename="' + filename +
+                     b'"\r\nContent-Type: application/octet-stream\r\n\r\n' + file)
         return b"multipart/form-data; boundary=" + b, b"\r\n".join(parts) + b"\r\n--" + b + b"--\r\n"
 
     def run(content_type: bytes, body: bytes) -> str | None:
@@ -436,6 +476,12 @@ def test_form_fields_that_are_not_json_objects_are_refused_as_the_body_streams(c
     assert "params field must be a JSON object, got list" in run(*multipart({"x": "1", "params": "[]"}, b"data"))
     assert run(*multipart({"params": '{"a": [1]}'}, b"7" * 5000)) is None
     assert run(b"application/json", b"[1]") is None  # not a form: the endpoint's business
+    # too deep to parse, and file names MONAI Label cannot name its temporary copy after (a 500 there)
+    assert "params field nests too deeply" in run(*multipart({"params": "[" * 100000}, b"x"))
+    assert "params field nests too deeply" in run(url, b"params=" + b"%5B" * 100000)
+    assert "file name of the 'file' part" in run(*multipart({}, b"x", b"a" + b".v" * 150 + b".nii.gz"))
+    assert "has a NUL" in run(*multipart({}, b"x", b"a\0b.nii.gz"))
+    assert run(*multipart({}, b"x", b"case.T1w.nii.gz")) is None
 
 
 def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server):
@@ -506,6 +552,28 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
                                                            json={"x": "A" * 40000})),
         "train 140 KB in another section": (413, lambda: requests.post(
             f"{base}/train/transmedseg_la", json={"fixed_dynamic_pl_la": {"x": "A" * 140000}})),
+        # MONAI Label lays the body over the request: a body naming another model or method would run that one
+        "train model in the body": (400, lambda: requests.post(f"{base}/train/transmedseg_la",
+                                                               json={"model": "fixed_dynamic_pl_la"})),
+        "train-all model in the body": (400, lambda: requests.post(f"{base}/train/", json={"model": "x"})),
+        "train-all section naming another": (400, lambda: requests.post(
+            f"{base}/train/", json={"transmedseg_la": {"model": "fixed_dynamic_pl_la"}})),
+        "scoring method in the body": (400, lambda: requests.post(f"{base}/scoring/transmedseg_la_uncertainty",
+                                                                  json={"method": "random"})),
+        "batch model in the body": (400, lambda: requests.post(f"{base}/batch/infer/transmedseg_la",
+                                                               json={"model": "other"})),
+        # bodies and fields nested past Python's recursion limit
+        "deeply nested train body": (400, lambda: requests.post(
+            f"{base}/train/transmedseg_la", data="[" * 20000, headers={"Content-Type": "application/json"})),
+        "deeply nested scoring body": (400, lambda: requests.post(
+            f"{base}/scoring/transmedseg_la_uncertainty", data='{"a":' + "[" * 20000,
+            headers={"Content-Type": "application/json"})),
+        "deeply nested params field": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?image=case_0",
+                                                                  data={"params": "[" * 100000})),
+        "file name of 300 bytes": (400, lambda: requests.put(
+            f"{base}/datastore/image?image=longname", files={"file": ("a" + ".v" * 150 + ".nii.gz", b"x")})),
+        "session id": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?session_id=abc")),
+        "OHIF files": (404, lambda: requests.get(f"{base}/ohif/index.html")),
     }
     for name, (status, call) in refused.items():
         t0 = time.perf_counter()
@@ -639,6 +707,69 @@ def test_requests_that_queue_tasks_are_bounded_and_counted_under_one_lock(monkey
     assert sorted(together) == [200, 200, 429, 429]
     assert later == [429, 200, 400, 429]  # a plain POST /train/<model> does not queue; run_sync=T refused
     assert len(queued) == 3 and reached.count("/train/") == 2
+
+
+def test_queue_locks_work_across_the_worker_threads_own_event_loops(monkeypatch):
+    """Each request runs in a worker thread with its own event loop: a request that waits for the queue lock is
+    served once the holder (another thread) is done, one that waits too long gets a 503, and a second synchronous
+    scoring gets a 429 while one runs. (An ``asyncio.Lock`` here left the waiter hanging, then answered 500.)"""
+    import asyncio
+    import threading
+
+    from lib import task_queue
+    from lib.middleware import TaskRequestCheck
+    from lib.middleware import task_requests
+
+    monkeypatch.setattr(task_queue, "pending", lambda method: [])
+    monkeypatch.setattr(task_queue, "forget_finished", lambda method: 0)
+    monkeypatch.setattr(task_requests, "LOCK_WAIT_S", 1.0)
+    release = {"/train/": threading.Event(), "/scoring/m": threading.Event()}
+    entered = {k: threading.Event() for k in release}
+
+    async def app(scope, receive, send):  # the first request of each path holds its lock until released
+        if scope["path"] in release and not entered[scope["path"]].is_set():
+            entered[scope["path"]].set()
+            while not release[scope["path"]].is_set():
+                await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    check = TaskRequestCheck(app, max_queued=4)
+    statuses: dict[str, list[int]] = {}
+
+    def call(name, path, query=b""):  # one request in a thread of its own, as WorkerThreads serves it
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.setdefault(name, []).append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": query,
+                 "headers": [(b"content-type", b"application/json")]}
+        thread = threading.Thread(target=lambda: asyncio.run(check(scope, receive, send)), daemon=True)
+        thread.start()
+        return thread
+
+    a = call("a", "/train/")
+    assert entered["/train/"].wait(5)
+    b = call("b", "/train/")  # waits for a's lock, in another loop
+    time.sleep(0.3)
+    release["/train/"].set()
+    a.join(5), b.join(5)
+    assert statuses == {"a": [200], "b": [200]}
+    entered["/train/"].clear(), release["/train/"].clear()
+    a = call("c", "/train/")
+    assert entered["/train/"].wait(5)
+    call("d", "/train/").join(5)  # the lock is held past LOCK_WAIT_S
+    assert statuses["d"] == [503]
+    release["/train/"].set(), a.join(5)
+    s1 = call("s1", "/scoring/m", b"run_sync=true")
+    assert entered["/scoring/m"].wait(5)
+    call("s2", "/scoring/m", b"run_sync=true").join(5)
+    release["/scoring/m"].set(), s1.join(5)
+    call("s3", "/scoring/m", b"run_sync=true").join(5)
+    assert (statuses["c"], statuses["s1"], statuses["s2"], statuses["s3"]) == ([200], [200], [429], [200])
 
 
 def test_a_root_path_does_not_let_requests_past_the_path_checks():
@@ -846,6 +977,33 @@ def test_a_slow_upload_holds_a_thread_never_a_compute_slot():
 
     for ctype in (None, b"application/json"):
         assert asyncio.run(together(ctype)) == [200, 503, 503], ctype
+
+    # image and label uploads decode a whole volume: they pass the gate once their body is in; their info does not
+    def reads_then_computes(scope, receive, send):
+        async def run(scope, receive, send):
+            while (await receive()).get("more_body", False):
+                pass
+            time.sleep(0.5)  # decoding the volume, in the worker thread
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        return run(scope, receive, send)
+
+    def uploads(method, path):
+        async def go():
+            app = WorkerThreads(reads_then_computes, ComputeGate(slots=1, wait_s=0.1), threads=4)
+            results = [[] for _ in range(3)]
+
+            def request(r):
+                scope, receive, _ = _request(path, [b"part"])
+                return app({**scope, "method": method}, receive, _collect(r))
+            await asyncio.gather(*(request(r) for r in results))
+            return sorted(r[0]["status"] for r in results)
+        return asyncio.run(go())
+
+    for path in ("/datastore/image", "/datastore/label", "/datastore/", "/datastore"):
+        assert uploads("PUT", path) == [200, 503, 503], path
+    assert uploads("PUT", "/datastore/image/info") == [200, 200, 200]
+    assert uploads("GET", "/datastore/image") == [200, 200, 200]
     # a gate that does not wait (infer_wait_s 0) still serves an idle server
     idle = []
     asyncio.run(WorkerThreads(endpoint, ComputeGate(slots=1, wait_s=0), threads=1)(

@@ -25,6 +25,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from lib.datastore.storage_limits import StorageLimits
 from lib.errors import RequestError, bad_request, check_id, conflict, not_found
+from lib.middleware.temp_files import current_request
 from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, read_header, read_volume
 from ssmis.utils.atomic import atomic_replace, atomic_write_text
 
@@ -54,6 +55,13 @@ def _read(path: str, what: str, limits: VolumeLimits, spatial_dims: int,
         raise RequestError(413, str(e)) from e
     except VolumeError as e:
         raise bad_request(str(e)) from e
+
+
+def _id_from_file_name() -> bool:
+    """Whether the request being served uploads an image without naming its id (``?image=``): MONAI Label then takes
+    the file name up to its first dot. False outside a request."""
+    info = current_request()
+    return info is not None and not info.query.get("image")
 
 
 def _remove_other_extensions(folder: str, stem: str, keep: str) -> None:
@@ -177,9 +185,15 @@ class SafeLocalDatastore(LocalDatastore):
         with FileLock(self._lock_file):
             old = self._datastore.objects.get(image_id)
             labels = dict(old.labels) if old else {}
-            if labels and not self._same_image(image_id, img, arr):
-                raise conflict(f"image {image_id!r} already has labels {sorted(labels)}, and the new upload is a "
-                               "different image (other voxels, shape or grid); delete the image first to replace it")
+            if old and not self._same_image(image_id, img, arr):
+                if labels:
+                    raise conflict(f"image {image_id!r} already has labels {sorted(labels)}, and the new upload is a "
+                                   "different image (other voxels, shape or grid); delete the image first to replace "
+                                   "it")
+                if _id_from_file_name():
+                    raise conflict(f"an image {image_id!r} is in the datastore already and the upload is a different "
+                                   f"image; its id comes from the file name up to the first dot: name it with "
+                                   f"?image=<id> (?image={image_id} replaces the stored one)")
             self._copy_in(image_filename, dest, what)
             _remove_other_extensions(self._datastore.image_path(), image_id, ext)
             info.update(ts=int(time.time()), name=name)

@@ -9,7 +9,8 @@ parts, and raises from ``receive`` before the endpoint runs. Malformed JSON is l
 ``json.loads``, which the app's ``JSONDecodeError`` handler answers with a 400. A ``label`` part of an inference
 request (an interactive model's input, which no model this app serves takes) is refused as soon as its name is
 read: MONAI Label decoded a ``.bin`` one against the image before any check, so an unknown image or a wrong size
-was a 500.
+was a 500. So is a file part whose file name has a NUL or more than ``MAX_FILENAME_BYTES`` bytes, and a field that
+nests JSON too deeply to parse.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from python_multipart.multipart import MultipartParser, QuerystringParser, parse
 
 from .headers import header
 from .request_parts import path_parts
+
+#: the longest file name of an uploaded part: MONAI Label names its temporary copy after the name's suffixes, and
+#: a name over the file system's 255 bytes (or with a NUL) failed there with a 500
+MAX_FILENAME_BYTES = 200
 
 #: form parts an inference request may not carry, with the reason
 INFER_REFUSED = {"label": "the label field is an interactive model's input, and no model this app serves takes "
@@ -83,6 +88,9 @@ class _Fields:
             parsed = json.loads(self.value.decode("utf-8")) if self.value.strip() else {}
         except ValueError:
             return  # malformed JSON: the endpoint's json.loads raises, and the app answers 400
+        except RecursionError:
+            self.error = f"the {field} field nests too deeply"
+            return
         if not isinstance(parsed, dict):
             self.error = (f"the {field} field must be a JSON object, got {type(parsed).__name__}: "
                           f"{self.value.decode('utf-8', 'replace'):.80}")
@@ -107,8 +115,14 @@ def _parser(content_type: bytes, fields: _Fields) -> Any:
 
     def header_end() -> None:
         if bytes(part_header.get("field", b"")).lower() == b"content-disposition":
-            name = parse_options_header(bytes(part_header.get("value", b"")))[1].get(b"name", b"")
+            options = parse_options_header(bytes(part_header.get("value", b"")))[1]
+            name, filename = options.get(b"name", b""), options.get(b"filename")
             fields.name_part(name, 0, len(name))
+            bad_name = filename is not None and (len(filename) > MAX_FILENAME_BYTES or b"\x00" in filename)
+            if bad_name and not fields.error:
+                fields.error = (f"the file name of the {name.decode('utf-8', 'replace')!r:.40} part "
+                                f"({filename.decode('utf-8', 'replace')!r:.60}) has a NUL or more than "
+                                f"{MAX_FILENAME_BYTES} bytes")
         part_header.pop("field", None), part_header.pop("value", None)
 
     def part_begin() -> None:

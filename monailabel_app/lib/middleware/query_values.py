@@ -4,6 +4,8 @@
   after running the whole inference.
 - ``GET``/``HEAD /datastore/image?check_sum=ALGO:DIGEST``: an algorithm other than SHA256, SHA512 or MD5 raised a
   ``ValueError`` (500).
+- ``POST /infer/<model>?session_id=ID``: sessions are off here (``SSMISApp._load_sessions``), and MONAI Label then
+  failed with an ``AttributeError`` (500).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ CHECKSUMS = ("SHA256", "SHA512", "MD5")
 
 def refusal(path: list[str], query: dict[str, list[str]]) -> str | None:
     """Why the query values of a request to ``path`` (its segments) are refused, or None."""
+    if path[0] == "infer" and any(query.get("session_id", [])):
+        return "session_id: sessions are off on this server; send the image's id (?image=) or upload the file"
     if path[0] == "infer" and "dicom_seg" in query.get("output", []):
         return ("output=dicom_seg needs a DICOMweb datastore; this app's is a folder of NIfTI volumes: ask for "
                 "output=image or json")

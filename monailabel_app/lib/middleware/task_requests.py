@@ -10,14 +10,23 @@ training or a batch inference in the server process, outside the compute gate. `
 and ``POST /scoring/`` (every model) queue tasks without bound, and MONAI Label keeps every finished task, with its
 request, in memory (here the newest ``lib.task_queue.KEEP_FINISHED``). A task's request travels to its process as
 one command-line argument, which Linux caps at 128 KiB: a longer one failed to start and stayed ``SUBMITTED`` for
-good (blocking automatic scoring and the queue), so a task body holds at most ``MAX_TASK_BODY`` bytes.
+good (blocking automatic scoring and the queue), so a task body holds at most ``MAX_TASK_BODY`` bytes. A scoring
+with ``run_sync`` runs in the server process and cannot be stopped, so one runs at a time (429 for another), leaving
+the other inference slots to inference.
+
+Every request here is served in a worker thread with an event loop of its own (``WorkerThreads``), so the locks are
+``threading`` locks, polled without blocking that loop, and a request waits at most ``LOCK_WAIT_S`` for one (503).
+An ``asyncio.Lock`` shared between those loops left a waiter that was never woken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Dict
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Dict
 
 from fastapi.responses import JSONResponse
 
@@ -28,12 +37,28 @@ __all__ = ["TaskRequestCheck"]
 #: the most bytes of a task request's JSON body (413 beyond): far below Linux's 128 KiB for one argument
 MAX_TASK_BODY = 32 * 1024
 
+#: the longest a request waits for another request of its kind to finish queueing (503 after)
+LOCK_WAIT_S = 30.0
+
 #: the first path segment -> MONAI Label's task kind (None: not a task, but a body to check)
 METHODS = {"train": "train", "scoring": "scoring", "batch": "batch_infer", "activelearning": None}
 
 
-def _refusal(kind: str, body: Dict[str, Any], max_workers: int) -> str | None:
-    """Why a task body (or one model's section of it) is refused, or None."""
+#: the request key that names a task's model (or scoring method): MONAI Label lays the body over the request,
+#: so a body naming another would run a task other than the one the path named and the checks judged
+NAME_KEYS = {"train": "model", "batch": "model", "scoring": "method"}
+
+
+def _refusal(kind: str, body: Dict[str, Any], max_workers: int, named: str | None = None) -> str | None:
+    """Why a task body (or one model's section of it) is refused, or None. ``named``: the model or scoring method
+    the path names (None for ``POST /train/`` and ``POST /scoring/``, which run every one)."""
+    key = NAME_KEYS.get(kind)
+    if key and key in body and (named is None or body[key] != named):
+        return (f"{key}={body[key]!r:.60} in the body: the path names the {key} "
+                f"({'/' + kind + '/<' + key + '>' if named is None else repr(named)}), not the body")
+    for section, params in body.items():
+        if key and isinstance(params, dict) and key in params and params[key] != section:
+            return f"{key}={params[key]!r:.60} in the section {section!r}: a section runs the {key} it is named after"
     for where, params in [("", body)] + [(f" (section {k!r})", v) for k, v in body.items() if isinstance(v, dict)]:
         if "bundle_path" in params:
             return f"bundle_path{where}: set by the server, not by a request"
@@ -66,7 +91,23 @@ class TaskRequestCheck:
 
     def __init__(self, app: Any, max_queued: int = 4, max_workers: int = 2) -> None:
         self.app, self.max_queued, self.max_workers = app, int(max_queued), int(max_workers)
-        self._locks: Dict[str, asyncio.Lock] = {}
+        self._locks: Dict[str, threading.Lock] = {"train": threading.Lock(), "scoring": threading.Lock()}
+        self._sync_scoring = threading.Lock()
+
+    @staticmethod
+    @asynccontextmanager
+    async def _held(lock: threading.Lock, wait_s: float) -> AsyncIterator[bool]:
+        """Yields whether ``lock`` was taken within ``wait_s``, polling so that no event loop blocks; releases it."""
+        deadline = time.monotonic() + wait_s
+        taken = lock.acquire(blocking=False)
+        while not taken and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            taken = lock.acquire(blocking=False)
+        try:
+            yield taken
+        finally:
+            if taken:
+                lock.release()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = path_parts(scope)
@@ -95,10 +136,23 @@ class TaskRequestCheck:
                 body = json.loads(raw or b"{}")
             except ValueError:
                 body = None  # not JSON: the endpoint answers
-            reason = _refusal(kind, body, self.max_workers) if isinstance(body, dict) else None
+            except RecursionError:
+                await self._answer(400, "the request's JSON body nests too deeply", scope, receive, send)
+                return
+            named = (path[2] if kind == "batch" else path[1]) if len(path) > (2 if kind == "batch" else 1) else None
+            reason = _refusal(kind, body, self.max_workers, named) if isinstance(body, dict) else None
             if reason:
                 await self._answer(400, reason, scope, receive, send)
                 return
+        if method == "scoring" and query_flag(scope, "run_sync"):
+            async with self._held(self._sync_scoring, 0) as taken:
+                if not taken:
+                    await self._answer(429, "a synchronous scoring (run_sync) is running already; wait for it, or "
+                                            "start this one without run_sync and poll GET /scoring/",
+                                       scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+            return
         queues = method in ("train", "scoring") and (query_flag(scope, "enqueue") or len(path) == 1)
         if not queues:
             await self.app(scope, receive, send)
@@ -106,7 +160,11 @@ class TaskRequestCheck:
         from lib.task_queue import pending
 
         # checked and queued under one lock, so requests arriving together cannot all pass the count
-        async with self._locks.setdefault(method, asyncio.Lock()):
+        async with self._held(self._locks[method], LOCK_WAIT_S) as taken:
+            if not taken:
+                await self._answer(503, f"another {method} request is being queued and did not finish within "
+                                        f"{LOCK_WAIT_S:g} s; try again", scope, receive, send)
+                return
             if len(pending(method)) >= self.max_queued:
                 await self._answer(429, f"{self.max_queued} {method} tasks are queued or running already; try again "
                                         "when one has finished", scope, receive, send)

@@ -6,8 +6,10 @@ every local user, and inference accepted such a path as an image. Here:
 
 - :func:`private_tempdir` points ``tempfile`` at a folder only this user can enter, one per server process, and
   removes the folders of server processes that are gone (``kill -9``);
-- :class:`TempFileJanitor` removes, after each request, every entry of that folder that no request still running
-  can own (entries older than the oldest running request), whether the request succeeded or not;
+- :class:`TempFileJanitor` gives each request a folder of its own inside it (``tempfile`` creates the request's
+  files there) and removes that folder when the request ends, whether it succeeded or not, so a long request (a
+  slow download, a synchronous scoring) cannot keep the refused uploads of others on disk; it then removes every
+  other entry that no request still running can own (older than the oldest running request);
 - :func:`current_request` tells the code that serves a request when it started and what its query string said, so
   inference can tell this request's own upload from a path a client names.
 """
@@ -44,6 +46,14 @@ class RequestInfo:
 
 
 _REQUEST: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("ssmis_request", default=None)
+#: the temporary folder of the request being served (None outside a request)
+_REQUEST_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("ssmis_request_dir", default=None)
+_SYSTEM_GETTEMPDIR = tempfile.gettempdir
+
+
+def _request_gettempdir() -> str:
+    """``tempfile.gettempdir`` inside a request: that request's own folder; elsewhere the usual answer."""
+    return _REQUEST_DIR.get() or _SYSTEM_GETTEMPDIR()
 
 
 def current_request() -> RequestInfo | None:
@@ -77,6 +87,9 @@ def private_tempdir(parent: str | None = None) -> Path:
             logger.info(f"removed {entry.path}, the temporary folder of a server that is no longer running")
     folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
     tempfile.tempdir = str(folder)
+    # every tempfile function finds its folder through this module-level name, so a request's files go to the
+    # folder TempFileJanitor made for it (a context variable; the worker threads run in copies of the context)
+    tempfile.gettempdir = _request_gettempdir
     return folder
 
 
@@ -125,17 +138,27 @@ class TempFileJanitor:
         with self._lock:
             self._running[key] = info.started
         token = _REQUEST.set(info)
+        own = None
+        try:
+            own = tempfile.mkdtemp(prefix="request-", dir=self.folder)
+        except OSError as e:  # the request's files then go to the shared folder, swept as below
+            logger.warning(f"cannot make a temporary folder for a request in {self.folder}: {e}")
+        dir_token = _REQUEST_DIR.set(own)
         try:
             await self.app(scope, receive, send)
         finally:
             with self._lock:
                 self._running.pop(key, None)
+            _REQUEST_DIR.reset(dir_token)
             _REQUEST.reset(token)
+            if own:
+                shutil.rmtree(own, ignore_errors=True)
             self.sweep()
 
 
 def is_own_upload(path: str | os.PathLike, folder: str | Path) -> bool:
-    """Whether ``path`` is a file in ``folder`` created during the current request (an upload of this request)."""
+    """Whether ``path`` is a file of the current request: in the request's own temporary folder, or (a request
+    without one) in ``folder`` and created during the request."""
     info = current_request()
     if info is None:
         return False
@@ -145,5 +168,8 @@ def is_own_upload(path: str | os.PathLike, folder: str | Path) -> bool:
         created = resolved.stat().st_ctime
     except OSError:
         return False
+    own = _REQUEST_DIR.get()
+    if own:
+        return resolved.parent == Path(own).resolve() and resolved.is_file()
     # a file system's timestamp may lag the clock by a tick: allow 50 ms, far below any request's length
     return resolved.parent == Path(folder).resolve() and resolved.is_file() and created >= info.started - 0.05

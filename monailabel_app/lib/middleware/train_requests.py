@@ -61,6 +61,8 @@ class TrainRequestCheck:
             params = json.loads(body) if body.strip() else {}
         except ValueError:
             return None  # not JSON: FastAPI answers 422 itself
+        except RecursionError:
+            return "the train parameters nest too deeply"
         if params is None:
             params = {}
         if not isinstance(params, dict):

@@ -5,9 +5,9 @@ without awaiting, so one inference held the whole server: 16 parallel requests w
 and ``/info/`` waited 31 s behind them. :class:`WorkerThreads` runs the rest of the ASGI stack for such a request
 in a worker thread with an event loop of its own, passing ``receive`` and ``send`` back to the server's loop, so
 that loop keeps answering. A request waits at most the gate's ``wait_s`` for a thread (then 503). Requests that
-compute (``POST`` to inference and scoring) also pass a :class:`ComputeGate`, an upload once its whole body has
-arrived (a slow upload holds a thread, never a slot): at most ``slots`` run at once, and one that cannot start
-within ``wait_s`` gets a 503 instead of waiting without bound.
+compute (``POST`` to inference and scoring) or decode a volume (``PUT`` of an image or a label) also pass a
+:class:`ComputeGate`, an upload once its whole body has arrived (a slow upload holds a thread, never a slot): at
+most ``slots`` run at once, and one that cannot start within ``wait_s`` gets a 503 instead of waiting without bound.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from .request_parts import route_path
 BLOCKING = ("/infer", "/scoring", "/datastore", "/activelearning", "/batch", "/train")
 #: prefixes whose ``POST`` requests compute and pass the gate
 COMPUTING = ("/infer", "/scoring")
+#: the routes whose ``PUT`` requests are uploads of a volume: checking one decodes it whole (a 600 KB gzip of a
+#: 512^3 volume with a scale factor is 1 GiB of float64), so they pass the gate too, once their body is in
+UPLOADS = ("/datastore", "/datastore/image", "/datastore/label")
 #: bodies the endpoints parse as forms, reading them whole before they compute
 FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
 
@@ -70,12 +73,13 @@ class ServerBusy(HTTPException):
 
 class WorkerThreads:
     """Args: ``app``: the wrapped ASGI app; ``gate``: the :class:`ComputeGate`; ``threads``: the most requests
-    served in worker threads at once (the others wait for a thread); ``blocking``/``computing``: path prefixes."""
+    served in worker threads at once (the others wait for a thread); ``blocking``/``computing``: path prefixes;
+    ``uploads``: routes whose ``PUT`` is a volume upload (gated like a computation)."""
 
     def __init__(self, app: Any, gate: ComputeGate, threads: int = 16, blocking: Sequence[str] = BLOCKING,
-                 computing: Sequence[str] = COMPUTING) -> None:
+                 computing: Sequence[str] = COMPUTING, uploads: Sequence[str] = UPLOADS) -> None:
         self.app, self.gate, self.threads = app, gate, int(threads)
-        self.blocking, self.computing = tuple(blocking), tuple(computing)
+        self.blocking, self.computing, self.uploads = tuple(blocking), tuple(computing), tuple(uploads)
         self.limiter = anyio.CapacityLimiter(self.threads)
         self._free_threads = asyncio.Semaphore(self.threads)  # waited on with a timeout, unlike the limiter
 
@@ -107,7 +111,9 @@ class WorkerThreads:
                              "infer_wait_s)")
 
     async def _serve_in_thread(self, scope: dict, receive: Any, send: Any, path: str) -> None:
-        gated = scope.get("method") == "POST" and path.startswith(self.computing)
+        method = scope.get("method")
+        gated = (method == "POST" and path.startswith(self.computing)
+                 or method == "PUT" and (path.rstrip("/") or "/") in self.uploads)
         # a form body (an upload) is read whole by the endpoint before it computes, so its slot waits for the body;
         # any other request (no body, JSON) may compute without reading its body, so it takes the slot first
         form = parse_options_header(header(scope, b"content-type"))[0] in FORM_TYPES
