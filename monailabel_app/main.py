@@ -12,7 +12,8 @@ repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's tra
 120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503;
 ``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
 training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`` (default 64) and
-``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``);
+``min_free_disk_gb`` (2): the disk images and labels may take (``lib.datastore.StorageLimits``; the floor holds for
+the temporary copies of uploads too, ``lib.middleware.BodySizeLimit``);
 ``client_idle_s`` (default 60), ``max_body_s`` (600) and ``min_client_rate_kbs`` (32; 0: none): how long a client may
 pause while sending a body or taking a response, take for a whole body, and the rate it must keep
 (``lib.middleware.SlowClients``). An image is also refused when it would pass
@@ -136,7 +137,8 @@ class SSMISApp(MONAILabelApp):
                            check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
-                           gate=self.gate, max_parallel_infer=self.gate_size, client_limits=self.client_limits)
+                           gate=self.gate, max_parallel_infer=self.gate_size, client_limits=self.client_limits,
+                           min_free_bytes=self.storage.min_free_bytes)
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per

@@ -332,6 +332,48 @@ def test_private_tempdir_removes_dead_servers_folders(tmp_path):
     shutil.rmtree(folder)
 
 
+def test_uploads_that_would_fill_the_temporary_disk_are_refused(tmp_path, monkeypatch):
+    """Each upload is copied twice into the temporary folder while it is served: one that, on top of the uploads in
+    flight, would leave less than ``min_free_disk_gb`` free there gets a 507 naming the key before its body is
+    read; the room is given back when a request ends; bodies that are not uploads are not counted."""
+    import asyncio
+    import shutil as shutil_module
+
+    from lib.middleware import BodySizeLimit
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: type("U", (), {"free": 10_000})())
+    read = []
+
+    async def endpoint(scope, receive, send):
+        read.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limit = BodySizeLimit(endpoint, max_bytes=4_000, temp_folder=str(tmp_path), min_free_bytes=2_000)
+
+    def call(length, ctype=b"multipart/form-data; boundary=x"):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"x", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+        headers = [(b"content-type", ctype)] + ([(b"content-length", str(length).encode())] if length else [])
+        asyncio.run(limit({"type": "http", "method": "PUT", "path": "/datastore/image", "headers": headers},
+                          receive, send))
+        return sent[0]["status"], sent[1].get("body", b"")
+
+    assert call(3_000) == (200, b"") and limit._in_flight == 0  # 2 x 3,000 leaves 4,000 free
+    status, body = call(4_000 + 1)
+    assert status == 413  # the size limit comes first
+    limit._in_flight = 3_000  # another upload being served
+    status, body = call(3_000)
+    assert status == 507 and b"min_free_disk_gb" in body and len(read) == 1
+    assert call(None)[0] == 507  # no declared length: counted at the limit
+    assert call(9_000, b"application/json")[0] == 200  # not an upload: not counted
+
+
 def test_each_request_keeps_its_temporary_files_in_a_folder_of_its_own(tmp_path, monkeypatch):
     """A request's temporary files (MONAI Label's copies of uploads) go to a folder of the request's own, removed
     when it ends, even while a longer request runs (the sweep alone kept them until every older request was done);

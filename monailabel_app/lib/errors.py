@@ -76,14 +76,16 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
 def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
             origins: Sequence[str] = (),
             max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
-            max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None) -> None:
+            max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None,
+            min_free_bytes: int = 0) -> None:
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
     The middleware, outermost first: ``SlowClients`` (``client_limits``: its ``idle_s``, ``body_s`` and ``min_rate``,
     from ``SlowClients.conf_limits``), ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from web pages of other
     ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404), ``QueryValues``
     (query values its endpoints fail on: 400), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
-    allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``),
+    allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``; uploads must leave
+    ``min_free_bytes`` free on the disk of ``temp_folder``),
     ``FormFieldCheck`` (``params``/``info`` form fields must be JSON objects), ``TempFileJanitor`` (sweeps
     ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the computing ones through
     ``gate``), ``TaskRequestCheck`` (task bodies: no ``bundle_path``/``gpus``, batch inference to the ``original``
@@ -118,7 +120,8 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
         stack.append(Middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
                                 allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]))
     if max_upload_bytes:
-        stack.append(Middleware(BodySizeLimit, max_bytes=max_upload_bytes))
+        stack.append(Middleware(BodySizeLimit, max_bytes=max_upload_bytes, temp_folder=temp_folder,
+                                min_free_bytes=min_free_bytes))
     stack.append(Middleware(FormFieldCheck))
     if temp_folder:
         stack.append(Middleware(TempFileJanitor, folder=temp_folder))
