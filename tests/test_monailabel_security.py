@@ -298,7 +298,7 @@ def test_server_pace_settings_are_read_once_with_the_key_named():
     gate = ComputeGate.from_conf({"max_parallel_infer": "3", "infer_wait_s": "0"})
     assert (gate.slots, gate.wait_s) == (3, 0.0)
     for key, bad in (("max_parallel_infer", "two"), ("max_parallel_infer", "1.5"), ("max_parallel_infer", "0"),
-                     ("infer_wait_s", "inf"), ("infer_wait_s", "-1")):
+                     ("infer_wait_s", "inf"), ("infer_wait_s", "-1"), ("infer_wait_s", "1e10")):
         with pytest.raises(ValueError, match=f"--conf {key}"):
             ComputeGate.from_conf({key: bad})
     assert SlowClients.conf_limits({}) == {"idle_s": 60.0, "body_s": 600.0, "min_rate": 32 * 1024.0}
@@ -412,6 +412,16 @@ def test_each_request_keeps_its_temporary_files_in_a_folder_of_its_own(tmp_path,
     finish.set(), long.join(5)
     assert not os.path.exists(made["/long"]) and list(folder.iterdir()) == []
     assert tempfile.gettempdir() == str(folder)  # outside a request: the server's folder
+    # the query as FastAPI reads it: ?image=x&image= names no image
+    seen = []
+
+    async def query_app(scope, receive, send):
+        from lib.middleware import current_request
+        seen.append(current_request().query)
+
+    asyncio.run(TempFileJanitor(query_app, folder)({"type": "http", "path": "/", "headers": [],
+                                                    "query_string": b"image=x&image="}, None, None))
+    assert seen == [{"image": ""}]
 
 
 def test_auto_scoring_does_not_pile_up(server):
@@ -524,6 +534,14 @@ def test_form_fields_that_are_not_json_objects_are_refused_as_the_body_streams(c
     assert "file name of the 'file' part" in run(*multipart({}, b"x", b"a" + b".v" * 150 + b".nii.gz"))
     assert "has a NUL" in run(*multipart({}, b"x", b"a\0b.nii.gz"))
     assert run(*multipart({}, b"x", b"case.T1w.nii.gz")) is None
+    assert run(*multipart({}, b"x", b"/data/" + b"deep/" * 60 + b"case.nii.gz")) is None  # a client's full path
+    # decoded as Starlette decodes them: invalid UTF-8 falls back to latin-1 (twice the bytes on disk), and a
+    # body's charset applies to its fields and file names
+    assert "suffixes of more than" in run(*multipart({}, b"x", b"a." + b"\xff" * 130 + b".nii.gz"))
+    ctype, body = multipart({"params": "+AFs-" * 5000}, b"x")
+    assert "nests too deeply" in run(ctype + b"; charset=utf-7", body)
+    ctype, body = multipart({"params": "+AFs-1+AF0-"}, b"x")
+    assert "got list" in run(ctype + b"; charset=utf-7", body)
 
 
 def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server):
@@ -616,6 +634,7 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
             f"{base}/datastore/image?image=longname", files={"file": ("a" + ".v" * 150 + ".nii.gz", b"x")})),
         "session id": (400, lambda: requests.post(f"{base}/infer/transmedseg_la?session_id=abc")),
         "OHIF files": (404, lambda: requests.get(f"{base}/ohif/index.html")),
+        "OHIF static files": (404, lambda: requests.get(f"{base}/static/ohif/index.html")),
     }
     for name, (status, call) in refused.items():
         t0 = time.perf_counter()
@@ -748,6 +767,8 @@ def test_requests_that_queue_tasks_are_bounded_and_counted_under_one_lock(monkey
     together, later = asyncio.run(scenario())
     assert sorted(together) == [200, 200, 429, 429]
     assert later == [429, 200, 400, 429]  # a plain POST /train/<model> does not queue; run_sync=T refused
+    # FastAPI reads the last value: run_sync=1&run_sync=0 queues, so it is counted (and refused when full)
+    assert asyncio.run(call("/scoring/", b"run_sync=1&run_sync=0")) == 429
     assert len(queued) == 3 and reached.count("/train/") == 2
 
 
@@ -812,6 +833,28 @@ def test_queue_locks_work_across_the_worker_threads_own_event_loops(monkeypatch)
     release["/scoring/m"].set(), s1.join(5)
     call("s3", "/scoring/m", b"run_sync=true").join(5)
     assert (statuses["c"], statuses["s1"], statuses["s2"], statuses["s3"]) == ([200], [200], [429], [200])
+    # a queueing request's body, of any type, is read before the lock: one sent slowly does not hold it
+    stalled = threading.Event()
+
+    def stalled_body():
+        async def receive():
+            stalled.set()
+            await asyncio.sleep(3)
+            return {"type": "http.request", "body": b"x", "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/train/", "query_string": b"",
+                 "headers": [(b"content-type", b"text/plain")]}
+
+        async def send(message):
+            pass
+        asyncio.run(check(scope, receive, send))
+
+    slow = threading.Thread(target=stalled_body, daemon=True)
+    slow.start()
+    assert stalled.wait(5)
+    call("g", "/train/").join(5)
+    assert statuses["g"] == [200]
+    slow.join(5)
 
 
 def test_a_root_path_does_not_let_requests_past_the_path_checks():

@@ -8,9 +8,10 @@ from typing import Any, Dict
 __all__ = ["positive_number"]
 
 
-def positive_number(conf: Dict[str, Any], key: str, integer: bool = False, zero: bool = False) -> float | None:
-    """``conf[key]`` as a positive finite number (a whole number >= 1 with ``integer``; 0 allowed with ``zero``), or
-    None when absent; ``ValueError`` naming ``--conf key`` for anything else."""
+def positive_number(conf: Dict[str, Any], key: str, integer: bool = False, zero: bool = False,
+                    maximum: float = math.inf) -> float | None:
+    """``conf[key]`` as a positive finite number (a whole number >= 1 with ``integer``; 0 allowed with ``zero``) of
+    at most ``maximum``, or None when absent; ``ValueError`` naming ``--conf key`` for anything else."""
     if key not in conf:
         return None
     try:
@@ -18,7 +19,8 @@ def positive_number(conf: Dict[str, Any], key: str, integer: bool = False, zero:
     except (TypeError, ValueError):
         value = float("nan")
     ok = math.isfinite(value) and ((zero and value == 0) or (value >= 1 and value.is_integer() if integer else value > 0))
-    if not ok:
+    if not ok or value > maximum:
         kind = f"{'a non-negative' if zero else 'a positive'} {'integer' if integer else 'number'}"
+        kind += f" of at most {maximum:g}" if math.isfinite(maximum) else ""
         raise ValueError(f"--conf {key}: expected {kind}, got {conf[key]!r}")
     return value

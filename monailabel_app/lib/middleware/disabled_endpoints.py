@@ -10,7 +10,8 @@
 - ``/session``: sessions are off (``SSMISApp._load_sessions``), but MONAI Label's endpoint stored a whole upload
   before saying so.
 - ``/proxy``: DICOMweb proxying (held a whole body in memory, then failed); this app's datastore is a local folder.
-- ``/ohif``: the OHIF web viewer's files (this app's client is 3D Slicer); ``/ohif/..`` and ``/ohif/.`` were 500s.
+- ``/ohif`` and ``/static/ohif``: the OHIF web viewer's files (this app's client is 3D Slicer); ``/ohif/..`` and
+  ``/ohif/.`` were 500s.
 - ``POST /reload``: rebuilt the app without the set-up the server does at start-up (its private temporary folder),
   so inference on uploaded files failed until a restart.
 """
@@ -35,7 +36,7 @@ def disabled(method: str, path: list[str]) -> str | None:
         return "sessions are not served by this app: upload images with PUT /datastore/image"
     if path[0] == "proxy":
         return "DICOMweb proxying is not served: this app's datastore is a local folder of NIfTI volumes"
-    if path[0] == "ohif":
+    if path[0] == "ohif" or path[:2] == ["static", "ohif"]:
         return "the OHIF web viewer is not served by this app; use 3D Slicer's MONAI Label module"
     if path == ["reload"]:
         return "reloading the app over HTTP is not served; restart the server to load new settings"

@@ -9,13 +9,16 @@ parts, and raises from ``receive`` before the endpoint runs. Malformed JSON is l
 ``json.loads``, which the app's ``JSONDecodeError`` handler answers with a 400. A ``label`` part of an inference
 request (an interactive model's input, which no model this app serves takes) is refused as soon as its name is
 read: MONAI Label decoded a ``.bin`` one against the image before any check, so an unknown image or a wrong size
-was a 500. So is a file part whose file name has a NUL or more than ``MAX_FILENAME_BYTES`` bytes, and a field that
-nests JSON too deeply to parse.
+was a 500. So is a file part whose file name has a NUL or suffixes over ``MAX_SUFFIX_BYTES`` bytes, and a field
+that nests JSON too deeply to parse. Fields and file names are decoded as Starlette decodes them (the body's
+charset, else latin-1), so a ``charset=utf-7`` body cannot hide ``[[[`` from the check.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+from pathlib import PurePosixPath
 from typing import Any, Sequence
 from urllib.parse import unquote_to_bytes
 
@@ -25,9 +28,9 @@ from python_multipart.multipart import MultipartParser, QuerystringParser, parse
 from .headers import header
 from .request_parts import path_parts
 
-#: the longest file name of an uploaded part: MONAI Label names its temporary copy after the name's suffixes, and
-#: a name over the file system's 255 bytes (or with a NUL) failed there with a 500
-MAX_FILENAME_BYTES = 200
+#: the longest suffixes (UTF-8 bytes after the first dot) of an uploaded part's file name: MONAI Label names its
+#: temporary copy ``tmpXXXXXXXX`` plus them, and a name over the file system's 255 bytes failed there with a 500
+MAX_SUFFIX_BYTES = 200
 
 #: form parts an inference request may not carry, with the reason
 INFER_REFUSED = {"label": "the label field is an interactive model's input, and no model this app serves takes "
@@ -48,6 +51,7 @@ class _Fields:
     def __init__(self, names: Sequence[str], max_bytes: int, urlencoded: bool = False,
                  refused: dict[str, str] | None = None) -> None:
         self.names, self.max_bytes, self.urlencoded = {n.encode() for n in names}, max_bytes, urlencoded
+        self.codec = "utf-8"  # a multipart body's: its charset, as Starlette reads it
         self.refused = {k.encode(): v for k, v in (refused or {}).items()}  # field name -> why it is refused
         self.error: str | None = None
         self.start()
@@ -85,7 +89,8 @@ class _Fields:
         if self.urlencoded:
             self.value = bytearray(unquote_to_bytes(bytes(self.value).replace(b"+", b" ")))
         try:
-            parsed = json.loads(self.value.decode("utf-8")) if self.value.strip() else {}
+            text = bytes(self.value).decode("utf-8") if self.urlencoded else decode_as_starlette(self.value, self.codec)
+            parsed = json.loads(text) if text.strip() else {}
         except ValueError:
             return  # malformed JSON: the endpoint's json.loads raises, and the app answers 400
         except RecursionError:
@@ -94,6 +99,26 @@ class _Fields:
         if not isinstance(parsed, dict):
             self.error = (f"the {field} field must be a JSON object, got {type(parsed).__name__}: "
                           f"{self.value.decode('utf-8', 'replace'):.80}")
+
+
+def decode_as_starlette(data: bytes | bytearray, codec: str) -> str:
+    """A multipart field's value or file name as Starlette decodes it: in the body's charset, else latin-1."""
+    try:
+        return bytes(data).decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return bytes(data).decode("latin-1")
+
+
+def _file_name_error(part: str, filename: str) -> str | None:
+    """Why MONAI Label cannot store an upload named ``filename``: it names its temporary copy ``tmpXXXXXXXX`` plus
+    the name's suffixes, so a NUL or suffixes over the file system's 255 bytes failed there with a 500."""
+    if "\x00" in filename:
+        return f"the file name of the {part!r:.40} part has a NUL"
+    suffixes = "".join(PurePosixPath(filename).suffixes)
+    if len(suffixes.encode("utf-8", "surrogateescape")) > MAX_SUFFIX_BYTES:
+        return (f"the file name of the {part!r:.40} part ({filename!r:.60}) has suffixes of more than "
+                f"{MAX_SUFFIX_BYTES} bytes (everything after its first dot)")
+    return None
 
 
 def _parser(content_type: bytes, fields: _Fields) -> Any:
@@ -105,6 +130,10 @@ def _parser(content_type: bytes, fields: _Fields) -> Any:
                                   "on_field_data": fields.data, "on_field_end": fields.end})
     if ctype != b"multipart/form-data" or not options.get(b"boundary"):
         return None
+    try:  # Starlette decodes the parts in the body's charset (latin-1 when it does not know it)
+        fields.codec = codecs.lookup(options.get(b"charset", b"utf-8").decode("latin-1")).name
+    except LookupError:
+        fields.codec = "latin-1"
     part_header: dict[str, bytearray] = {}
 
     def header_field(d: bytes, s: int, e: int) -> None:
@@ -118,11 +147,9 @@ def _parser(content_type: bytes, fields: _Fields) -> Any:
             options = parse_options_header(bytes(part_header.get("value", b"")))[1]
             name, filename = options.get(b"name", b""), options.get(b"filename")
             fields.name_part(name, 0, len(name))
-            bad_name = filename is not None and (len(filename) > MAX_FILENAME_BYTES or b"\x00" in filename)
-            if bad_name and not fields.error:
-                fields.error = (f"the file name of the {name.decode('utf-8', 'replace')!r:.40} part "
-                                f"({filename.decode('utf-8', 'replace')!r:.60}) has a NUL or more than "
-                                f"{MAX_FILENAME_BYTES} bytes")
+            if filename is not None and not fields.error:
+                fields.error = _file_name_error(decode_as_starlette(name, fields.codec),
+                                                decode_as_starlette(filename, fields.codec))
         part_header.pop("field", None), part_header.pop("value", None)
 
     def part_begin() -> None:

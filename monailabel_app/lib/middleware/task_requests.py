@@ -125,13 +125,19 @@ class TaskRequestCheck:
                                     f"its whole length; start it without run_sync and poll GET /{'/'.join(path[:2])}",
                                scope, receive, send)
             return
-        if is_json_body(scope):  # other bodies: FastAPI refuses them itself (422), so they are not read here
+        json_body = is_json_body(scope)
+        queues = method in ("train", "scoring") and (query_flag(scope, "enqueue") or len(path) == 1)
+        # a JSON body is read to be checked; a queueing request's body of any type is read before its lock is taken,
+        # so a client sending it slowly cannot hold the lock (FastAPI would read it under the lock); other bodies are
+        # refused by FastAPI itself (422) and not read here
+        if json_body or queues:
             raw, receive = await buffer_body(receive)
             if method and len(raw) > MAX_TASK_BODY:
                 await self._answer(413, f"the {method} request's body is {len(raw):,} bytes; a task request holds at "
                                         f"most {MAX_TASK_BODY:,} (it is passed to the task's process on its command "
                                         "line)", scope, receive, send)
                 return
+        if json_body:
             try:
                 body = json.loads(raw or b"{}")
             except ValueError:
@@ -153,7 +159,6 @@ class TaskRequestCheck:
                     return
                 await self.app(scope, receive, send)
             return
-        queues = method in ("train", "scoring") and (query_flag(scope, "enqueue") or len(path) == 1)
         if not queues:
             await self.app(scope, receive, send)
             return

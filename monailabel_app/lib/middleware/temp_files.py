@@ -39,7 +39,8 @@ MARGIN_S = 1.0
 
 @dataclass(frozen=True)
 class RequestInfo:
-    """``started``: ``time.time()`` when the request arrived; ``query``: its query parameters (last value wins)."""
+    """``started``: ``time.time()`` when the request arrived; ``query``: its query parameters (the last value of each,
+    blank ones included, as FastAPI reads them)."""
 
     started: float
     query: dict = field(default_factory=dict)
@@ -132,7 +133,9 @@ class TempFileJanitor:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        # as FastAPI reads them: the last value, blank ones included (``?image=x&image=`` names no image)
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                                               keep_blank_values=True).items()}
         info = RequestInfo(started=time.time(), query=query)
         key = id(info)
         with self._lock:

@@ -33,6 +33,8 @@ COMPUTING = ("/infer", "/scoring")
 #: the routes whose ``PUT`` requests are uploads of a volume: checking one decodes it whole (a 600 KB gzip of a
 #: 512^3 volume with a scale factor is 1 GiB of float64), so they pass the gate too, once their body is in
 UPLOADS = ("/datastore", "/datastore/image", "/datastore/label")
+#: the longest ``infer_wait_s``: a day (a lock's timeout past ``threading.TIMEOUT_MAX`` raises when waited on)
+MAX_WAIT_S = 86400.0
 #: bodies the endpoints parse as forms, reading them whole before they compute
 FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
 
@@ -51,10 +53,10 @@ class ComputeGate:
 
     @classmethod
     def from_conf(cls, conf: Dict[str, Any]) -> "ComputeGate":
-        """The gate of ``--conf max_parallel_infer`` (a whole number >= 1) and ``infer_wait_s`` (>= 0, finite); a
-        bad value names its key."""
+        """The gate of ``--conf max_parallel_infer`` (a whole number >= 1) and ``infer_wait_s`` (0 to
+        ``MAX_WAIT_S``); a bad value names its key."""
         slots = positive_number(conf, "max_parallel_infer", integer=True)
-        wait_s = positive_number(conf, "infer_wait_s", zero=True)
+        wait_s = positive_number(conf, "infer_wait_s", zero=True, maximum=MAX_WAIT_S)
         return cls(int(slots) if slots is not None else 2, wait_s if wait_s is not None else 120.0)
 
     def acquire(self) -> bool:
