@@ -237,6 +237,12 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
     log = out / f"train_{time.strftime('%Y%m%d-%H%M%S')}.log" if args.max_wall_s else out / "train.log"
+    if args.iterations:  # the bundle rounds its iterations up to whole validation intervals: say so before training
+        target = target_iterations(train_cfg, common)
+        if target != args.iterations:
+            raise SystemExit(f"--iterations {args.iterations} is not a multiple of {bundle}'s validation interval, so "
+                             f"the run would train {target} iterations; pass --val-interval with a divisor of "
+                             f"{args.iterations}")
     version = bundle_version(bundle)  # read before training: the configs the training process parses
     # wall and CPU time summed over the pieces of a run trained in several calls (--max-wall-s, or a run killed and
     # started again, which resumes from its checkpoint)

@@ -295,6 +295,12 @@ def test_full_protocol_runs_end_to_end_on_the_cpu(tmp_path):
     assert len(rows) == 1 and rows[0]["protocol"] == "full" and rows[0]["iterations"] == 2
     assert 0.0 <= rows[0]["metrics"]["dice"] <= 1.0 and len(rows[0]["cases"]) == 2
     assert (tmp_path / "la_full.md").is_file() and (tmp_path / "la_full_curves.png").is_file()
+    # iterations the bundle would round up to whole validation intervals are refused before training
+    odd = [a if a != "2" or argv[i - 1] != "--iterations" else "3" for i, a in enumerate(argv)]
+    odd[odd.index("--runs-root") + 1] = str(tmp_path / "runs_odd")
+    with pytest.raises(SystemExit, match="--iterations 3 is not a multiple"):
+        main(odd)
+    assert not list((tmp_path / "runs_odd").rglob("checkpoint.pt"))
 
 
 @pytest.mark.slow
