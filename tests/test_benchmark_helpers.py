@@ -343,6 +343,15 @@ def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
     assert "batch 4" not in text  # a control gets a line only where it has run
     text = table(rows + [row("supervised_la+batch_4_4", 1337, [0.8, 0.9])], [8])
     assert "| supervised, batch 4 | 8 | 1 | 85.0 |" in text and "mean teacher, batch 4" not in text
+    # the upper bound (supervised, all 72 labelled) is the table's last line, and the best method's share of it
+    from benchmarks.headline import upper_bound_shares
+
+    assert upper_bound_shares(rows, [8]) == "" and "upper bound" not in text
+    full = dict(row("supervised_la", 1337, [0.9, 0.9]), labeled=72)
+    text = table(rows + [full], [8])
+    assert text.splitlines()[-1].startswith("| supervised, all labelled (upper bound) | 72 | 1 | 90.0 |")
+    assert "TransMedSeg (82.5, 3 seeds), reaches **91.7 %** of the upper bound (90.0, 1 seed)" in upper_bound_shares(
+        rows + [full], [8])
 
 
 def test_pair_table_compares_two_methods_on_their_common_seeds_only():
