@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=int, default=None, help="validation volumes, the last of train.list (default 8; "
                                                           "ACDC: validation patients, 4)")
     p.add_argument("--source", type=Path, default=None, help="the raw data (default ../shared/data/LA or ACDC)")
-    p.add_argument("--data-root", type=Path, default=ROOT / "data")
+    p.add_argument("--data-root", type=Path, default=ROOT / "data",
+                   help="where prepared data go, one folder per label count (default data/)")
     p.add_argument("--runs-root", type=Path, help="default runs/la_1.25mm or runs/la_full")
     p.add_argument("--results", type=Path, help="default docs/results/la_1.25mm.json or docs/results/la_full.json")
     p.add_argument("--override", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),

@@ -171,4 +171,4 @@ def test_transmedseg_acdc_cpu_protocol_restarts_the_rate_for_self_training(extra
     if not extra:
         again = ConfigParser()
         again.read_config(config_list("transmedseg_acdc", "train", "cpu_protocol", "self_training_schedule"))
-        assert again["lr_scheduler"] == parser["lr_scheduler"]
+        assert again["lr_scheduler#schedulers#1"] == parser["self_training_scheduler"]

@@ -739,6 +739,18 @@ def test_every_bundle_is_served_by_the_app(bundle, tmp_path):
     assert len(config.labels) == len(channels) - 1 == config.predictor.num_classes - 1
     assert config.task == ("acdc" if bundle.endswith("_acdc") else "la")
     assert isinstance(config.predictor._parser().get_parsed_content("network_def"), torch.nn.Module)
+    # as the quick start serves it: with the CPU protocol, the app starts from the bundle's shipped weights, which
+    # load into the network its inference configs build (transmedseg_acdc's cpu_protocol.yaml once named a training
+    # key, and the app did not start)
+    from ssmis.bundle.weights import read_state_dict
+
+    served = CONFIGS[bundle]()
+    served.init(bundle, str(tmp_path / "served"), {"device": "cpu", "extra_config": "cpu_protocol.yaml"}, None,
+                bundles_dir=str(ROOT / "bundles"))
+    weights = tmp_path / "served" / bundle / "model.pt"
+    assert weights.is_file(), f"{bundle}: the shipped weights are not served with cpu_protocol.yaml"
+    network = served.predictor._parser().get_parsed_content("network_def")
+    network.load_state_dict({k: v.float() for k, v in read_state_dict(weights).items()}, strict=True)
 
 
 def test_a_short_training_with_the_defaults_slicer_sends_is_accepted(tmp_path):

@@ -89,6 +89,15 @@ def test_the_export_ships_them_as_models_model_pt(tmp_path):
     assert read_state_dict(out / "models" / "model.pt").keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
     assert "inference.yaml + cpu_protocol.yaml" in (out / "large_files.yml").read_text()
     assert not (out / "configs" / "shipped_weights.yaml").exists()  # a repository-only switch
+    # a trial run left in the bundle's folder (training without --output_dir) is not exported in their place
+    (bundle / "models").mkdir()
+    trial = {k: torch.zeros_like(v) for k, v in read_state_dict(bundle / "weights" / "model.pt").items()}
+    torch.save(trial, bundle / "models" / "model.pt")
+    export_bundle(bundle, tmp_path / "dist")
+    packed = read_state_dict(out / "models" / "model.pt")
+    assert all(torch.equal(packed[k], v) for k, v in read_state_dict(bundle / "weights" / "model.pt").items())
+    export_bundle(bundle, tmp_path / "dist", weights=bundle / "models" / "model.pt")  # named: that one
+    assert all(not packed.any() for packed in read_state_dict(out / "models" / "model.pt").values())
 
 
 def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):

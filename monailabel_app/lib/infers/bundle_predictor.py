@@ -144,9 +144,12 @@ class BundlePredictor:
 
     def _load(self) -> _Chain:
         if not self.model_path.is_file():
+            shipped = (self.bundle_root / "weights" / "model.pt").is_file()
+            hint = (" (its shipped weights are the CPU-protocol network: start the server with --conf extra_config "
+                    "cpu_protocol.yaml to serve them)" if shipped and not self.extra_configs else "")
             raise ModelNotTrainedError(f"model {self.bundle_root.name!r} has no trained weights yet "
                                        f"({self.model_path} does not exist): train it first (POST /train/"
-                                       f"{self.bundle_root.name}) or copy a trained model.pt there")
+                                       f"{self.bundle_root.name}) or copy a trained model.pt there{hint}")
         mtime = self.model_path.stat().st_mtime
         with self._lock:
             if self._loaded is None or self._loaded.mtime != mtime:

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("bundle", help="bundle name or folder")
     e.add_argument("--output", type=Path, default=Path("dist"), help="where the folder and zip go (default dist/)")
     e.add_argument("--weights", type=Path, default=None,
-                   help="models/model.pt to ship (default: the bundle's own models/model.pt, if any)")
+                   help="models/model.pt to ship (default: the bundle's shipped weights/model.pt; without them, a "
+                        "models/model.pt trained in the bundle's folder)")
     w = sub.add_parser("ship", help="make a training run's weights the ones the bundle ships (weights/model.pt and "
                                     "weights/weights.json)")
     w.add_argument("bundle", help="bundle name or folder")
@@ -70,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         print(target)
         return 0
-    from .export import export_bundle
+    from .export import default_weights, export_bundle
 
     zip_path = export_bundle(folder, args.output, weights=args.weights)
+    packed = args.weights or default_weights(folder)
+    print(f"models/model.pt: {packed}" if packed else "no weights packed (the bundle has none; --weights names some)",
+          file=sys.stderr)
     print(zip_path)
     return 0
 

@@ -12,8 +12,8 @@
   bundle's own, else ``bundles/common/LICENSE``), and
   ``docs/`` with the shared README sections (``bundles/common/docs/README.md``) appended to the bundle's README and
   the shared ``data_license.txt``;
-- ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them (its trained
-  ``models/model.pt``, else its shipped ``weights/model.pt``), with
+- ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them (its shipped
+  ``weights/model.pt``, checked against their record, else a ``models/model.pt`` trained in the bundle's folder), with
   ``large_files.yml`` naming it and its SHA-256.
 
 The configs import the ``ssmis`` package, which the metadata names; it installs without MONAI Label (the app's
@@ -137,6 +137,19 @@ def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[st
     raise ValueError(f"--weights {source}: not the weights of this bundle's network_def ({'; '.join(errors)})")
 
 
+def default_weights(bundle: str | os.PathLike) -> Path | None:
+    """The weights an export ships when none are given: the bundle's shipped ``weights/model.pt`` (checked against
+    their record; raises, naming the file, when they are out of step), else a ``models/model.pt`` trained in the
+    bundle's folder (a training run without ``--output_dir`` writes there), else None. The validated weights come
+    first, so a short trial run left in the folder is never exported in their place."""
+    bundle = Path(bundle)
+    record = shipped_weights(bundle)
+    if record:
+        return Path(record["path"])
+    trained = bundle / "models" / "model.pt"
+    return trained if trained.is_file() else None
+
+
 def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights: str | os.PathLike | None = None,
                   dataset_dir: str = DATASET_DIR, network_overrides: dict[str, Any] | None = None) -> Path:
     """Write ``<output>/<name>/`` and ``<output>/<name>.zip``; return the zip's path.
@@ -159,11 +172,8 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
         weights = Path(weights)
         if not weights.is_file():
             raise FileNotFoundError(f"--weights {weights}: no such file")
-    else:  # the bundle's own trained model, else the weights it ships (checked against their record)
-        weights = bundle / "models" / "model.pt"
-        if not weights.is_file():
-            record = shipped_weights(bundle)  # raises, naming the file, on a record and file out of step
-            weights = Path(record["path"]) if record else bundle / WEIGHTS_DIR / "model.pt"
+    else:
+        weights = default_weights(bundle) or bundle / WEIGHTS_DIR / "model.pt"
     output.mkdir(parents=True, exist_ok=True)
     partial, final = output / f"{name}.partial", output / name
     shutil.rmtree(partial, ignore_errors=True)
