@@ -10,7 +10,8 @@ from urllib.parse import parse_qs
 from .body_limit import BodyTooLarge
 from .headers import header
 
-__all__ = ["buffer_body", "is_json_body", "is_true", "path_parts", "query_flag", "query_value", "route_path"]
+__all__ = ["buffer_body", "is_json_body", "is_true", "path_parts", "query_flag", "query_value", "query_values",
+           "route_path"]
 
 #: what pydantic reads as False; it reads ``1``, ``on``, ``t``, ``true``, ``y``, ``yes`` (any case) as True and
 #: refuses the rest, so anything not listed here must be treated as True
@@ -38,11 +39,16 @@ def path_parts(scope: dict) -> list[str]:
     return route_path(scope).strip("/").split("/")
 
 
+def query_values(scope: dict) -> dict[str, str]:
+    """The query parameters as FastAPI reads them: the last value of each, blank ones included. Any other reading of
+    ``?x=1&x=0`` lets a check judge a value the endpoint never sees."""
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}
+
+
 def query_value(scope: dict, name: str) -> str | None:
-    """The query parameter ``name`` as FastAPI reads it: its last value, blank ones included (None when absent).
-    Any other reading of ``?x=1&x=0`` lets a check judge a value the endpoint never sees."""
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get(name)
-    return values[-1] if values else None
+    """The query parameter ``name`` as FastAPI reads it (:func:`query_values`); None when absent."""
+    return query_values(scope).get(name)
 
 
 def query_flag(scope: dict, name: str) -> bool:

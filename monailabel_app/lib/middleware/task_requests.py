@@ -145,7 +145,8 @@ class TaskRequestCheck:
             except RecursionError:
                 await self._answer(400, "the request's JSON body nests too deeply", scope, receive, send)
                 return
-            named = (path[2] if kind == "batch" else path[1]) if len(path) > (2 if kind == "batch" else 1) else None
+            at = 2 if kind == "batch" else 1  # /batch/infer/<model>, /train/<model>, /scoring/<method>
+            named = path[at] if len(path) > at else None
             reason = _refusal(kind, body, self.max_workers, named) if isinstance(body, dict) else None
             if reason:
                 await self._answer(400, reason, scope, receive, send)

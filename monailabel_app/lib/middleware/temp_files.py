@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from .request_parts import query_values
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,7 @@ class TempFileJanitor:
             await self.app(scope, receive, send)
             return
         # as FastAPI reads them: the last value, blank ones included (``?image=x&image=`` names no image)
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1"),
-                                               keep_blank_values=True).items()}
-        info = RequestInfo(started=time.time(), query=query)
+        info = RequestInfo(started=time.time(), query=query_values(scope))
         key = id(info)
         with self._lock:
             self._running[key] = info.started
