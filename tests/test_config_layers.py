@@ -41,3 +41,22 @@ def test_a_bad_layers_file_is_named(tmp_path):
     spec.write_text(json.dumps({"layers": []}))
     with pytest.raises(FileNotFoundError, match="no nope.yaml in"):
         config_files(bundle, "nope")
+
+
+def test_bundle_root_comes_from_the_last_own_config_or_is_asked_for(tmp_path, monkeypatch, capsys):
+    from ssmis.bundle.__main__ import main as bundle_main
+    from ssmis.bundle.layout import default_bundle_root
+
+    own = config_files(BUNDLES / "transmedseg_la", "train", "cpu_protocol")
+    assert default_bundle_root(["run", "--config_file", repr(own)]) == str((BUNDLES / "transmedseg_la").resolve())
+    shared = config_files(BUNDLES / "supervised_la", "inference", "shipped_weights")
+    monkeypatch.chdir(tmp_path)  # not a bundle: "." would look for weights/ and write eval/ here
+    with pytest.raises(ValueError, match="--bundle_root"):
+        default_bundle_root(["run", "--config_file", repr(shared)])
+    (tmp_path / "configs").mkdir()  # an exported bundle's own folder
+    (tmp_path / "configs" / "metadata.json").write_text("{}")
+    assert default_bundle_root(["run", "--config_file", repr(shared)]) == "."
+    assert bundle_main(["--bundles", str(BUNDLES), "configs", "supervised_la", "inference", "shipped_weights"]) == 0
+    assert "add --bundle_root" in capsys.readouterr().err
+    assert bundle_main(["--bundles", str(BUNDLES), "configs", "supervised_la", "train"]) == 0
+    assert capsys.readouterr().err == ""

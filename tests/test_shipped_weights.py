@@ -155,3 +155,21 @@ def test_an_unpacked_export_segments_with_the_shipped_weights(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     outputs = list((tmp_path / "pred").rglob("*.nii.gz"))
     assert len(outputs) == 1 and nib.load(str(outputs[0])).shape[:3] == volume.shape
+
+
+def test_weights_of_other_configs_stop_the_run_in_one_line_that_names_them(tmp_path):
+    from ssmis.bundle.weights import _network_def, check_weights_fit
+
+    bundle = _bundle(tmp_path)
+    _cpu_protocol_weights(bundle, tmp_path / "cpu.pt")
+    assert _ship(bundle, tmp_path / "cpu.pt") == 0
+    shipped = bundle / "weights" / "model.pt"
+    check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped)  # the configs they fit: no complaint
+    full = _network_def(bundle, [])  # the full protocol's V-Net
+    with pytest.raises(ValueError, match=r"fit inference \+ cpu_protocol: merge cpu_protocol before shipped_weights") as err:
+        check_weights_fit(full, shipped)
+    assert len(str(err.value)) < 800 and "missing" in str(err.value)
+    with pytest.raises(ValueError, match="trained with: merge the same ones"):  # a run's weights: no record to read
+        check_weights_fit(full, tmp_path / "cpu.pt")
+    with pytest.warns(UserWarning, match="--ckpt_path"):
+        check_weights_fit(full, tmp_path / "none.pt")

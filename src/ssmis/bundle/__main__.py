@@ -56,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     folder = _bundle_folder(args.bundle, args.bundles)
     if args.command == "configs":
         try:
-            print(repr(config_files(folder, *args.names)))
+            files = config_files(folder, *args.names)
         except FileNotFoundError as err:
             parser.error(str(err))
+        print(repr(files))
+        own = (folder / "configs").resolve()
+        if not any(Path(f).parent == own for f in files):  # monai.bundle run finds bundle_root from the last own file
+            print(f"note: every file is a shared one, so monai.bundle run cannot tell the bundle: add --bundle_root "
+                  f"{folder}", file=sys.stderr)
         return 0
     if args.command == "ship":
         from .weights import ship_weights

@@ -117,10 +117,22 @@ def default_bundle_root(argv: list[str] | None = None) -> str:
     """The bundle folder of the last ``--config_file`` that lies in a bundle (a ``configs/`` with
     ``metadata.json``), so ``--config_file "['bundles/common/configs/train.yaml','bundles/x/configs/train.yaml']"``
     works from any folder, as does the model-zoo habit of running ``--config_file configs/train.yaml`` inside an
-    exported bundle. Falls back to ``"."``. An explicit ``--bundle_root`` always overrides this default.
+    exported bundle. Falls back to ``"."`` when the working folder is a bundle. An explicit ``--bundle_root``
+    always overrides this default.
+
+    Raises:
+        ValueError: no config file lies in a bundle (they are all shared ones, e.g. ``configs bundles/supervised_la
+            inference``) and the working folder is not a bundle either: the run would otherwise look for its weights
+            and write its outputs under whatever folder it was started in.
     """
-    for file in reversed(config_files_on_command_line(sys.argv if argv is None else argv)):
+    files = config_files_on_command_line(sys.argv if argv is None else argv)
+    for file in reversed(files):
         configs = Path(file).absolute().parent
         if (configs / "metadata.json").is_file():
             return str(configs.parent if configs.name == "configs" else configs)
-    return "."
+    if (Path("configs") / "metadata.json").is_file():
+        return "."
+    raise ValueError(
+        "cannot tell which bundle this run is for: no --config_file lies in a bundle's configs/ (beside a "
+        f"metadata.json){' (' + ', '.join(files) + ')' if files else ''}, and the working folder is not a bundle; "
+        "pass --bundle_root bundles/<name>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from ..utils.atomic import atomic_torch_save, atomic_write_text
 from .layout import config_files
 
-__all__ = ["WEIGHTS_DIR", "read_state_dict", "sha256", "ship_weights", "shipped_weights"]
+__all__ = ["WEIGHTS_DIR", "check_weights_fit", "read_state_dict", "sha256", "ship_weights", "shipped_weights"]
 
 #: the folder of a bundle that holds its shipped weights (``model.pt``) and their record (``weights.json``)
 WEIGHTS_DIR = "weights"
@@ -42,6 +43,54 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     return state
+
+
+def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Stop a run whose weight file does not fit ``network``, in one line that says which configs it fits, before
+    ``CheckpointLoader`` would list every key of the state dict. Called in the ``initialize`` of inference and
+    evaluation.
+
+    A missing ``path`` only warns (with the three ways to name weights): ``CheckpointLoader`` stops the run.
+
+    Raises:
+        ValueError: a tensor is missing, unexpected or of another shape; for a bundle's shipped weights, the message
+            names the configs that ``weights/weights.json`` says they fit.
+    """
+    path = Path(path)
+    if not path.is_file():  # a warning, not an error: the zoo's checks initialise a bundle before its weights arrive
+        warnings.warn(f"{path}: no weight file yet; train the bundle first, pass --ckpt_path <run>/models/model.pt, "
+                      "or merge shipped_weights last to use the weights the bundle ships", stacklevel=2)
+        return
+    state, own = read_state_dict(path), network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if not (missing or unexpected or reshaped):
+        return
+    found = []
+    if reshaped:
+        k = reshaped[0]
+        found.append(f"{len(reshaped)} of other shapes (e.g. {k}: {list(state[k].shape)} in the file, "
+                     f"{list(own[k].shape)} in the network)")
+    for n, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            found.append(f"{len(keys)} {n} (e.g. {keys[0]})")
+    record = path.parent / "weights.json"
+    fits = None
+    if path.parent.name == WEIGHTS_DIR and record.is_file():
+        try:
+            fits = json.loads(record.read_text()).get("configs")
+        except ValueError:
+            fits = None
+    if isinstance(fits, list):
+        hint = (f"These are the bundle's shipped weights, which fit inference + {' + '.join(map(str, fits)) or 'nothing else'}: "
+                f"merge {' '.join(map(str, fits))} before shipped_weights (ssmis.bundle configs <bundle> inference "
+                f"{' '.join(map(str, fits))} shipped_weights)") if fits else "These are the bundle's shipped weights"
+    else:
+        hint = ("Weights load into the network of the configs they were trained with: merge the same ones here "
+                "(e.g. cpu_protocol after a CPU-protocol run)")
+    raise ValueError(f"{path}: these weights do not fit the network of these configs; tensors: {'; '.join(found)}. "
+                     f"{hint}")
 
 
 def sha256(path: str | os.PathLike) -> str:
