@@ -62,6 +62,7 @@ class SSMISApp(MONAILabelApp):
         conf = dict(conf or {})
         bundles_dir = Path(conf.get("bundles", APP_DIR.parent / "bundles")).resolve()
         model_dir = Path(conf.get("model_dir", APP_DIR / "model")).resolve()
+        self.server_roots = {str(bundles_dir): "<bundles>", str(model_dir): "<model_dir>", str(APP_DIR): "<app>"}
         self.limits = VolumeLimits.from_conf(conf)
         self.storage = StorageLimits.from_conf(conf)
         from monailabel.config import settings
@@ -138,7 +139,13 @@ class SSMISApp(MONAILabelApp):
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
                            gate=self.gate, max_parallel_infer=self.gate_size, client_limits=self.client_limits,
-                           min_free_bytes=self.storage.min_free_bytes)
+                           min_free_bytes=self.storage.min_free_bytes, server_roots=self._server_roots())
+
+    def _server_roots(self) -> Dict[str, str]:
+        """The server folders a remote client sees replaced (``HideServerPaths``): the studies (paths in it become
+        relative), the bundles, the weights, the app, the temporary folder and Python's; each as given and resolved."""
+        roots = {self.studies: "", **self.server_roots, str(self.temp_folder or ""): "<tmp>", sys.prefix: "<python>"}
+        return {**{os.path.realpath(r): s for r, s in roots.items() if r}, **{r: s for r, s in roots.items() if r}}
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:
         """MONAI Label queues a scoring run after every Next Sample, training and start-up: one subprocess per

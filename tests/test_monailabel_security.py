@@ -1211,3 +1211,33 @@ def test_queued_tasks_that_never_started_stop_counting_as_queued(monkeypatch):
     monkeypatch.setitem(async_tasks.background_tasks, "scoring", [running, old, fresh])
     monkeypatch.setitem(async_tasks.background_processes, "scoring", {})
     assert [t["id"] for t in pending("scoring")] == ["e"] and old["status"] == "ERROR"
+
+
+def test_remote_clients_get_no_server_paths(tmp_path):
+    """MONAI Label answers with absolute server paths (an image's info, the next sample, the training list, file
+    names in errors). A client on another machine gets them relative to the studies folder or with the folder named
+    by a stand-in, and without the ``path`` entries (Slicer then downloads the image); a local client gets them as
+    they are, and images pass unchanged."""
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from starlette.testclient import TestClient
+
+    from lib import errors
+
+    studies, models = tmp_path / "studies", tmp_path / "model"
+    answer = {"id": "case_0", "path": f"{studies}/case_0.nii.gz", "ts": 1,
+              "train": [{"image": f"{studies}/case_0.nii.gz", "label": f"{studies}/labels/final/case_0.nii.gz"}],
+              "detail": f"cannot read {models}/transmedseg_la/model.pt or {studies}"}
+    fastapi_app = FastAPI()
+    fastapi_app.add_api_route("/activelearning/random", lambda: answer, methods=["POST"])
+    fastapi_app.add_api_route("/datastore/image", lambda: Response(b'{"path": "/x"}', media_type="application/x-nifti"))
+    errors.install(fastapi_app, loopback_only=False, server_roots={str(studies): "", str(models): "<model_dir>"})
+    remote = TestClient(fastapi_app, client=("192.0.2.7", 50000)).post("/activelearning/random").json()
+    assert remote == {"id": "case_0", "ts": 1,
+                      "train": [{"image": "case_0.nii.gz", "label": "labels/final/case_0.nii.gz"}],
+                      "detail": "cannot read <model_dir>/transmedseg_la/model.pt or ."}
+    assert str(tmp_path) not in json.dumps(remote)
+    local = TestClient(fastapi_app, client=("127.0.0.1", 50000))
+    assert local.post("/activelearning/random").json() == answer
+    image = TestClient(fastapi_app, client=("192.0.2.7", 50000)).get("/datastore/image")
+    assert image.content == b'{"path": "/x"}'

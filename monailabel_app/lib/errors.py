@@ -77,11 +77,12 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
             origins: Sequence[str] = (),
             max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
             max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None,
-            min_free_bytes: int = 0) -> None:
+            min_free_bytes: int = 0, server_roots: Dict[str, str] | None = None) -> None:
     """Add the 4xx exception handlers and the request guards to a running FastAPI app.
 
     The middleware, outermost first: ``SlowClients`` (``client_limits``: its ``idle_s``, ``body_s`` and ``min_rate``,
-    from ``SlowClients.conf_limits``), ``LoopbackOnly`` (if ``loopback_only``), ``OriginGuard`` (requests from web pages of other
+    from ``SlowClients.conf_limits``), ``LoopbackOnly`` (if ``loopback_only``; otherwise ``HideServerPaths`` with
+    ``server_roots``, for the clients on other machines), ``OriginGuard`` (requests from web pages of other
     ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404), ``QueryValues``
     (query values its endpoints fail on: 400), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
     allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``; uploads must leave
@@ -95,9 +96,9 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.middleware import Middleware
 
-    from lib.middleware import (BodySizeLimit, DisabledEndpoints, FormFieldCheck, LoopbackOnly, OriginGuard,
-                                QueryValues, SlowClients, TaskRequestCheck, TempFileJanitor, TrainRequestCheck,
-                                WorkerThreads)
+    from lib.middleware import (BodySizeLimit, DisabledEndpoints, FormFieldCheck, HideServerPaths, LoopbackOnly,
+                                OriginGuard, QueryValues, SlowClients, TaskRequestCheck, TempFileJanitor,
+                                TrainRequestCheck, WorkerThreads)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -105,7 +106,7 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
     stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
-             and m.cls not in (SlowClients, LoopbackOnly, OriginGuard, DisabledEndpoints, QueryValues,
+             and m.cls not in (SlowClients, LoopbackOnly, HideServerPaths, OriginGuard, DisabledEndpoints, QueryValues,
                                BodySizeLimit, FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck,
                                TrainRequestCheck)]
     stack.append(Middleware(SlowClients, **(client_limits or {})))
@@ -113,6 +114,8 @@ def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scor
         stack.append(Middleware(LoopbackOnly))
         logger.warning("started without --host: answering clients on this machine only "
                        "(pass --host to choose the interface, or --conf allow_remote true)")
+    else:
+        stack.append(Middleware(HideServerPaths, roots=server_roots or {}))
     stack.append(Middleware(OriginGuard, origins=list(origins)))
     stack.append(Middleware(DisabledEndpoints))
     stack.append(Middleware(QueryValues))

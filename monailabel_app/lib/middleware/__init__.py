@@ -4,6 +4,7 @@ from .form_fields import FormFieldCheck, FormFieldError
 from .loopback import LoopbackOnly
 from .origin import OriginGuard, allowed_origins
 from .query_values import QueryValues
+from .server_paths import HideServerPaths, hide_paths
 from .slow_clients import ClientTooSlow, SlowClients
 from .task_requests import TaskRequestCheck
 from .train_requests import TrainRequestCheck
@@ -11,6 +12,6 @@ from .temp_files import TempFileJanitor, current_request, is_own_upload, private
 from .worker_threads import ComputeGate, WorkerThreads
 
 __all__ = ["BodySizeLimit", "BodyTooLarge", "ClientTooSlow", "ComputeGate", "DisabledEndpoints", "FormFieldCheck",
-           "FormFieldError", "LoopbackOnly", "OriginGuard", "QueryValues", "SlowClients", "TaskRequestCheck",
+           "FormFieldError", "HideServerPaths", "LoopbackOnly", "OriginGuard", "QueryValues", "SlowClients", "TaskRequestCheck",
            "TempFileJanitor", "TrainRequestCheck", "WorkerThreads", "allowed_origins", "current_request",
-           "is_own_upload", "private_tempdir"]
+           "hide_paths", "is_own_upload", "private_tempdir"]
