@@ -45,13 +45,14 @@ def test_a_bad_layers_file_is_named(tmp_path):
 
 def test_bundle_root_comes_from_the_last_own_config_or_is_asked_for(tmp_path, monkeypatch, capsys):
     from ssmis.bundle.__main__ import main as bundle_main
+    from ssmis.bundle import RunError
     from ssmis.bundle.layout import default_bundle_root
 
     own = config_files(BUNDLES / "transmedseg_la", "train", "cpu_protocol")
     assert default_bundle_root(["run", "--config_file", repr(own)]) == str((BUNDLES / "transmedseg_la").resolve())
     shared = config_files(BUNDLES / "supervised_la", "inference", "shipped_weights")
     monkeypatch.chdir(tmp_path)  # not a bundle: "." would look for weights/ and write eval/ here
-    with pytest.raises(ValueError, match="--bundle_root"):
+    with pytest.raises(RunError, match="--bundle_root"):
         default_bundle_root(["run", "--config_file", repr(shared)])
     (tmp_path / "configs").mkdir()  # an exported bundle's own folder
     (tmp_path / "configs" / "metadata.json").write_text("{}")

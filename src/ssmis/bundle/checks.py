@@ -12,6 +12,7 @@ import torch
 
 from ..utils.precision import PRECISIONS
 from .layout import config_files_on_command_line
+from .run_error import refuse
 
 __all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "check_cuda_only_amp", "check_overrides", "check_settings"]
 
@@ -68,7 +69,7 @@ def check_overrides(argv: list[str] | None = None) -> None:
         if top not in known and not (top.startswith("no") and top[2:] in known):  # fire's --noflag is flag=False
             close = difflib.get_close_matches(top, sorted(known), n=1)
             hint = f"; did you mean --{close[0]}?" if close else ""
-            raise ValueError(f"--{key}: not a key of {', '.join(files)}{hint} (MONAI would add it and ignore it)")
+            refuse(f"--{key}: not a key of {', '.join(files)}{hint} (MONAI would add it and ignore it)", argv=argv)
 
 
 def _positive_int(value: Any) -> bool:
@@ -124,7 +125,7 @@ def check_settings(**settings: Any) -> None:
             raise KeyError(f"check_settings: no rule for {key!r} (known: {sorted(SETTING_RULES)})")
         ok, expected = SETTING_RULES[key]
         if not ok(value):
-            raise ValueError(f"--{key}: must be {expected}, got {value!r}")
+            refuse(f"--{key}: must be {expected}, got {value!r}")
 
 
 def check_cuda_only_amp(amp: bool, device: Any) -> None:
@@ -132,5 +133,5 @@ def check_cuda_only_amp(amp: bool, device: Any) -> None:
     CPU it would train in float32 while the flag said otherwise (the semi-supervised bundles' trainer autocasts to
     bfloat16 there)."""
     if amp and torch.device(device).type != "cuda":
-        raise ValueError(f"--amp True: this bundle trains with MONAI's SupervisedTrainer, which autocasts on CUDA "
-                         f"only, so on {torch.device(device).type!r} it would train in float32 anyway; use --amp False")
+        refuse(f"--amp True: this bundle trains with MONAI's SupervisedTrainer, which autocasts on CUDA only, so on "
+               f"{torch.device(device).type!r} it would train in float32 anyway; use --amp False")

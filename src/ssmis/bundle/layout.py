@@ -121,18 +121,21 @@ def default_bundle_root(argv: list[str] | None = None) -> str:
     always overrides this default.
 
     Raises:
-        ValueError: no config file lies in a bundle (they are all shared ones, e.g. ``configs bundles/supervised_la
+        RunError: (``ValueError`` off a ``monai.bundle run`` command line) no config file lies in a bundle (they are all shared ones, e.g. ``configs bundles/supervised_la
             inference``) and the working folder is not a bundle either: the run would otherwise look for its weights
             and write its outputs under whatever folder it was started in.
     """
-    files = config_files_on_command_line(sys.argv if argv is None else argv)
+    argv = sys.argv if argv is None else argv
+    files = config_files_on_command_line(argv)
     for file in reversed(files):
         configs = Path(file).absolute().parent
         if (configs / "metadata.json").is_file():
             return str(configs.parent if configs.name == "configs" else configs)
     if (Path("configs") / "metadata.json").is_file():
         return "."
-    raise ValueError(
+    from .run_error import refuse  # here: run_error reads the command line with this module
+
+    refuse(
         "cannot tell which bundle this run is for: no --config_file lies in a bundle's configs/ (beside a "
         f"metadata.json){' (' + ', '.join(files) + ')' if files else ''}, and the working folder is not a bundle; "
-        "pass --bundle_root bundles/<name>")
+        "pass --bundle_root bundles/<name>", argv=argv)

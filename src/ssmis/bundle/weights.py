@@ -20,6 +20,7 @@ import torch
 
 from ..utils.atomic import atomic_torch_save, atomic_write_text
 from .layout import config_files
+from .run_error import refuse
 
 __all__ = ["WEIGHTS_DIR", "check_weights_fit", "read_state_dict", "sha256", "ship_weights", "shipped_weights"]
 
@@ -53,7 +54,8 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike) -> None
     A missing ``path`` only warns (with the three ways to name weights): ``CheckpointLoader`` stops the run.
 
     Raises:
-        ValueError: a tensor is missing, unexpected or of another shape; for a bundle's shipped weights, the message
+        RunError: (``ValueError`` off a ``monai.bundle run`` command line) a tensor is missing, unexpected or of
+            another shape; for a bundle's shipped weights, the message
             names the configs that ``weights/weights.json`` says they fit.
     """
     path = Path(path)
@@ -89,8 +91,7 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike) -> None
     else:
         hint = ("Weights load into the network of the configs they were trained with: merge the same ones here "
                 "(e.g. cpu_protocol after a CPU-protocol run)")
-    raise ValueError(f"{path}: these weights do not fit the network of these configs; tensors: {'; '.join(found)}. "
-                     f"{hint}")
+    refuse(f"{path}: these weights do not fit the network of these configs; tensors: {'; '.join(found)}. {hint}")
 
 
 def sha256(path: str | os.PathLike) -> str:
