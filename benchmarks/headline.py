@@ -19,7 +19,6 @@ count and median, the cases averaged over the common seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.la_protocol import update_doc_table  # noqa: E402
+from benchmarks.la_protocol import positive_int, read_rows, update_doc_table  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 # per dataset: the bundle suffix, the default label counts, the table's lines in order (method as the rows name it
@@ -198,28 +197,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="la")
     p.add_argument("--results", type=Path, default=None,
                    help="default: docs/results/la_1.25mm_v2.json (ACDC: acdc_dev.json)")
-    p.add_argument("--labeled", nargs="+", type=int, default=None, help="default: 8 16 (ACDC: 3 7 patients)")
+    p.add_argument("--labeled", nargs="+", type=positive_int, default=None,
+                   help="default: 8 16 (ACDC: 3 7 patients)")
     p.add_argument("--output", type=Path, default=None, help="default: docs/results/headline.md (ACDC: headline_acdc.md)")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md",
-                   help="page whose 'headline' table is replaced (nothing happens without its markers)")
+    p.add_argument("--doc", type=Path, default=None,
+                   help="page whose 'headline' table is replaced (nothing happens without its markers); default: "
+                        "docs/benchmarks.md when --results, --labeled and --output are left at their defaults, "
+                        "otherwise none")
     args = p.parse_args(argv)
+    if args.doc is None and args.results is None and args.labeled is None and args.output is None:
+        args.doc = ROOT / "docs" / "benchmarks.md"
     spec = DATASETS[args.dataset]
     args.results = args.results or ROOT / "docs" / "results" / spec["results"]
     args.labeled = args.labeled or spec["labeled"]
     args.output = args.output or ROOT / "docs" / "results" / f"{spec['marker']}.md"
-    rows = []  # no results yet: every cell "not run"
-    if args.results.is_file():
-        try:
-            rows = json.loads(args.results.read_text())
-        except ValueError as e:
-            p.error(f"--results {args.results}: not valid JSON ({e})")
+    try:  # a misspelt path would write a table of "not run" over the real one
+        rows = read_rows(args.results)
+    except ValueError as e:
+        p.error(f"--results {e}")
     text = table(rows, args.labeled, args.dataset)
     pairs = pair_table(rows, args.labeled, args.dataset)
     text += f"\n{pairs}" if pairs else ""
     shares = upper_bound_shares(rows, args.labeled, args.dataset)
     text += f"\n{shares}" if shares else ""
     atomic_write_text(text, args.output)
-    if args.doc.is_file():
+    if args.doc is not None and args.doc.is_file():
         update_doc_table(args.doc, spec["marker"], text)
     print(text)
     return 0

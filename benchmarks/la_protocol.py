@@ -76,8 +76,10 @@ def run_cmd(cmd: list[str], log: Path) -> tuple[float, float, dict]:
         with PausedMeter(p.pid) as paused:
             _, status, usage = os.wait4(p.pid, 0)
     wall = time.time() - t0
-    if status != 0:
-        raise RuntimeError(f"command failed (status {status}), see {log}: {' '.join(cmd)}")
+    if status != 0:  # the last line of the log is the error (the bundle checks print theirs alone, as the last line)
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        raise RuntimeError(f"command failed (exit {os.waitstatus_to_exitcode(status)}): {last[0][-400:] if last else ''}"
+                           f"\n  log: {log}\n  command: {' '.join(cmd)}")
     return wall, usage.ru_maxrss / 1024.0, {"cpu_s": usage.ru_utime + usage.ru_stime, "steal": steal.fraction,
                                             "paused_s": paused.seconds}
 
@@ -126,8 +128,10 @@ def ensure_data(data_root: Path, labeled: int, spacing: float, val: int, source:
         out = data_root / f"la_{spacing:g}mm_l{labeled}"
         cmd = ["prepare-la", "--spacing", str(spacing), "--labeled", str(labeled), "--val", str(val)]
     if not (out / "datalist.json").is_file():
-        subprocess.run([sys.executable, "-m", "ssmis.data", cmd[0], "--source", str(source), "--output", str(out),
-                        *cmd[1:]], check=True, cwd=ROOT)
+        done = subprocess.run([sys.executable, "-m", "ssmis.data", cmd[0], "--source", str(source), "--output",
+                               str(out), *cmd[1:]], cwd=ROOT)
+        if done.returncode:
+            raise RuntimeError(f"python -m ssmis.data {cmd[0]} failed (exit {done.returncode}): its error is above")
     return out
 
 
@@ -429,6 +433,46 @@ def paired(results: list[dict], a: str, b: str, labeled: int, metric: str = "dic
             "mean": sum(values) / len(values), "median": median, "min": values[0], "max": values[-1]}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of volumes, patients or iterations)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count (must be at least 1)")
+    return value
+
+
+#: the per-case scores a results row keeps, which --compare can compare
+CASE_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox", "dice_class1", "dice_class2", "dice_class3")
+
+
+def check_rows(rows: object, path: Path) -> list[dict]:
+    """``rows`` (a results file's JSON) if it is a list of result rows; ValueError naming ``path`` and the first bad
+    row otherwise."""
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of result rows, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        missing = {"bundle", "labeled", "metrics"} - set(row) if isinstance(row, dict) else None
+        if missing is None or missing or not isinstance(row["metrics"], dict):
+            what = f"lacks {sorted(missing)}" if missing else "is not a result row (an object with a metrics object)"
+            raise ValueError(f"{path}: row {i} {what}: {json.dumps(row)[:120]}")
+    return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The result rows of the results file ``path``; ValueError naming it when it is missing, not a file, not JSON or
+    not a list of rows (:func:`check_rows`)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    try:
+        rows = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    return check_rows(rows, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=list(PROTOCOL_CONFIGS),
@@ -442,16 +486,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(--labeled and --val count patients; defaults 3 7 and 4), with each bundle's iterations")
     p.add_argument("--bundles", nargs="+", default=None, help="bundle names under bundles/ (default supervised_la, "
                                                              "or supervised_acdc with --dataset acdc)")
-    p.add_argument("--labeled", nargs="+", type=int, default=None, help="labelled-volume counts (default 8 16; "
+    p.add_argument("--labeled", nargs="+", type=positive_int, default=None, help="labelled-volume counts (default 8 16; "
                                                                         "ACDC: labelled patients, 3 7)")
-    p.add_argument("--iterations", type=int, help="training iterations per run (cpu default 1200; full: the bundle's)")
-    p.add_argument("--val-interval", type=int, help="iterations between validations (cpu default 200)")
+    p.add_argument("--iterations", type=positive_int, help="training iterations per run (cpu default 1200; full: the bundle's)")
+    p.add_argument("--val-interval", type=positive_int, help="iterations between validations (cpu default 200)")
     p.add_argument("--max-wall-s", type=float, help="train at most this long per call, then save and exit")
     p.add_argument("--sw-overlap", help="sliding-window overlap (full default: stride 18/18/4 of 112x112x80)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"training seed (default {DEFAULT_SEED}); another seed is a separate row, named "
                         "<method>@seed<N>, for measuring the spread between seeds")
-    p.add_argument("--val", type=int, default=None, help="validation volumes, the last of train.list (default 8; "
+    p.add_argument("--val", type=positive_int, default=None, help="validation volumes, the last of train.list (default 8; "
                                                           "ACDC: validation patients, 4)")
     p.add_argument("--source", type=Path, default=None, help="the raw data (default ../shared/data/LA or ACDC)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data",
@@ -470,15 +514,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: per-case differences A - B at each --labeled count, from the results file, "
                         "each case averaged over the seeds both ran (method names without @seed, e.g. "
                         "transmedseg_la transmedseg_la+ablation_bcp_only)")
-    p.add_argument("--metric", default="dice", help="metric for --compare: dice, jaccard, hd95_mm, asd_mm, ...")
+    p.add_argument("--metric", default="dice", choices=CASE_METRICS, help="metric for --compare (default dice)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the table, the plot and the table in the docs from the "
                         "results file")
     args = p.parse_args(argv)
     acdc = args.dataset == "acdc"
     args.bundles = args.bundles or ["supervised_acdc" if acdc else "supervised_la"]
-    args.labeled = args.labeled or ([3, 7] if acdc else [8, 16])
-    args.val = args.val or (4 if acdc else 8)
+    args.labeled = args.labeled if args.labeled is not None else ([3, 7] if acdc else [8, 16])
+    args.val = args.val if args.val is not None else (4 if acdc else 8)
     args.source = args.source or ROOT.parent / "shared" / "data" / ("ACDC" if acdc else "LA")
     if acdc and args.protocol == "cpu-v2":
         p.error("--protocol cpu-v2 is LA's; ACDC has cpu (its bundles' cpu_protocol.yaml) and full")
@@ -488,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu = args.protocol.startswith("cpu")
     args.spacing = 1.25 if cpu else 0.625
     if cpu and not acdc:  # ACDC: the iterations and validation interval of each bundle's cpu_protocol.yaml
-        args.iterations = args.iterations or 1200
-        if args.protocol == "cpu":
-            args.val_interval = args.val_interval or 200  # cpu-v2: its config's (100)
+        args.iterations = args.iterations if args.iterations is not None else 1200
+        if args.protocol == "cpu" and args.val_interval is None:
+            args.val_interval = 200  # cpu-v2: its config's (100)
     elif not cpu and not acdc:  # LA's stride 18/18/4 in 112 x 112 x 80 windows
         args.sw_overlap = args.sw_overlap or "[0.839, 0.839, 0.95]"
     args.runs_root = args.runs_root or ROOT / "runs" / name
@@ -510,13 +554,15 @@ def main(argv: list[str] | None = None) -> int:
     for b in args.bundles:
         if not (ROOT / "bundles" / b / "configs" / "train.yaml").is_file():
             p.error(f"--bundles: unknown bundle {b!r} (no bundles/{b}/configs/train.yaml)")
-    if args.results.is_file():  # a malformed results file fails now, not after hours of training
+        if b.endswith(("_la", "_acdc")) and not b.endswith(f"_{args.dataset}"):
+            p.error(f"--bundles: {b} is not a bundle of --dataset {args.dataset} (its bundles end in _{args.dataset})")
+    # a misspelt path must not write empty tables over the real ones, and a malformed file fails now, not after hours
+    # of training (training makes the file when there is none)
+    if args.report_only or args.compare or args.results.exists():
         try:
-            rows = json.loads(args.results.read_text())
+            read_rows(args.results)
         except ValueError as e:
-            p.error(f"--results {args.results}: not valid JSON ({e})")
-        if not isinstance(rows, list):
-            p.error(f"--results {args.results}: expected a JSON list of result rows, got {type(rows).__name__}")
+            p.error(f"--results {e}")
 
     def report(results: list[dict]) -> None:
         write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),
@@ -524,11 +570,11 @@ def main(argv: list[str] | None = None) -> int:
                            f"{'patients, 2 frames each' if args.dataset == 'acdc' else 'volumes'})")
 
     if args.report_only:
-        report(json.loads(args.results.read_text()) if args.results.is_file() else [])
+        report(json.loads(args.results.read_text()))
         print(args.results.with_suffix(".md").read_text())
         return 0
     if args.compare:
-        results = json.loads(args.results.read_text()) if args.results.is_file() else []
+        results = json.loads(args.results.read_text())
         for labeled in args.labeled:
             try:
                 c = paired(results, *args.compare, labeled, args.metric)
@@ -554,7 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     for labeled in args.labeled:
         for bundle in args.bundles:
             print(f"== {bundle}, {labeled} labelled, protocol {args.protocol}", flush=True)
-            r = run_one(bundle, labeled, args)
+            try:
+                r = run_one(bundle, labeled, args)
+            except RuntimeError as e:  # a failed preparation or run: its error, without this script's traceback
+                p.exit(1, f"{p.prog}: {bundle}, {labeled} labelled: {e}\n")
             if r is None:
                 continue
             results = merge_result(args.results, r)

@@ -76,6 +76,10 @@ def test_volumes_keep_the_source_arrays(tmp_path):
     ("bad_label", "patient004_frame12.h5"),
     ("missing", "no frame files for ['patient004']"),
     ("unknown_id", "--labeled-ids: ['patient099'] are not among the 8 patients"),
+    ("one_frame", "patient004 has 1 frame file(s) ['patient004_frame01.h5'], not 2"),
+    ("repeated_id", "--labeled-ids: names ['patient001'] more than once"),
+    ("empty_ids", "--val-ids: names no patient"),
+    ("too_many", "--labeled-patients 3 exceeds the 2 patients left after --val-ids"),
 ])
 def test_bad_input_is_named_and_nothing_is_lost(tmp_path, capsys, damage, words):
     import h5py
@@ -94,8 +98,13 @@ def test_bad_input_is_named_and_nothing_is_lost(tmp_path, capsys, damage, words)
     elif damage == "missing":
         for f in src.glob("volumes/patient004_*.h5"):
             f.unlink()
+    elif damage == "one_frame":
+        frame.unlink()
     else:
-        extra = ["--labeled-ids", "patient001,patient099"]
+        extra = {"unknown_id": ["--labeled-ids", "patient001,patient099"],
+                 "repeated_id": ["--labeled-ids", "patient001,patient001"],
+                 "empty_ids": ["--val-ids", ","],
+                 "too_many": ["--val-ids", ",".join(f"patient00{i}" for i in range(1, 7))]}[damage]
     assert run("prepare-acdc", "--source", str(src), "--output", str(out), *extra) == 2
     assert words in capsys.readouterr().err
     assert (out / "datalist.json").read_text() == before  # the earlier output is untouched

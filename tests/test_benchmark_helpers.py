@@ -123,16 +123,43 @@ def test_protocol_arguments_are_checked_before_any_work(tmp_path, capsys):
 
     bad_results = tmp_path / "results.json"
     bad_results.write_text("{not json")
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_text(json.dumps([{"bundle": "a", "labeled": 8, "metrics": {}}, {"bundle": "b"}]))
     for argv, words in ((["--config", "transmedseg_la"], "expected BUNDLE=FILE"),
                         (["--bundles", "nope"], "unknown bundle 'nope'"),
                         (["--bundles", "transmedseg_la", "--config", "transmedseg_la=nope.yaml"], "does not exist"),
                         (["--bundles", "supervised_la", "--config", "transmedseg_la=ablation_no_tsa.yaml"],
                          "not among --bundles"),
-                        (["--results", str(bad_results)], "not valid JSON")):
+                        (["--results", str(bad_results)], "not valid JSON"),
+                        (["--results", str(rows_file)], "row 1 lacks ['labeled', 'metrics']"),
+                        (["--results", str(tmp_path)], "not a file"),
+                        (["--report-only", "--results", str(tmp_path / "misspelt.json")], "no such file"),
+                        (["--labeled", "0"], "0 is not a count"),
+                        (["--val", "0"], "0 is not a count"),
+                        (["--iterations", "0"], "0 is not a count"),
+                        (["--compare", "a", "b", "--metric", "hd95"], "invalid choice: 'hd95'"),
+                        (["--dataset", "acdc", "--bundles", "supervised_la"], "not a bundle of --dataset acdc")):
         with pytest.raises(SystemExit) as e:
             main(argv + ["--data-root", str(tmp_path / "no_data"), "--runs-root", str(tmp_path / "runs")])
         assert e.value.code == 2 and words in capsys.readouterr().err, argv
     assert not (tmp_path / "no_data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_report_tools_never_write_over_the_tables_from_a_missing_results_file(tmp_path, capsys):
+    """A misspelt --results used to print an empty table and write it over the committed ones (exit 0)."""
+    from benchmarks.headline import main as headline
+
+    doc = tmp_path / "page.md"
+    doc.write_text("<!-- begin headline table -->\nreal rows\n<!-- end headline table -->\n")
+    for argv in (["--results", str(tmp_path / "misspelt.json")], ["--results", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            headline([*argv, "--output", str(tmp_path / "h.md"), "--doc", str(doc)])
+        assert e.value.code == 2 and "--results" in capsys.readouterr().err
+    assert "real rows" in doc.read_text() and not (tmp_path / "h.md").exists()
+    good = ROOT / "docs" / "results" / "la_1.25mm_v2.json"
+    if good.is_file():  # the page is touched only when asked for (or every argument is left at its default)
+        headline(["--results", str(good), "--output", str(tmp_path / "h.md")])
+        assert (tmp_path / "h.md").is_file()
 
 
 def test_paired_comparison_by_case():

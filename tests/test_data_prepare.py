@@ -196,8 +196,11 @@ def test_prepare_images_bad_counts(tmp_path, capsys, option, words):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("option, words", [(["--spacing", "0"], "--spacing 0.0: must be a positive"),
-                                           (["--spacing", "-1.25"], "--spacing -1.25: must be a positive"),
+@pytest.mark.parametrize("option, words", [(["--spacing", "0"], "--spacing 0.0: must be a voxel size from"),
+                                           (["--spacing", "-1.25"], "--spacing -1.25: must be a voxel size"),
+                                           (["--spacing", "inf"], "--spacing inf: must be a voxel size"),
+                                           (["--spacing", "1000"], "--spacing 1000.0: must be a voxel size"),
+                                           (["--spacing", "0.0125"], "--spacing 0.0125: must be a voxel size"),
                                            (["--classes", "1"], "--classes 1: must be at least 2"),
                                            ("repeat", "more than once: ['CASE01']")])
 def test_prepare_la_bad_options(tmp_path, capsys, option, words):
@@ -339,3 +342,20 @@ def test_inputs_that_would_share_an_output_are_refused():
         check_distinct_outputs([{"image": "a/case.nii.gz"}, {"image": "b/case.nii.gz"}])
     with pytest.raises(DataError, match="would both be saved"):
         check_distinct_outputs([{"image": "a/case.nii"}, {"image": "a/case.nii.gz"}])
+
+
+def test_prepare_la_names_an_output_under_a_file_and_an_empty_image(tmp_path, capsys):
+    import h5py
+
+    src = make_la_source(tmp_path / "LA", n=4)
+    (tmp_path / "afile").write_text("keep")
+    args = ["--source", str(src), "--labeled", "1", "--val", "1"]
+    assert main(["prepare-la", "--output", str(tmp_path / "afile" / "sub"), *args]) == 2
+    assert f"{tmp_path / 'afile'} is a file" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "keep"
+    case = sorted((src / "volumes").iterdir())[0]
+    with h5py.File(case / "mri_norm2.h5", "r+") as f:
+        del f["image"]
+        f["image"] = np.zeros((0, 4, 4), np.float32)
+    assert main(["prepare-la", "--output", str(tmp_path / "out"), *args]) == 2
+    assert "is empty" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -173,3 +173,23 @@ def test_weights_of_other_configs_stop_the_run_in_one_line_that_names_them(tmp_p
         check_weights_fit(full, tmp_path / "cpu.pt")
     with pytest.warns(UserWarning, match="--ckpt_path"):
         check_weights_fit(full, tmp_path / "none.pt")
+
+
+def test_ship_and_export_refuse_bad_arguments_in_one_line(tmp_path, capsys):
+    bundle = _bundle(tmp_path)
+    _cpu_protocol_weights(bundle, tmp_path / "run.pt")
+    for dice in ("nan", "7", "-1", "82.97"):  # NaN is not JSON; 82.97 is a percentage
+        with pytest.raises(SystemExit):
+            bundle_main(["ship", str(bundle), "--source", str(tmp_path / "run.pt"), "--val-dice", dice,
+                         "--command", "c"])
+        assert "a Dice score lies from 0 to 1" in capsys.readouterr().err
+    assert shipped_weights(bundle) is None
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    for extra, words in ((["--output", str(tmp_path / "afile")], "afile is a file, not a folder"),
+                         (["--output", str(tmp_path / "dist"), "--weights", str(tmp_path / "junk.pt")],
+                          "junk.pt: cannot read the weights")):
+        with pytest.raises(SystemExit) as e:
+            bundle_main(["export", str(bundle), *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and "Traceback" not in err

@@ -26,6 +26,17 @@ def _bundle_folder(name: str, bundles: Path) -> Path:
     return folder
 
 
+def _dice(text: str) -> float:
+    """argparse type: a Dice score from 0 to 1 (``0.8297``, not ``82.97``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses NaN, which JSON cannot hold
+        raise argparse.ArgumentTypeError(f"{text}: a Dice score lies from 0 to 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssmis.bundle", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--source", type=Path, required=True, help="the run's model.pt (or model_best.pt)")
     w.add_argument("--configs", nargs="*", default=[], help="configs merged after inference that the weights fit, "
                                                            "e.g. cpu_protocol")
-    w.add_argument("--val-dice", type=float, required=True, help="the weights' Dice on the validation split")
+    w.add_argument("--val-dice", type=_dice, required=True, help="the weights' Dice on the validation split, 0 to 1")
     w.add_argument("--command", dest="train_command", required=True, help="the command that trained them")
     w.add_argument("--note", default="", help="anything else a user should know (data, labelled count, seed)")
     w.add_argument("--float32", action="store_true", help="keep float32 (default: float16, half the size)")
@@ -78,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .export import default_weights, export_bundle
 
-    zip_path = export_bundle(folder, args.output, weights=args.weights)
+    try:
+        zip_path = export_bundle(folder, args.output, weights=args.weights)
+    except (ValueError, OSError) as err:  # bad weights or record, an --output that is a file: the path is named
+        parser.exit(2, f"{parser.prog} export: error: {err}\n")
     packed = args.weights or default_weights(folder)
     print(f"models/model.pt: {packed}" if packed else "no weights packed (the bundle has none; --weights names some)",
           file=sys.stderr)

@@ -174,6 +174,9 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             raise FileNotFoundError(f"--weights {weights}: no such file")
     else:
         weights = default_weights(bundle) or bundle / WEIGHTS_DIR / "model.pt"
+    blocked = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ValueError(f"--output {output}: {blocked} is a file, not a folder")
     output.mkdir(parents=True, exist_ok=True)
     partial, final = output / f"{name}.partial", output / name
     shutil.rmtree(partial, ignore_errors=True)

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "prepare-acdc":
             from .acdc import prepare_acdc
 
-            ids = {k: [i.strip() for i in v.split(",") if i.strip()] if v else None
+            ids = {k: [i.strip() for i in v.split(",") if i.strip()] if v is not None else None
                    for k, v in (("labeled", args.labeled_ids), ("val", args.val_ids))}
             out = prepare_acdc(args.source, args.output, args.labeled_patients, args.val_patients, args.seed,
                                ids["labeled"], ids["val"])

@@ -39,6 +39,10 @@ def read_acdc_frame(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             np.ascontiguousarray(label.transpose(1, 2, 0)).astype(np.uint8))
 
 
+#: ACDC keeps two frames of each patient: end-diastole and end-systole
+FRAMES_PER_PATIENT = 2
+
+
 def patient_frames(volumes: str | os.PathLike) -> dict[str, list[str]]:
     """``{patient: [frame file names]}`` of the ``patientNNN_frameMM.h5`` files in ``volumes``."""
     volumes = Path(volumes)
@@ -65,6 +69,11 @@ def split_patients(patients: Sequence[str], labeled: int, val: int, seed: int | 
     if labeled < 0 or val < 0:
         raise DataError(f"--labeled-patients ({labeled}) and --val-patients ({val}) must not be negative")
     for name, ids in (("--labeled-ids", labeled_ids), ("--val-ids", val_ids)):
+        if ids is not None and not ids:
+            raise DataError(f"{name}: names no patient")
+        repeated = sorted({i for i in ids or () if list(ids).count(i) > 1})
+        if repeated:
+            raise DataError(f"{name}: names {repeated} more than once")
         unknown = sorted(set(ids or ()) - set(order))
         if unknown:
             raise DataError(f"{name}: {unknown} are not among the {len(order)} patients")
@@ -79,8 +88,10 @@ def split_patients(patients: Sequence[str], labeled: int, val: int, seed: int | 
     va = list(val_ids) if val_ids is not None else None
     need = (0 if lab is not None else labeled) + (0 if va is not None else val)
     if need > len(rest):
-        raise DataError(f"--labeled-patients {labeled} plus --val-patients {val} exceeds the {len(rest)} available "
-                        "patients")
+        counts = [f"--labeled-patients {labeled}"] * (lab is None) + [f"--val-patients {val}"] * (va is None)
+        left = f"left after {' and '.join(n for n, i in (('--labeled-ids', lab), ('--val-ids', va)) if i is not None)}"
+        raise DataError(f"{' plus '.join(counts)} exceeds the {len(rest)} patients "
+                        f"{left if named else 'available'}")
     if lab is None:
         lab, rest = rest[:labeled], rest[labeled:]
     if va is None:
@@ -112,6 +123,12 @@ def prepare_acdc(
     missing = [p for p in patients if p not in frames]
     if missing:
         raise DataError(f"{source / 'volumes'}: no frame files for {missing[:5]} (named in {list_file})")
+    uneven = {p: frames[p] for p in patients if len(frames[p]) != FRAMES_PER_PATIENT}
+    if uneven:  # a lost or misnamed file would silently leave the patient with one frame
+        p, names = next(iter(uneven.items()))
+        raise DataError(f"{source / 'volumes'}: {p} has {len(names)} frame file(s) {names}, not "
+                        f"{FRAMES_PER_PATIENT} (end-diastole and end-systole, patientNNN_frameMM.h5)"
+                        + (f"; so do {len(uneven) - 1} more patients" if len(uneven) > 1 else ""))
     split = split_patients(patients, labeled, val, seed, labeled_ids, val_ids)
     output = Path(output)
     affine = spacing_affine(1.0)

@@ -33,6 +33,8 @@ def read_h5_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e})") from e
     if image.ndim != 3:
         raise DataError(f"{path}: image has {image.ndim} dimensions, expected 3")
+    if 0 in image.shape:
+        raise DataError(f"{path}: image of shape {list(image.shape)} is empty")
     if not np.all(np.isfinite(image)):
         raise DataError(f"{path}: image holds NaN or infinite values")
     return image, label

@@ -48,6 +48,11 @@ def resample(
     )
 
 
+#: the voxel sizes prepare-la accepts (mm): finer than the 0.625 mm scans only up to 4x per axis (64x the voxels),
+#: and no coarser than a 40-voxel LA (about 100 mm across)
+MIN_SPACING_MM, MAX_SPACING_MM = 0.15, 2.5
+
+
 def prepare_la(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -62,8 +67,9 @@ def prepare_la(
     The whole output folder is written to a temporary sibling and renamed at the end, so bad input leaves an
     existing ``output`` untouched and never leaves a partial one.
     """
-    if not spacing > 0:
-        raise DataError(f"--spacing {spacing}: must be a positive voxel size in mm")
+    if not MIN_SPACING_MM <= spacing <= MAX_SPACING_MM:  # also refuses NaN and infinity
+        raise DataError(f"--spacing {spacing}: must be a voxel size from {MIN_SPACING_MM} to {MAX_SPACING_MM} mm "
+                        "(LA is scanned at 0.625 mm)")
     if classes < 2:
         raise DataError(f"--classes {classes}: must be at least 2 (the background and one class)")
     check_output_dir(output, {"--source": source})

@@ -116,6 +116,9 @@ def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
     """
     output = Path(output).absolute()
     partial, old = output.with_name(output.name + ".partial"), output.with_name(output.name + ".old")
+    blocked = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise DataError(f"{output}: cannot be made, {blocked} is a file")
     output.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         with _locked(output.parent):
