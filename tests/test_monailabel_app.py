@@ -156,6 +156,8 @@ def test_annotation_loop(fresh_server):
         kept = sorted(str(p.relative_to(stats["run_dir"])) for p in Path(stats["run_dir"]).rglob("*") if p.is_file())
         assert "datalist.json" in kept and "models/model_best.pt" in kept, kept
         assert not {"models/checkpoint.pt", "models/model.pt"} & set(kept), kept  # pruned after publishing
+        # what the published weights fit, so a restart with other configs refuses them (lib/served_weights.py)
+        assert json.loads((root / "model" / model / "model.json").read_text()) == {"extra_config": ["tiny.yaml"]}
 
     # inference with the new weights, on the image's own grid
     path, params = client.infer("transmedseg_la", "case_001", {})

@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from conftest import BUNDLES, ROOT
 from ssmis.bundle.__main__ import main as bundle_main
 from ssmis.bundle.layout import config_files
-from ssmis.bundle.weights import read_state_dict, shipped_weights
+from ssmis.bundle.weights import read_state_dict, sha256, shipped_weights
 
 
 def _bundle(tmp_path: Path, name: str = "supervised_la") -> Path:
@@ -89,6 +89,8 @@ def test_the_export_ships_them_as_models_model_pt(tmp_path):
     assert read_state_dict(out / "models" / "model.pt").keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
     assert "inference.yaml + cpu_protocol.yaml" in (out / "large_files.yml").read_text()
     assert not (out / "configs" / "shipped_weights.yaml").exists()  # a repository-only switch
+    exported = json.loads((out / "models" / "weights.json").read_text())  # the record travels, with the new hash
+    assert exported["configs"] == ["cpu_protocol"] and exported["sha256"] == sha256(out / "models" / "model.pt")
     # a trial run left in the bundle's folder (training without --output_dir) is not exported in their place
     (bundle / "models").mkdir()
     trial = {k: torch.zeros_like(v) for k, v in read_state_dict(bundle / "weights" / "model.pt").items()}
@@ -98,6 +100,7 @@ def test_the_export_ships_them_as_models_model_pt(tmp_path):
     assert all(torch.equal(packed[k], v) for k, v in read_state_dict(bundle / "weights" / "model.pt").items())
     export_bundle(bundle, tmp_path / "dist", weights=bundle / "models" / "model.pt")  # named: that one
     assert all(not packed.any() for packed in read_state_dict(out / "models" / "model.pt").values())
+    assert not (out / "models" / "weights.json").exists()  # no record: nothing said about a trial run's configs
 
 
 def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):
@@ -108,15 +111,23 @@ def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):
     _cpu_protocol_weights(bundle, tmp_path / "run.pt")
     _ship(bundle, tmp_path / "run.pt")
 
-    def model_file(extra: str, **conf) -> Path:
+    def model_file(extra: str, model_dir: Path | None = None, **conf) -> Path:
+        nonlocal config
         config = SupervisedLA()
-        model_dir = tmp_path / f"model_{extra}_{len(conf)}"
+        model_dir = model_dir or tmp_path / f"model_{extra}_{len(conf)}"
         config.init("supervised_la", str(model_dir), {"extra_config": extra, "device": "cpu", **conf}, None,
                     bundles_dir=str(tmp_path))
         return model_dir / "supervised_la" / "model.pt"
 
+    config = None
     served = model_file("cpu_protocol.yaml")
     assert served.is_file() and read_state_dict(served).keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
+    # restarted on the same model_dir without the configs they fit: a 409 that says how to start, not wrong labels
+    from lib.infers.bundle_predictor import ModelNotTrainedError
+
+    model_file("", model_dir=served.parent.parent)
+    with pytest.raises(ModelNotTrainedError, match="Start the server --conf extra_config cpu_protocol.yaml"):
+        config.predictor._load()
     assert not model_file("cpu_protocol.yaml", shipped_weights="false").exists()  # switched off
     (tmp_path / "tiny.yaml").write_text("patch_size: [16, 16, 16]\n")
     assert not model_file(str(tmp_path / "tiny.yaml")).exists()  # other configs: the weights may not fit
@@ -166,9 +177,17 @@ def test_weights_of_other_configs_stop_the_run_in_one_line_that_names_them(tmp_p
     shipped = bundle / "weights" / "model.pt"
     check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped)  # the configs they fit: no complaint
     full = _network_def(bundle, [])  # the full protocol's V-Net
-    with pytest.raises(ValueError, match=r"fit inference \+ cpu_protocol: merge cpu_protocol before shipped_weights") as err:
+    with pytest.raises(ValueError, match=r"They fit inference \+ cpu_protocol: merge cpu_protocol") as err:
         check_weights_fit(full, shipped)
     assert len(str(err.value)) < 800 and "missing" in str(err.value)
+    # on a command line, the configs the record names must be there too: ACDC's CPU weights fit the full network
+    from ssmis.bundle import RunError
+
+    without = ["run", "--config_file", repr(config_files(bundle, "inference", "shipped_weights"))]
+    with pytest.raises(RunError, match="trained with cpu_protocol, which this run leaves out"):
+        check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped, argv=without)
+    check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped, argv=[
+        "run", "--config_file", repr(config_files(bundle, "inference", "cpu_protocol", "shipped_weights"))])
     with pytest.raises(ValueError, match="trained with: merge the same ones"):  # a run's weights: no record to read
         check_weights_fit(full, tmp_path / "cpu.pt")
     with pytest.warns(UserWarning, match="--ckpt_path"):

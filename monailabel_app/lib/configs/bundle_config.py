@@ -11,6 +11,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.activelearning import ScoreCache, UncertaintyScoring
 from lib.infers import BundlePredictor, BundleSegmentation
+from lib.served_weights import record_fit
 from lib.trainers import SemiSupervisedBundleTrain, TrainLimits
 from lib.volumes import VolumeLimits
 from ssmis.bundle.layout import config_files
@@ -74,6 +75,7 @@ class BundleTaskConfig(TaskConfig):
         if record is None or config_files(self.bundle_root, *record["configs"]) != self.extra_configs:
             return  # (shipped_weights has checked that the record's configs exist)
         atomic_torch_save(read_state_dict(record["path"]), self.path)
+        record_fit(self.path, self.extra_configs)
         logger.info(f"model {self.name}: starts from the bundle's shipped weights (validation Dice "
                     f"{record['val_dice']:.4f}; {record['path']})")
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from lib.served_weights import fit_mismatch
 from lib.volumes import VolumeError, VolumeLimits, VolumeTooLarge, grid_voxels, read_volume, voxel_sizes
 from ssmis.bundle.layout import config_files
 from ssmis.bundle.weights import read_state_dict
@@ -150,6 +151,9 @@ class BundlePredictor:
             raise ModelNotTrainedError(f"model {self.bundle_root.name!r} has no trained weights yet "
                                        f"({self.model_path} does not exist): train it first (POST /train/"
                                        f"{self.bundle_root.name}) or copy a trained model.pt there{hint}")
+        mismatch = fit_mismatch(self.model_path, self.extra_configs)
+        if mismatch:
+            raise ModelNotTrainedError(mismatch)
         mtime = self.model_path.stat().st_mtime
         with self._lock:
             if self._loaded is None or self._loaded.mtime != mtime:

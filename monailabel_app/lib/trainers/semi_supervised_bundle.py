@@ -21,6 +21,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.served_weights import fit_mismatch, record_fit
 from lib.trainers.resampling import resample_records
 from lib.trainers.train_limits import TrainLimits
 from lib.volumes import VolumeError, VolumeLimits, read_header
@@ -284,6 +285,9 @@ class SemiSupervisedBundleTrain(TrainTask):
                              "labels or lower batch_size")
         start = "random initialisation"
         if self.model_path.is_file():  # continue from the served weights (the EMA teacher is copied from them)
+            mismatch = fit_mismatch(self.model_path, self.extra_configs)
+            if mismatch:
+                raise RuntimeError(f"{self.name}: cannot start from the served weights: {mismatch}")
             network = workflow.parser.get_parsed_content("network")
             try:
                 network.load_state_dict(read_state_dict(self.model_path), strict=True)
@@ -300,6 +304,7 @@ class SemiSupervisedBundleTrain(TrainTask):
             raise RuntimeError(f"{self.name}: training finished without writing {trained}")
         check_finite_weights(trained, self.model_path)  # a diverged run: the served weights stay
         atomic_replace(lambda tmp: shutil.copyfile(trained, tmp), self.model_path)  # publish
+        record_fit(self.model_path, self.extra_configs)
         for done_with in (run_dir / "models" / "checkpoint.pt", trained):  # resume state; a copy of the published
             done_with.unlink(missing_ok=True)
         self._prune_runs()

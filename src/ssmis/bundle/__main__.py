@@ -21,8 +21,10 @@ def _bundle_folder(name: str, bundles: Path) -> Path:
     folder = path if (path / "configs" / "metadata.json").is_file() else bundles / name
     if not (folder / "configs" / "metadata.json").is_file():
         known = sorted(p.name for p in bundles.glob("*") if (p / "configs" / "metadata.json").is_file())
-        raise SystemExit(f"{name}: not a bundle (no configs/metadata.json in {folder}); bundles in {bundles}: "
-                         f"{', '.join(known) or 'none'}")
+        looked = path if len(path.parts) > 1 else folder  # a path is looked up as it is; a bare name in --bundles
+        where = (f"bundles in {bundles}: {', '.join(known)}" if known else
+                 f"no bundles in {bundles.resolve()}: run from the repository root or pass --bundles <folder>")
+        raise SystemExit(f"{name}: not a bundle (no configs/metadata.json in {looked}); {where}")
     return folder
 
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("configs", help="print the --config_file list (shared configs first) for a bundle")
     c.add_argument("bundle", help="bundle name or folder")
     c.add_argument("names", nargs="+", help="config names in merge order: train, evaluate, inference, "
-                                            "multi_gpu_train, cpu_protocol, ablation_no_tsa, ...")
+                                            "multi_gpu_train, cpu_protocol, shipped_weights (last), ablation_no_tsa, ...")
     e = sub.add_parser("export", help="write a self-contained bundle folder and zip for the model zoo")
     e.add_argument("bundle", help="bundle name or folder")
     e.add_argument("--output", type=Path, default=Path("dist"), help="where the folder and zip go (default dist/)")

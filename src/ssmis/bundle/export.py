@@ -14,7 +14,8 @@
   the shared ``data_license.txt``;
 - ``models/model.pt`` (a plain state dict) when weights are given or the bundle has them (its shipped
   ``weights/model.pt``, checked against their record, else a ``models/model.pt`` trained in the bundle's folder), with
-  ``large_files.yml`` naming it and its SHA-256.
+  ``large_files.yml`` naming it and its SHA-256; shipped weights also get ``models/weights.json``, their record,
+  which names the configs they fit (a run that leaves one out is stopped).
 
 The configs import the ``ssmis`` package, which the metadata names; it installs without MONAI Label (the app's
 dependencies are the ``app`` extra). Folder and zip are written under temporary names and each renamed into
@@ -23,6 +24,7 @@ place, so a failed export leaves the previous one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -110,8 +112,12 @@ def _shared_docs(bundle: Path, folder: Path) -> None:
         shutil.copyfile(shared / "data_license.txt", licence)
 
 
-def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[str, Any]) -> str:
+def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[str, Any],
+                   fits: list[str] | None = None) -> str:
     """Ship ``source`` as a plain state dict of the export's ``network_def``, and return the config list it fits.
+
+    ``fits``: the configs the weights were trained with (a shipped record's), the only list tried: ACDC's CPU-protocol
+    weights load into the full protocol's network too, which runs them on slices of another size.
 
     A ``{"model": ...}`` file (what training wrote before bundle 0.2.0) is unwrapped. The weights must load
     strictly into ``network_def`` of ``configs/inference.yaml``, or of it with ``configs/cpu_protocol.yaml`` (the
@@ -122,7 +128,9 @@ def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[st
 
     state = read_state_dict(source)
     errors = []
-    for names in (["inference.yaml"], ["inference.yaml", "cpu_protocol.yaml"]):
+    lists = [["inference.yaml", *(f"{c}.yaml" for c in fits)]] if fits is not None else [
+        ["inference.yaml"], ["inference.yaml", "cpu_protocol.yaml"]]
+    for names in lists:
         parser = ConfigParser()
         parser.read_config([str(configs / n) for n in names if (configs / n).is_file()])
         for key, value in overrides.items():
@@ -174,6 +182,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             raise FileNotFoundError(f"--weights {weights}: no such file")
     else:
         weights = default_weights(bundle) or bundle / WEIGHTS_DIR / "model.pt"
+    record = shipped_weights(bundle) if weights.resolve() == (bundle / WEIGHTS_DIR / "model.pt").resolve() else None
     blocked = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise ValueError(f"--output {output}: {blocked} is a file, not a folder")
@@ -223,7 +232,15 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
         if weights.is_file():
             (partial / "models").mkdir()
             shipped = partial / "models" / "model.pt"
-            fits = _write_weights(weights, shipped, partial / "configs", network_overrides or {})
+            fits = _write_weights(weights, shipped, partial / "configs", network_overrides or {},
+                                  record["configs"] if record else None)
+            if record:  # what they fit, read by the run's check_weights_fit, and where they came from
+                exported = {k: v for k, v in record.items() if k != "path"}
+                note = record.get("note", "").rstrip()
+                exported.update(sha256=sha256(shipped), note=(
+                    f"{note}{'' if not note or note.endswith('.') else '.'} Exported from the repository's weights/model.pt (SHA-256 "
+                    f"{record['sha256']}), saved again as models/model.pt.").strip())
+                (partial / "models" / "weights.json").write_text(json.dumps(exported, indent=2) + "\n")
             large = {"large_files": [{"path": "models/model.pt", "url": "", "hash_val": sha256(shipped),
                                       "hash_type": "sha256"}]}
             (partial / "large_files.yml").write_text(

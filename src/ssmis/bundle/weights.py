@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from ..utils.atomic import atomic_torch_save, atomic_write_text
-from .layout import config_files
+from .layout import config_files, config_files_on_command_line
 from .run_error import refuse
 
 __all__ = ["WEIGHTS_DIR", "check_weights_fit", "read_state_dict", "sha256", "ship_weights", "shipped_weights"]
@@ -46,23 +47,48 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return state
 
 
-def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Stop a run whose weight file does not fit ``network``, in one line that says which configs it fits, before
-    ``CheckpointLoader`` would list every key of the state dict. Called in the ``initialize`` of inference and
-    evaluation.
+def _record_configs(path: Path) -> list[str] | None:
+    """The configs the ``weights.json`` beside ``path`` says its weights fit (a bundle's ``weights/``, an export's
+    ``models/``); None without a readable record."""
+    record = path.parent / "weights.json"
+    try:
+        fits = json.loads(record.read_text()).get("configs") if record.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+    return [str(c) for c in fits] if isinstance(fits, list) else None
 
-    A missing ``path`` only warns (with the three ways to name weights): ``CheckpointLoader`` stops the run.
+
+def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: list[str] | None = None) -> None:
+    """Stop a run whose weight file does not fit ``network`` or the run's configs, in one line that says which
+    configs it fits, before ``CheckpointLoader`` would list every key of the state dict or, worse, load the weights
+    into a network of the same shape set up otherwise (ACDC's U-Net is the same at 128 and 256 pixels). Called in the
+    ``initialize`` of inference and evaluation.
+
+    Weights with a ``weights.json`` beside them (shipped or exported) must run with every config it names: on a
+    ``monai.bundle run`` command line (``argv``, default ``sys.argv``), a ``--config_file`` of that name. A missing
+    ``path`` only warns (with the three ways to name weights): ``CheckpointLoader`` stops the run.
 
     Raises:
-        RunError: (``ValueError`` off a ``monai.bundle run`` command line) a tensor is missing, unexpected or of
-            another shape; for a bundle's shipped weights, the message
-            names the configs that ``weights/weights.json`` says they fit.
+        RunError: (``ValueError`` off a command line) a tensor is missing, unexpected or of another shape, or a
+            config the record names is not on the command line.
     """
     path = Path(path)
     if not path.is_file():  # a warning, not an error: the zoo's checks initialise a bundle before its weights arrive
         warnings.warn(f"{path}: no weight file yet; train the bundle first, pass --ckpt_path <run>/models/model.pt, "
                       "or merge shipped_weights last to use the weights the bundle ships", stacklevel=2)
         return
+    fits = _record_configs(path)
+    merge = " ".join(fits or [])
+    hint = (f"They fit inference + {' + '.join(fits)}: merge {merge} (in the repository: ssmis.bundle configs "
+            f"<bundle> inference {merge} shipped_weights; in an exported bundle: configs/inference.yaml, then "
+            f"configs/{'.yaml, configs/'.join(fits)}.yaml)") if fits else (
+        "Weights load into the network of the configs they were trained with: merge the same ones here (e.g. "
+        "cpu_protocol after a CPU-protocol run)")
+    files = config_files_on_command_line(sys.argv if argv is None else argv)
+    absent = [c for c in fits or [] if c not in {Path(f).stem for f in files}]
+    if files and absent:
+        refuse(f"{path}: these weights were trained with {', '.join(absent)}, which this run leaves out, so they "
+               f"would run in a network set up otherwise. {hint}", argv=argv)
     state, own = read_state_dict(path), network.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -77,21 +103,8 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike) -> None
     for n, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
             found.append(f"{len(keys)} {n} (e.g. {keys[0]})")
-    record = path.parent / "weights.json"
-    fits = None
-    if path.parent.name == WEIGHTS_DIR and record.is_file():
-        try:
-            fits = json.loads(record.read_text()).get("configs")
-        except ValueError:
-            fits = None
-    if isinstance(fits, list):
-        hint = (f"These are the bundle's shipped weights, which fit inference + {' + '.join(map(str, fits)) or 'nothing else'}: "
-                f"merge {' '.join(map(str, fits))} before shipped_weights (ssmis.bundle configs <bundle> inference "
-                f"{' '.join(map(str, fits))} shipped_weights)") if fits else "These are the bundle's shipped weights"
-    else:
-        hint = ("Weights load into the network of the configs they were trained with: merge the same ones here "
-                "(e.g. cpu_protocol after a CPU-protocol run)")
-    refuse(f"{path}: these weights do not fit the network of these configs; tensors: {'; '.join(found)}. {hint}")
+    refuse(f"{path}: these weights do not fit the network of these configs; tensors: {'; '.join(found)}. {hint}",
+           argv=argv)
 
 
 def sha256(path: str | os.PathLike) -> str:
