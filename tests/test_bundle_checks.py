@@ -111,3 +111,15 @@ def test_bundle_command_refuses_before_reading_data(tmp_path, monkeypatch, bundl
         fire.Fire(vars(bundle_main), command=argv)
     assert words in str(raised.value) and raised.value.code == str(raised.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_or_malformed_datalist_stops_a_command_line_run_in_one_line(tmp_path):
+    from ssmis.bundle import check_datalist
+
+    run = ["run", "--config_file", str(TRAIN)]
+    with pytest.raises(RunError, match=r"--dataset_dir: .*datalist.json not found"):
+        check_datalist(str(tmp_path), argv=run)
+    (tmp_path / "datalist.json").write_text('{"labeled": []}')
+    with pytest.raises(RunError, match="has no key 'validation'"):
+        check_datalist(str(tmp_path), argv=run)
+    check_datalist(str(tmp_path / "absent"), argv=["pytest"])  # the zoo's checks initialise without data

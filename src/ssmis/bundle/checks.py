@@ -14,7 +14,8 @@ from ..utils.precision import PRECISIONS
 from .layout import config_files_on_command_line
 from .run_error import refuse
 
-__all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "check_cuda_only_amp", "check_overrides", "check_settings"]
+__all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "check_cuda_only_amp", "check_datalist", "check_overrides",
+           "check_settings"]
 
 # the arguments of ``monai.bundle run`` itself: everything else on its command line overrides a config key
 # (and of the workflow it creates), and what launchers add
@@ -135,3 +136,20 @@ def check_cuda_only_amp(amp: bool, device: Any) -> None:
     if amp and torch.device(device).type != "cuda":
         refuse(f"--amp True: this bundle trains with MONAI's SupervisedTrainer, which autocasts on CUDA only, so on "
                f"{torch.device(device).type!r} it would train in float32 anyway; use --amp False")
+
+
+def check_datalist(dataset_dir: str, argv: list[str] | None = None) -> None:
+    """On a ``monai.bundle run`` command line, refuse a ``dataset_dir`` whose ``datalist.json`` is missing or
+    malformed (its ``labeled`` and ``validation`` records) before anything is built: read later, inside the
+    trainer's construction, its message stood in the middle of MONAI's traceback. Elsewhere it checks nothing: the
+    zoo's checks initialise a bundle without its data."""
+    from ..data import load_datalist
+    from ..utils.errors import DataError
+
+    if not config_files_on_command_line(sys.argv if argv is None else argv):
+        return
+    try:
+        for key in ("labeled", "validation"):
+            load_datalist(dataset_dir, key)
+    except DataError as e:
+        refuse(f"--dataset_dir: {e}", DataError, argv=argv)
