@@ -192,6 +192,8 @@ def test_weights_of_other_configs_stop_the_run_in_one_line_that_names_them(tmp_p
         check_weights_fit(full, tmp_path / "cpu.pt")
     with pytest.warns(UserWarning, match="--ckpt_path"):
         check_weights_fit(full, tmp_path / "none.pt")
+    with pytest.raises(RunError, match="none.pt: no weight file; train the bundle first, pass --ckpt_path"):
+        check_weights_fit(full, tmp_path / "none.pt", argv=without)
 
 
 def test_ship_and_export_refuse_bad_arguments_in_one_line(tmp_path, capsys):

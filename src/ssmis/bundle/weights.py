@@ -66,16 +66,20 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: l
 
     Weights with a ``weights.json`` beside them (shipped or exported) must run with every config it names: on a
     ``monai.bundle run`` command line (``argv``, default ``sys.argv``), a ``--config_file`` of that name. A missing
-    ``path`` only warns (with the three ways to name weights): ``CheckpointLoader`` stops the run.
+    ``path`` stops a command-line run (with the three ways to name weights) and only warns elsewhere: the zoo's
+    checks initialise a bundle before its weights arrive.
 
     Raises:
         RunError: (``ValueError`` off a command line) a tensor is missing, unexpected or of another shape, or a
             config the record names is not on the command line.
     """
     path = Path(path)
-    if not path.is_file():  # a warning, not an error: the zoo's checks initialise a bundle before its weights arrive
-        warnings.warn(f"{path}: no weight file yet; train the bundle first, pass --ckpt_path <run>/models/model.pt, "
-                      "or merge shipped_weights last to use the weights the bundle ships", stacklevel=2)
+    if not path.is_file():
+        message = (f"{path}: no weight file; train the bundle first, pass --ckpt_path <run>/models/model.pt, or merge "
+                   "shipped_weights last to use the weights the bundle ships")
+        if config_files_on_command_line(sys.argv if argv is None else argv):
+            refuse(message, FileNotFoundError, argv=argv)
+        warnings.warn(message, stacklevel=2)  # the zoo's checks initialise a bundle before its weights arrive
         return
     fits = _record_configs(path)
     merge = " ".join(fits or [])
