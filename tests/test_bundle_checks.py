@@ -123,3 +123,5 @@ def test_a_missing_or_malformed_datalist_stops_a_command_line_run_in_one_line(tm
     with pytest.raises(RunError, match="has no key 'validation'"):
         check_datalist(str(tmp_path), argv=run)
     check_datalist(str(tmp_path / "absent"), argv=["pytest"])  # the zoo's checks initialise without data
+    (tmp_path / "datalist.json").write_text('{"validation": []}')  # evaluation reads the validation list only
+    check_datalist(str(tmp_path), ("validation",), argv=run)

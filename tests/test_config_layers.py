@@ -61,3 +61,15 @@ def test_bundle_root_comes_from_the_last_own_config_or_is_asked_for(tmp_path, mo
     assert "add --bundle_root" in capsys.readouterr().err
     assert bundle_main(["--bundles", str(BUNDLES), "configs", "supervised_la", "train"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_config_files_are_read_in_every_spelling_monai_accepts(tmp_path):
+    from ssmis.bundle import config_files_on_command_line
+
+    a, b = str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")
+    args = tmp_path / "args.json"
+    args.write_text('{"config_file": ["%s", "%s"]}' % (a, b))
+    for argv in (["run", "--config_file", repr([a, b])], ["run", "--config-file", repr([a, b])],
+                 ["run", f"--config_file={a},{b}"], ["run", "--args_file", str(args)]):
+        assert config_files_on_command_line(argv) == [a, b], argv
+    assert config_files_on_command_line(["monailabel", "start_server", "--app", "x"]) == []

@@ -157,7 +157,8 @@ def test_annotation_loop(fresh_server):
         assert "datalist.json" in kept and "models/model_best.pt" in kept, kept
         assert not {"models/checkpoint.pt", "models/model.pt"} & set(kept), kept  # pruned after publishing
         # what the published weights fit, so a restart with other configs refuses them (lib/served_weights.py)
-        assert json.loads((root / "model" / model / "model.json").read_text()) == {"extra_config": ["tiny.yaml"]}
+        record = json.loads((root / "model" / model / "model.json").read_text())
+        assert record["extra_config"] == [str((root / "tiny.yaml").resolve())] and len(record["sha256"]) == 64
 
     # inference with the new weights, on the image's own grid
     path, params = client.infer("transmedseg_la", "case_001", {})

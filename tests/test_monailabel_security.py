@@ -1241,3 +1241,7 @@ def test_remote_clients_get_no_server_paths(tmp_path):
     assert local.post("/activelearning/random").json() == answer
     image = TestClient(fastapi_app, client=("192.0.2.7", 50000)).get("/datastore/image")
     assert image.content == b'{"path": "/x"}'
+    from lib.middleware import hide_paths  # a root is replaced only where a path starts with it
+
+    assert hide_paths(["/mnt/data/x", "/database/y", "/data/z", "in /data."], {"/data": ""}) == [
+        "/mnt/data/x", "/database/y", "z", "in .."]

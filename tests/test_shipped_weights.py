@@ -36,7 +36,7 @@ def _cpu_protocol_weights(bundle: Path, path: Path, wrap: bool = False) -> dict:
 
 
 def _ship(bundle: Path, source: Path, *extra: str) -> int:
-    return bundle_main(["ship", str(bundle), "--source", str(source), "--configs", "cpu_protocol", "--val-dice",
+    return bundle_main(["ship", str(bundle), "--source", str(source), "--configs", "cpu_protocol.yaml", "--val-dice",
                         "0.8", "--command", "python benchmarks/la_protocol.py --protocol cpu-v2", *extra])
 
 
@@ -128,6 +128,11 @@ def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):
     model_file("", model_dir=served.parent.parent)
     with pytest.raises(ModelNotTrainedError, match="Start the server --conf extra_config cpu_protocol.yaml"):
         config.predictor._load()
+    # weights copied in by hand afterwards are not what the record speaks of: judged by loading them alone
+    from lib.served_weights import fit_mismatch
+
+    shutil.copyfile(tmp_path / "run.pt", served)
+    assert fit_mismatch(served, []) is None
     assert not model_file("cpu_protocol.yaml", shipped_weights="false").exists()  # switched off
     (tmp_path / "tiny.yaml").write_text("patch_size: [16, 16, 16]\n")
     assert not model_file(str(tmp_path / "tiny.yaml")).exists()  # other configs: the weights may not fit
@@ -188,6 +193,14 @@ def test_weights_of_other_configs_stop_the_run_in_one_line_that_names_them(tmp_p
         check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped, argv=without)
     check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped, argv=[
         "run", "--config_file", repr(config_files(bundle, "inference", "cpu_protocol", "shipped_weights"))])
+    with pytest.raises(RunError, match="leaves out"):  # python-fire's --config-file spelling is read too
+        check_weights_fit(_network_def(bundle, ["cpu_protocol"]), shipped, argv=["run", "--config-file", without[2]])
+    # a file trained over the shipped one (training inside an export) is not what the record speaks of
+    copy = tmp_path / "export" / "models"
+    copy.mkdir(parents=True)
+    shutil.copyfile(bundle / "weights" / "weights.json", copy / "weights.json")
+    _cpu_protocol_weights(bundle, copy / "model.pt")
+    check_weights_fit(_network_def(bundle, ["cpu_protocol"]), copy / "model.pt", argv=without)
     with pytest.raises(ValueError, match="trained with: merge the same ones"):  # a run's weights: no record to read
         check_weights_fit(full, tmp_path / "cpu.pt")
     with pytest.warns(UserWarning, match="--ckpt_path"):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from ssmis.bundle.weights import sha256
 from ssmis.utils.atomic import atomic_write_text
 
 __all__ = ["config_names", "fit_mismatch", "record_fit"]
@@ -22,25 +23,31 @@ def _record(model_path: str | Path) -> Path:
 
 
 def config_names(extra_configs: Sequence[str]) -> list[str]:
-    """The file names of ``extra_configs``, each once (a config name gives the shared file and the bundle's own)."""
-    return list(dict.fromkeys(Path(c).name for c in extra_configs))
+    """``extra_configs`` as ``--conf extra_config`` names them, each once: a bundle config by its file name (the
+    name gives the shared file and the bundle's own), any other file by its path."""
+    return list(dict.fromkeys(Path(c).name if Path(c).parent.name == "configs" else str(c) for c in extra_configs))
 
 
 def record_fit(model_path: str | Path, extra_configs: Sequence[str]) -> None:
-    """Write, beside ``model_path``, the ``extra_config`` its weights were trained with."""
-    atomic_write_text(json.dumps({"extra_config": config_names(extra_configs)}) + "\n", _record(model_path))
+    """Write, beside ``model_path``, the ``extra_config`` its weights were trained with and the file's SHA-256 (a
+    ``model.pt`` copied in by hand afterwards is not what the record speaks of)."""
+    atomic_write_text(json.dumps({"extra_config": config_names(extra_configs), "sha256": sha256(model_path)}) + "\n",
+                      _record(model_path))
 
 
 def fit_mismatch(model_path: str | Path, extra_configs: Sequence[str]) -> str | None:
     """Why the weights at ``model_path`` must not be served (or trained on) with ``extra_configs``; None when they
-    fit, or when nothing was recorded (weights put there by hand, or by an app before this record)."""
+    fit, or when nothing was recorded of this file (weights put there by hand, or by an app before this record)."""
     record = _record(model_path)
     if not record.is_file():
         return None
     try:
-        fits = json.loads(record.read_text())["extra_config"]
+        data = json.loads(record.read_text())
+        fits, digest = data["extra_config"], data["sha256"]
     except (ValueError, KeyError, TypeError) as e:
         return f"{record}: unreadable ({e}); delete it if {Path(model_path).name} fits this server's extra_config"
+    if digest != sha256(model_path):  # weights put there after the record: it does not speak of them
+        return None
     running = config_names(extra_configs)
     if fits == running:
         return None

@@ -151,12 +151,12 @@ class BundlePredictor:
             raise ModelNotTrainedError(f"model {self.bundle_root.name!r} has no trained weights yet "
                                        f"({self.model_path} does not exist): train it first (POST /train/"
                                        f"{self.bundle_root.name}) or copy a trained model.pt there{hint}")
-        mismatch = fit_mismatch(self.model_path, self.extra_configs)
-        if mismatch:
-            raise ModelNotTrainedError(mismatch)
         mtime = self.model_path.stat().st_mtime
         with self._lock:
             if self._loaded is None or self._loaded.mtime != mtime:
+                mismatch = fit_mismatch(self.model_path, self.extra_configs)  # once per file, not per request
+                if mismatch:
+                    raise ModelNotTrainedError(mismatch)
                 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, SaveImaged
 
                 parser = self._parser()

@@ -24,8 +24,10 @@ def hide_paths(value: Any, roots: Mapping[str, str]) -> Any:
     inside that folder become relative to it), and without the ``path`` entries that hold an absolute path (a client
     would try a relative one on its own disk). Longer roots are replaced first."""
     ordered = sorted(((os.path.normpath(r), s) for r, s in roots.items()), key=lambda rs: -len(rs[0]))
-    # a root, then a separator (a path inside it) or anything that cannot continue a folder name
-    patterns = [(re.compile(re.escape(root) + r"(/|(?=$|[\s'\",;:)\]}]))"), stand_in) for root, stand_in in ordered]
+    # a root where no path continues into it from the left (not /mnt/data for /data), then a separator (a path
+    # inside it) or anything that cannot continue a folder name (a sentence's full stop included)
+    patterns = [(re.compile(r"(?<![\w.~/-])" + re.escape(root) + r"(/|(?=$|[\s'\",;:)\]}]|\.(?![\w-])))"), stand_in)
+                for root, stand_in in ordered]
 
     def text(s: str) -> str:
         for pattern, stand_in in patterns:

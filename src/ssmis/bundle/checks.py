@@ -138,9 +138,10 @@ def check_cuda_only_amp(amp: bool, device: Any) -> None:
                f"{torch.device(device).type!r} it would train in float32 anyway; use --amp False")
 
 
-def check_datalist(dataset_dir: str, argv: list[str] | None = None) -> None:
+def check_datalist(dataset_dir: str, keys: tuple[str, ...] = ("labeled", "validation"),
+                   argv: list[str] | None = None) -> None:
     """On a ``monai.bundle run`` command line, refuse a ``dataset_dir`` whose ``datalist.json`` is missing or
-    malformed (its ``labeled`` and ``validation`` records) before anything is built: read later, inside the
+    malformed (its ``keys`` records: training reads ``labeled`` and ``validation``) before anything is built: read later, inside the
     trainer's construction, its message stood in the middle of MONAI's traceback. Elsewhere it checks nothing: the
     zoo's checks initialise a bundle without its data."""
     from ..data import load_datalist
@@ -149,7 +150,7 @@ def check_datalist(dataset_dir: str, argv: list[str] | None = None) -> None:
     if not config_files_on_command_line(sys.argv if argv is None else argv):
         return
     try:
-        for key in ("labeled", "validation"):
+        for key in keys:
             load_datalist(dataset_dir, key)
     except DataError as e:
         refuse(f"--dataset_dir: {e}", DataError, argv=argv)

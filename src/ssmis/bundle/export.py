@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import config_files, config_layers, layer_spec, shared_configs
-from .weights import WEIGHTS_DIR, read_state_dict, sha256, shipped_weights
+from .weights import WEIGHTS_DIR, config_name, read_state_dict, sha256, shipped_weights
 
 __all__ = ["BASE_CONFIGS", "DATASET_DIR", "export_bundle", "merged_config"]
 
@@ -128,6 +128,10 @@ def _write_weights(source: Path, target: Path, configs: Path, overrides: dict[st
 
     state = read_state_dict(source)
     errors = []
+    if fits is not None:
+        absent = [c for c in fits if not (configs / f"{c}.yaml").is_file()]
+        if absent:
+            raise ValueError(f"{source}: its record names {absent}, which this export does not hold")
     lists = [["inference.yaml", *(f"{c}.yaml" for c in fits)]] if fits is not None else [
         ["inference.yaml"], ["inference.yaml", "cpu_protocol.yaml"]]
     for names in lists:
@@ -233,7 +237,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             (partial / "models").mkdir()
             shipped = partial / "models" / "model.pt"
             fits = _write_weights(weights, shipped, partial / "configs", network_overrides or {},
-                                  record["configs"] if record else None)
+                                  [config_name(c) for c in record["configs"]] if record else None)
             if record:  # what they fit, read by the run's check_weights_fit, and where they came from
                 exported = {k: v for k, v in record.items() if k != "path"}
                 note = record.get("note", "").rstrip()

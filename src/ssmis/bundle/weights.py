@@ -49,13 +49,23 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 def _record_configs(path: Path) -> list[str] | None:
     """The configs the ``weights.json`` beside ``path`` says its weights fit (a bundle's ``weights/``, an export's
-    ``models/``); None without a readable record."""
+    ``models/``); None without a readable record, or when the record's SHA-256 is not the file's (training in an
+    exported bundle writes its own ``models/model.pt`` over the shipped one)."""
     record = path.parent / "weights.json"
     try:
-        fits = json.loads(record.read_text()).get("configs") if record.is_file() else None
-    except (ValueError, AttributeError):
+        data = json.loads(record.read_text()) if record.is_file() else None
+    except ValueError:
         return None
-    return [str(c) for c in fits] if isinstance(fits, list) else None
+    if not isinstance(data, dict) or data.get("sha256") != sha256(path):
+        return None
+    fits = data.get("configs")
+    return [config_name(c) for c in fits] if isinstance(fits, list) else None
+
+
+def config_name(config: object) -> str:
+    """A config's name as records keep it: ``cpu_protocol`` for ``cpu_protocol``, ``cpu_protocol.yaml`` or a path."""
+    name = Path(str(config)).name
+    return name[:-5] if name.endswith(".yaml") else name
 
 
 def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: list[str] | None = None) -> None:
@@ -93,7 +103,8 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: l
     if files and absent:
         refuse(f"{path}: these weights were trained with {', '.join(absent)}, which this run leaves out, so they "
                f"would run in a network set up otherwise. {hint}", argv=argv)
-    state, own = read_state_dict(path), network.state_dict()
+    state = read_state_dict(path)
+    own = getattr(network, "module", network).state_dict()  # DDP (multi_gpu_train.yaml): the wrapped network's
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -186,6 +197,6 @@ def ship_weights(bundle: str | os.PathLike, source: str | os.PathLike, configs: 
     folder.mkdir(exist_ok=True)
     target = folder / "model.pt"
     atomic_torch_save(state, target)
-    full = {**record, "configs": list(configs), "dtype": "float16" if half else "float32", "sha256": sha256(target)}
+    full = {**record, "configs": [config_name(c) for c in configs], "dtype": "float16" if half else "float32", "sha256": sha256(target)}
     atomic_write_text(json.dumps(full, indent=2) + "\n", folder / "weights.json")
     return target
