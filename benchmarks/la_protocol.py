@@ -558,9 +558,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--bundles: {b} is not a bundle of --dataset {args.dataset} (its bundles end in _{args.dataset})")
     # a misspelt path must not write empty tables over the real ones, and a malformed file fails now, not after hours
     # of training (training makes the file when there is none)
+    rows = None
     if args.report_only or args.compare or args.results.exists():
         try:
-            read_rows(args.results)
+            rows = read_rows(args.results)
         except ValueError as e:
             p.error(f"--results {e}")
 
@@ -570,11 +571,11 @@ def main(argv: list[str] | None = None) -> int:
                            f"{'patients, 2 frames each' if args.dataset == 'acdc' else 'volumes'})")
 
     if args.report_only:
-        report(json.loads(args.results.read_text()))
+        report(rows)
         print(args.results.with_suffix(".md").read_text())
         return 0
     if args.compare:
-        results = json.loads(args.results.read_text())
+        results = rows
         for labeled in args.labeled:
             try:
                 c = paired(results, *args.compare, labeled, args.metric)

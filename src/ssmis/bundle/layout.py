@@ -104,6 +104,8 @@ def config_files_on_command_line(argv: list[str]) -> list[str]:
             value = raw.split("=", 1)[1]
         if value is not None and arg.startswith("__args_file"):
             value = _args_file_config(value)
+        if isinstance(value, list):
+            return value
         if value is not None:
             if value.lstrip().startswith("["):
                 try:
@@ -116,15 +118,16 @@ def config_files_on_command_line(argv: list[str]) -> list[str]:
     return []
 
 
-def _args_file_config(path: str) -> str | None:
-    """The ``config_file`` of a ``--args_file`` (JSON or YAML), as a string; None when it has none."""
+def _args_file_config(path: str) -> str | list[str] | None:
+    """The ``config_file`` of a ``--args_file`` (JSON or YAML): a string in one of the command line's spellings, or
+    a list of files; None when it has none."""
     try:
         from monai.bundle import ConfigParser
 
         value = ConfigParser.load_config_file(path).get("config_file")
     except Exception:  # an unreadable args file: MONAI itself reports it
         return None
-    return None if value is None else (value if isinstance(value, str) else repr([str(v) for v in value]))
+    return None if value is None else (value if isinstance(value, str) else [str(v) for v in value])
 
 
 def default_bundle_root(argv: list[str] | None = None) -> str:

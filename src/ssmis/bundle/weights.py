@@ -84,10 +84,11 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: l
             config the record names is not on the command line.
     """
     path = Path(path)
+    files = config_files_on_command_line(sys.argv if argv is None else argv)
     if not path.is_file():
         message = (f"{path}: no weight file; train the bundle first, pass --ckpt_path <run>/models/model.pt, or merge "
                    "shipped_weights last to use the weights the bundle ships")
-        if config_files_on_command_line(sys.argv if argv is None else argv):
+        if files:
             refuse(message, FileNotFoundError, argv=argv)
         warnings.warn(message, stacklevel=2)  # the zoo's checks initialise a bundle before its weights arrive
         return
@@ -98,7 +99,6 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: l
             f"configs/{'.yaml, configs/'.join(fits)}.yaml)") if fits else (
         "Weights load into the network of the configs they were trained with: merge the same ones here (e.g. "
         "cpu_protocol after a CPU-protocol run)")
-    files = config_files_on_command_line(sys.argv if argv is None else argv)
     absent = [c for c in fits or [] if c not in {Path(f).stem for f in files}]
     if files and absent:
         refuse(f"{path}: these weights were trained with {', '.join(absent)}, which this run leaves out, so they "

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .datalist import read_id_list, write_datalist
+from .datalist import read_id_list, repeated_ids, write_datalist
 from ..utils.errors import DataError
 from .h5 import read_h5_volume
 from ..transforms.check_label import check_label
@@ -71,7 +71,7 @@ def split_patients(patients: Sequence[str], labeled: int, val: int, seed: int | 
     for name, ids in (("--labeled-ids", labeled_ids), ("--val-ids", val_ids)):
         if ids is not None and not ids:
             raise DataError(f"{name}: names no patient")
-        repeated = sorted({i for i in ids or () if list(ids).count(i) > 1})
+        repeated = repeated_ids(ids or ())
         if repeated:
             raise DataError(f"{name}: names {repeated} more than once")
         unknown = sorted(set(ids or ()) - set(order))

@@ -20,6 +20,11 @@ __all__ = ["DATALIST_KEYS", "check_distinct_outputs", "load_datalist", "read_id_
 DATALIST_KEYS = ("labeled", "unlabeled", "validation")
 
 
+def repeated_ids(ids: Sequence[str]) -> list[str]:
+    """The ids that ``ids`` holds more than once, sorted."""
+    return sorted({i for i in ids if list(ids).count(i) > 1})
+
+
 def read_id_list(path: Path, what: str, layout: str) -> list[str]:
     """The ids of a ``*.list`` file, one per line; a missing or empty file, or an id listed twice (it could land
     on both sides of a split), is a :class:`DataError` naming the file. ``what``: "cases" or "patients";
@@ -29,7 +34,7 @@ def read_id_list(path: Path, what: str, layout: str) -> list[str]:
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: empty, no {what} to prepare")
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    repeated = repeated_ids(ids)
     if repeated:
         raise DataError(f"{path}: lists these {what} more than once: {repeated[:5]}")
     return ids
