@@ -857,6 +857,71 @@ def test_queue_locks_work_across_the_worker_threads_own_event_loops(monkeypatch)
     slow.join(5)
 
 
+def test_a_synchronous_scoring_frees_its_turn_once_its_answer_is_sent(monkeypatch):
+    """The app coroutine of a ``run_sync`` scoring returns only after the client has the whole answer (the endpoint
+    runs in a worker thread), so a client's next ``run_sync``, sent as soon as the answer arrived, must not find the
+    turn still taken. Here the first call holds its app after its last send: the second is served (it got a 429
+    when the turn was freed on return). A turn whose app fails before answering is freed as well."""
+    import asyncio
+    import threading
+
+    from lib import task_queue
+    from lib.middleware import TaskRequestCheck
+
+    monkeypatch.setattr(task_queue, "forget_finished", lambda method: 0)
+    answered, finish = threading.Event(), threading.Event()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        assert check._sync_scoring.locked()  # not yet: the answer is not complete
+        await send({"type": "http.response.body", "body": b"}"})
+        if scope["path"] == "/scoring/slow":
+            answered.set()
+            while not finish.is_set():
+                await asyncio.sleep(0.01)
+        if scope["path"] == "/scoring/fails":
+            raise RuntimeError("after the answer")
+
+    async def failing(scope, receive, send):
+        raise RuntimeError("before any answer")
+
+    check = TaskRequestCheck(app)
+    statuses: list[int] = []
+
+    async def call(path, target=None):
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"run_sync=true",
+                 "headers": [(b"content-type", b"application/json")]}
+        await (target or check)(scope, receive, send)
+
+    first = threading.Thread(target=lambda: asyncio.run(call("/scoring/slow")), daemon=True)
+    first.start()
+    assert answered.wait(5)
+    asyncio.run(call("/scoring/m"))  # the first still runs its app, but its answer is out
+    finish.set(), first.join(5)
+    assert statuses == [200, 200]
+    try:
+        asyncio.run(call("/scoring/fails"))
+    except RuntimeError:
+        pass
+    broken = TaskRequestCheck(failing)
+    for _ in range(2):
+        try:
+            asyncio.run(call("/scoring/m", broken))
+        except RuntimeError:
+            pass
+    assert not check._sync_scoring.locked() and not broken._sync_scoring.locked()
+    asyncio.run(call("/scoring/m"))
+    assert statuses == [200, 200, 200, 200]
+
+
 def test_a_root_path_does_not_let_requests_past_the_path_checks():
     """``monailabel start_server --root_path /api`` puts ``/api`` in front of every request's path, and the router
     serves ``/api/logs`` as ``/logs``: the path checks must judge the routed path, or the prefix walks past them."""

@@ -152,13 +152,7 @@ class TaskRequestCheck:
                 await self._answer(400, reason, scope, receive, send)
                 return
         if method == "scoring" and query_flag(scope, "run_sync"):
-            async with self._held(self._sync_scoring, 0) as taken:
-                if not taken:
-                    await self._answer(429, "a synchronous scoring (run_sync) is running already; wait for it, or "
-                                            "start this one without run_sync and poll GET /scoring/",
-                                       scope, receive, send)
-                    return
-                await self.app(scope, receive, send)
+            await self._sync_scoring_call(scope, receive, send)
             return
         if not queues:
             await self.app(scope, receive, send)
@@ -176,6 +170,31 @@ class TaskRequestCheck:
                                         "when one has finished", scope, receive, send)
                 return
             await self.app(scope, receive, send)
+
+    async def _sync_scoring_call(self, scope: dict, receive: Any, send: Any) -> None:
+        """Runs a ``run_sync`` scoring alone (429 while another runs). The lock is freed just before the answer's
+        last body message goes out: the endpoint runs in a worker thread and the app coroutine returns only after
+        the client has the whole answer, so freeing it on return gave a client's next ``run_sync`` a spurious 429."""
+        if not self._sync_scoring.acquire(blocking=False):
+            await self._answer(429, "a synchronous scoring (run_sync) is running already; wait for it, or start this "
+                                    "one without run_sync and poll GET /scoring/", scope, receive, send)
+            return
+        held = [True]
+
+        def free() -> None:
+            if held[0]:
+                held[0] = False
+                self._sync_scoring.release()
+
+        async def send_freeing(message: dict) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                free()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_freeing)
+        finally:
+            free()
 
     @staticmethod
     async def _answer(status: int, detail: str, scope: dict, receive: Any, send: Any) -> None:
