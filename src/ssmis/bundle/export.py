@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..utils.paths import file_in_the_way
 from .layout import config_files, config_layers, layer_spec, shared_configs
 from .weights import WEIGHTS_DIR, config_name, read_state_dict, sha256, shipped_weights
 
@@ -187,7 +188,7 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
     else:
         weights = default_weights(bundle) or bundle / WEIGHTS_DIR / "model.pt"
     record = shipped_weights(bundle) if weights.resolve() == (bundle / WEIGHTS_DIR / "model.pt").resolve() else None
-    blocked = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+    blocked = file_in_the_way(output)
     if blocked is not None:
         raise ValueError(f"--output {output}: {blocked} is a file, not a folder")
     output.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..utils.errors import DataError
+from ..utils.paths import file_in_the_way
 
 try:
     import fcntl
@@ -116,7 +117,7 @@ def replace_output_dir(output: str | os.PathLike) -> Iterator[Path]:
     """
     output = Path(output).absolute()
     partial, old = output.with_name(output.name + ".partial"), output.with_name(output.name + ".old")
-    blocked = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    blocked = file_in_the_way(output, itself=False)
     if blocked is not None:
         raise DataError(f"{output}: cannot be made, {blocked} is a file")
     output.parent.mkdir(parents=True, exist_ok=True)
