@@ -143,8 +143,10 @@ class SSMISApp(MONAILabelApp):
 
     def _server_roots(self) -> Dict[str, str]:
         """The server folders a remote client sees replaced (``HideServerPaths``): the studies (paths in it become
-        relative), the bundles, the weights, the app, the temporary folder and Python's; each as given and resolved."""
-        roots = {self.studies: "", **self.server_roots, str(self.temp_folder or ""): "<tmp>", sys.prefix: "<python>"}
+        relative), the bundles, the weights, the app, the temporary folder and Python's (the environment's and the
+        installation's under it); each as given and resolved."""
+        roots = {self.studies: "", **self.server_roots, str(self.temp_folder or ""): "<tmp>", sys.prefix: "<python>",
+                 sys.base_prefix: "<python>"}
         return {**{os.path.realpath(r): s for r, s in roots.items() if r}, **{r: s for r, s in roots.items() if r}}
 
     def async_scoring(self, method: str | None, params: Dict[str, Any] | None = None) -> Dict[str, Any]:

@@ -1310,3 +1310,6 @@ def test_remote_clients_get_no_server_paths(tmp_path):
 
     assert hide_paths(["/mnt/data/x", "/database/y", "/data/z", "in /data."], {"/data": ""}) == [
         "/mnt/data/x", "/database/y", "z", "in .."]
+    # file:// URIs and keys are rewritten too; a URI of a folder outside the roots is left
+    assert hide_paths({"/data/a.nii.gz": "file:///data/b", "c": "file:///mnt/data/c"}, {"/data": "<s>"}) == {
+        "<s>/a.nii.gz": "<s>/b", "c": "file:///mnt/data/c"}

@@ -20,13 +20,14 @@ __all__ = ["HideServerPaths", "hide_paths"]
 
 
 def hide_paths(value: Any, roots: Mapping[str, str]) -> Any:
-    """``value`` (parsed JSON) with every ``roots`` folder in its strings replaced by what stands for it (``""``: paths
-    inside that folder become relative to it), and without the ``path`` entries that hold an absolute path (a client
-    would try a relative one on its own disk). Longer roots are replaced first."""
+    """``value`` (parsed JSON) with every ``roots`` folder in its strings and keys (plain or as a ``file://`` URI)
+    replaced by what stands for it (``""``: paths inside that folder become relative to it), and without the ``path``
+    entries that hold an absolute path (a client would try a relative one on its own disk). Longer roots first."""
     ordered = sorted(((os.path.normpath(r), s) for r, s in roots.items()), key=lambda rs: -len(rs[0]))
-    # a root where no path continues into it from the left (not /mnt/data for /data), then a separator (a path
-    # inside it) or anything that cannot continue a folder name (a sentence's full stop included)
-    patterns = [(re.compile(r"(?<![\w.~/-])" + re.escape(root) + r"(/|(?=$|[\s'\",;:)\]}]|\.(?![\w-])))"), stand_in)
+    # a root (or its file:// URI) where no path continues into it from the left (not /mnt/data for /data), then a
+    # separator (a path inside it) or anything that cannot continue a folder name (a sentence's full stop included)
+    patterns = [(re.compile(r"(?<![\w.~/-])(?:file://)?" + re.escape(root) + r"(/|(?=$|[\s'\",;:)\]}]|\.(?![\w-])))"),
+                 stand_in)
                 for root, stand_in in ordered]
 
     def text(s: str) -> str:
@@ -36,7 +37,7 @@ def hide_paths(value: Any, roots: Mapping[str, str]) -> Any:
 
     def walk(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()
+            return {text(k): walk(x) for k, x in v.items()
                     if not (k == "path" and isinstance(x, str) and os.path.isabs(x))}
         if isinstance(v, list):
             return [walk(x) for x in v]
