@@ -43,7 +43,7 @@ from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
 from lib import errors, task_queue  # noqa: E402
 from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
-from lib.configs import CONFIGS  # noqa: E402
+from lib.configs import CONFIGS, served_models  # noqa: E402
 from lib.datastore import SafeLocalDatastore, StorageLimits  # noqa: E402
 from lib.middleware import ComputeGate, SlowClients, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
 from lib.volumes import VolumeLimits  # noqa: E402
@@ -72,16 +72,7 @@ class SSMISApp(MONAILabelApp):
         self.gate = ComputeGate.from_conf(conf)
         self.gate_size = self.gate.slots
         self.client_limits = SlowClients.conf_limits(conf)
-        requested = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
-        # 'all': every LA model (the default studies are LA volumes); models of another task are named explicitly
-        names = sorted(n for n, c in CONFIGS.items() if c.task == "la") if requested in ([], ["all"]) else requested
-        unknown = [m for m in names if m not in CONFIGS]
-        if unknown:
-            raise ValueError(f"--conf models: unknown model(s) {unknown}; available: {sorted(CONFIGS)} or 'all'")
-        tasks = sorted({CONFIGS[m].task for m in names})
-        if len(tasks) > 1:
-            raise ValueError(f"--conf models: {names} mix the tasks {tasks} (other images and labels); serve the "
-                             "models of one task")
+        names = served_models(conf.get("models"))
         self.models = {}
         for name in names:
             config = CONFIGS[name]()

@@ -120,6 +120,14 @@ def test_the_app_serves_transmedseg_acdc_slice_by_slice(tmp_path):
     prediction = predictor.predict(tmp_path / "p001_frame01.nii.gz")
     assert prediction.probs.shape == (4, 256, 256, 4)  # the network's in-plane size, slice by slice
     assert prediction.label.shape == shape
+    from lib.configs import served_models
+
+    assert served_models("transmedseg_acdc, supervised_acdc") == ["transmedseg_acdc", "supervised_acdc"]
+    assert "transmedseg_acdc" not in served_models("all")  # 'all' is every LA model
+    with pytest.raises(ValueError, match=r"mix the tasks \['acdc', 'la'\]"):
+        served_models("transmedseg_acdc,supervised_la")
+    with pytest.raises(ValueError, match="unknown model"):
+        served_models("transmedseg_acd")
 
 
 def test_each_process_draws_its_own_slices_with_replacement():

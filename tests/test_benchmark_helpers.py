@@ -47,10 +47,19 @@ def test_steal_jiffies_parsed_from_proc_stat_line(tmp_path):
     assert _cpu_jiffies(tmp_path / "missing") is None
 
 
-def test_steal_meter_gives_a_fraction_or_none():
+def test_steal_meter_gives_a_fraction_or_none(tmp_path, monkeypatch):
     with StealMeter() as m:
-        sum(range(200000))
-    assert m.fraction is None or 0.0 <= m.fraction <= 1.0
+        time.sleep(0.1)  # several jiffies
+    if Path("/proc/stat").is_file():
+        assert m.fraction is not None and 0.0 <= m.fraction <= 1.0
+    else:
+        assert m.fraction is None
+    from benchmarks import cpu_steal
+
+    monkeypatch.setattr(cpu_steal, "_cpu_jiffies", lambda: None)  # unreadable: None
+    with StealMeter() as m:
+        pass
+    assert m.fraction is None
 
 
 def test_steal_cell_rounds_to_percent_or_dash():
@@ -157,9 +166,12 @@ def test_report_tools_never_write_over_the_tables_from_a_missing_results_file(tm
         assert e.value.code == 2 and "--results" in capsys.readouterr().err
     assert "real rows" in doc.read_text() and not (tmp_path / "h.md").exists()
     good = ROOT / "docs" / "results" / "la_1.25mm_v2.json"
+    page = ROOT / "docs" / "benchmarks.md"
     if good.is_file():  # the page is touched only when asked for (or every argument is left at its default)
+        before = (page.read_bytes(), page.stat().st_mtime_ns)
         headline(["--results", str(good), "--output", str(tmp_path / "h.md")])
-        assert (tmp_path / "h.md").is_file()
+        assert (tmp_path / "h.md").is_file() and "| method |" in (tmp_path / "h.md").read_text()
+        assert (page.read_bytes(), page.stat().st_mtime_ns) == before
 
 
 def test_paired_comparison_by_case():
@@ -214,8 +226,25 @@ def test_process_state_reads_the_field_after_the_command_name(tmp_path):
     assert process_state(43, proc=tmp_path) is None
 
 
+def test_paused_meter_adds_the_time_between_stopped_polls(monkeypatch):
+    """Each poll reads the process state and the clock: the time between two polls that both found it stopped
+    (``T`` or ``t``) is counted, so a pause seen by polls at t = 2, 3, 4 counts 2 s; the thread ends when the
+    process is gone."""
+    from types import SimpleNamespace
+
+    from benchmarks import paused_time
+
+    states = iter(["S", "S", "T", "t", "T", "S", "T", "S", None])  # the first is __enter__'s check
+    clock = iter(range(100))
+    monkeypatch.setattr(paused_time, "process_state", lambda pid: next(states))
+    monkeypatch.setattr(paused_time, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    with PausedMeter(1, interval=0.001) as meter:
+        meter._thread.join(5)  # polls at t = 1 (S), 2 (T), 3 (t), 4 (T), 5 (S), 6 (T), 7 (S), then gone
+    assert meter.seconds == 2.0  # 2 -> 3 -> 4; the lone stopped poll at 6 adds nothing
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
-def test_paused_meter_measures_a_sigstop_pause():
+def test_paused_meter_sees_a_real_sigstop():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with PausedMeter(child.pid, interval=0.05) as running:
@@ -226,8 +255,7 @@ def test_paused_meter_measures_a_sigstop_pause():
             time.sleep(1.5)
             child.send_signal(signal.SIGCONT)
             time.sleep(0.3)
-        # one poll interval may be missed at each end of the pause; the margin covers a loaded machine's polling
-        assert 1.0 <= paused.seconds <= 1.8
+        assert paused.seconds > 0  # how much is the mechanics test's business, not a timing here
     finally:
         child.kill()
         child.wait()

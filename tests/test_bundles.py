@@ -176,7 +176,8 @@ def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loadable without DDP
     state = torch.load(out / "models" / "checkpoint.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 6
-    if name == "transmedseg_la":  # the statistics were summed over both processes: every voxel counted once
+    if name == "transmedseg_la":  # TSA's statistics reached rank 0's checkpoint under DDP (that they are summed
+        # over the processes is test_tsa_plugin.py::test_statistics_are_synchronised_across_processes)
         assert float(state["tsa"]["statistics.source.count"].sum()) > 0
     best = torch.load(out / "models" / "model_best.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") or ".module." in k for k in best["model"])

@@ -129,7 +129,7 @@ def test_prepare_la_bad_input(tmp_path, capsys, breaker, words):
     err = capsys.readouterr().err
     assert named in err and words in err
     assert sorted(p.name for p in out.iterdir()) == ["datalist.json", "keep.txt"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "temporary output left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LA", "out"], "temporary output left behind"
 
 
 def test_prepare_la_bad_input_leaves_no_output(tmp_path, capsys):
@@ -283,7 +283,8 @@ def test_reprepare_keeps_what_it_does_not_write(tmp_path):
         assert (out / "datalist.json").stat().st_ino != before  # rewritten, not left over
         assert (out / "eval" / "metrics.csv").read_text() == "case,dice\n", command
         assert nib.load(out / "imagesTs" / "new.nii.gz").shape == (4, 4, 4), command
-        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], command
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f"out_{command}"))
+        assert left == [f"out_{command}"], (command, left)  # no out_<command>.partial or .old
 
 
 @pytest.mark.parametrize("dims, classes", [(3, 2), (2, 4)])

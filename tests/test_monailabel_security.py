@@ -140,8 +140,10 @@ def test_header_claims_and_bombs_are_refused_before_reading(server):
     assert len(bomb) < 100_000
     r = _upload(base, "bomb", bomb)
     assert r.status_code == 413 and "8,388,608 voxels" in r.json()["detail"], r.text
+    # no weights here: 409, answered before the image is read (with weights, the same upload gets a 413:
+    # test_monailabel_app.py::test_inference_uploads_too_large_for_the_served_model_get_413)
     r = requests.post(f"{base}/infer/transmedseg_la", files={"file": ("claim.nii", claims_2gb)})
-    assert r.status_code in (409, 413), r.text  # 409: no weights yet, answered before the image is read
+    assert r.status_code == 409, r.text
     assert _rss_kb(pid) - before < 150_000  # kB: nothing near the claimed sizes was allocated
     for image_id in ("claim", "short", "shortgz", "bomb"):
         assert image_id not in requests.get(f"{base}/datastore/?output=all").json()["objects"]
@@ -637,11 +639,9 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
         "OHIF static files": (404, lambda: requests.get(f"{base}/static/ohif/index.html")),
     }
     for name, (status, call) in refused.items():
-        t0 = time.perf_counter()
         r = call()
         assert r.status_code == status, f"{name}: {r.status_code} {r.text[:300]}"
         assert r.json().get("detail"), f"{name}: no message"
-        assert time.perf_counter() - t0 < 10, f"{name}: took {time.perf_counter() - t0:.1f} s"
     assert {kind: task_count(kind) for kind in counts} == counts  # nothing was queued, not even to fail
     # scoring runs on its own after start-up; none of its tasks carries a client's folder
     scorings = requests.get(f"{base}/scoring/?all=true").json()
@@ -650,18 +650,17 @@ def test_task_requests_cannot_choose_server_settings_or_overwrite_labels(server)
     assert (final.read_bytes() if final.exists() else None) == final_before  # no annotator's label replaced
 
 
-def test_uploads_too_large_on_the_models_grid_or_forged_are_refused_quickly(server):
+def test_uploads_too_large_on_the_models_grid_or_forged_are_refused(server):
     """An upload is judged by what the served model would allocate: 64³ voxels of 20 mm are 2048³ at the
     network's 0.625 mm. A forged data offset, an RGB volume and non-positive voxel sizes are refused by name,
     before the voxels are decoded."""
     base, pid = server["base"], server["pid"]
     before = _rss_kb(pid)
     coarse = _nifti_bytes(np.zeros((64, 64, 64), np.uint8), np.diag([20.0, 20.0, 20.0, 1.0]))
-    t0 = time.perf_counter()
     r = _upload(base, "coarse", coarse)
     assert r.status_code == 413 and "resampled" in r.json()["detail"] and "max_voxels" in r.json()["detail"], r.text
     r = requests.post(f"{base}/infer/transmedseg_la", files={"file": ("coarse.nii.gz", coarse)})
-    assert r.status_code in (409, 413), r.text  # 409: no weights, answered before the image is read
+    assert r.status_code == 409, r.text  # no weights: answered before the image is read (see above)
     header = nib.Nifti1Header()
     header.set_data_shape((24, 24, 16))
     header.set_data_dtype(np.uint8)
@@ -683,8 +682,7 @@ def test_uploads_too_large_on_the_models_grid_or_forged_are_refused_quickly(serv
     assert sform.header.get_zooms() == (0.625, 0.625, 0.625)
     r = _upload(base, "sform", gzip.compress(sform.to_bytes(), compresslevel=1))
     assert r.status_code == 413 and "resampled" in r.json()["detail"], r.text
-    assert time.perf_counter() - t0 < 30
-    assert _rss_kb(pid) - before < 150_000  # kB
+    assert _rss_kb(pid) - before < 150_000  # kB: nothing near the 2048³ it would resample to was allocated
     for image_id in ("coarse", "forged", "rgb", "flat", "sform"):
         assert image_id not in requests.get(f"{base}/datastore/?output=all").json()["objects"]
 
@@ -907,16 +905,12 @@ def test_a_synchronous_scoring_frees_its_turn_once_its_answer_is_sent(monkeypatc
     asyncio.run(call("/scoring/m"))  # the first still runs its app, but its answer is out
     finish.set(), first.join(5)
     assert statuses == [200, 200]
-    try:
+    with pytest.raises(RuntimeError, match="after the answer"):
         asyncio.run(call("/scoring/fails"))
-    except RuntimeError:
-        pass
     broken = TaskRequestCheck(failing)
-    for _ in range(2):
-        try:
+    for _ in range(2):  # the second would get a 429 if the first had kept the turn
+        with pytest.raises(RuntimeError, match="before any answer"):
             asyncio.run(call("/scoring/m", broken))
-        except RuntimeError:
-            pass
     assert not check._sync_scoring.locked() and not broken._sync_scoring.locked()
     asyncio.run(call("/scoring/m"))
     assert statuses == [200, 200, 200, 200]
@@ -998,9 +992,9 @@ def test_slow_clients_are_cut_off_and_the_server_waits_for_nobody():
     def status(sent):
         return next(m["status"] for m in sent if m["type"] == "http.response.start")
 
-    t0 = time.perf_counter()
+    # (a client that is never cut off would hang the call: _asgi_call gives up after 30 s)
     sent = _asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"a", None])
-    assert status(sent) == 408 and b"client_idle_s" in sent[-1]["body"] and time.perf_counter() - t0 < 3
+    assert status(sent) == 408 and b"client_idle_s" in sent[-1]["body"]  # not max_body_s: cut at the pause
 
     class Trickle:  # a chunk every 0.1 s, forever: never idle, but never done
         def __init__(self):
@@ -1039,10 +1033,9 @@ def test_slow_clients_are_cut_off_and_the_server_waits_for_nobody():
 
     sent = _asgi_call(SlowClients(bodiless, idle_s=0.2, body_s=0.3), {"headers": []}, [b""])
     assert status(sent) == 200 and sent[-1]["body"] == b"file"
-    # a response the client never takes: dropped, no exception, within the idle time
-    t0 = time.perf_counter()
+    # a response the client never takes: dropped, no exception (a send that waited for the client would hang)
     sent = _asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"ok"], read_response=False)
-    assert [m["type"] for m in sent] == ["http.response.start"] and time.perf_counter() - t0 < 3
+    assert [m["type"] for m in sent] == ["http.response.start"]
     assert status(_asgi_call(SlowClients(endpoint, idle_s=0.2, body_s=5), {}, [b"o", b"k"])) == 200
 
 

@@ -321,7 +321,7 @@ def test_bundle_passes_cut_beta():
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_co_training_teacher_precision(precision):
+def test_co_training_teacher_precision(precision, monkeypatch):
     """``teacher_precision`` reaches exactly the gradient-free pseudo-label passes: with ``bfloat16`` their
     convolutions run in bfloat16 under autocast, the passes with gradients stay float32, and the pseudo-labels the
     losses see are float32 probabilities."""
@@ -337,8 +337,16 @@ def test_co_training_teacher_precision(precision):
     strategy = CoTrainingStrategy(nets, DiceCELoss(to_onehot_y=True, softmax=True), [8, 8, 8], [2, 2, 2],
                                   unlabeled_weight=1.0, use_cut=True, teacher_precision=precision)
     strategy.report_pseudo_labels = True
+    from ssmis.engines import co_training
+
+    targets = []  # the pseudo-labels each unlabelled loss term receives
+    loss = co_training.pseudo_label_loss
+    monkeypatch.setattr(co_training, "pseudo_label_loss", lambda pred, target, *a: targets.append(target) or
+                        loss(pred, target, *a))
     labeled = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8))}
     out = strategy(None, labeled, {"image": torch.rand(2, 1, 12, 12, 12)})
+    assert len(targets) == 4 and all(t.dtype == torch.float32 and not t.requires_grad for t in targets)
+    assert all(torch.allclose(t.sum(1), torch.ones(())) for t in targets)  # probabilities over the classes
     out["loss"].backward()
     low = torch.bfloat16 if precision == "bfloat16" else torch.float32
     assert sorted(set(seen)) == sorted({(True, torch.float32), (False, low)})

@@ -72,6 +72,14 @@ def check_finite_weights(trained: Path, served: Path) -> None:
                            f"learning_rate?); the served {served} is kept")
 
 
+def publish_weights(trained: Path, served: Path, extra_configs: Sequence[str]) -> None:
+    """Replace the ``served`` weights with a training's (atomically: a reader gets the old or the new file) and
+    record the configs they fit; a diverged run's weights (NaN, infinity) raise and leave ``served`` as it was."""
+    check_finite_weights(trained, served)
+    atomic_replace(lambda tmp: shutil.copyfile(trained, tmp), served)
+    record_fit(served, extra_configs)
+
+
 # request keys a client may set, with their types; everything else in a train request is rejected
 ALLOWED = {
     "num_iterations": int, "val_interval": int, "batch_size": int, "learning_rate": float,
@@ -302,9 +310,7 @@ class SemiSupervisedBundleTrain(TrainTask):
         trained = run_dir / "models" / "model.pt"
         if not trained.is_file():
             raise RuntimeError(f"{self.name}: training finished without writing {trained}")
-        check_finite_weights(trained, self.model_path)  # a diverged run: the served weights stay
-        atomic_replace(lambda tmp: shutil.copyfile(trained, tmp), self.model_path)  # publish
-        record_fit(self.model_path, self.extra_configs)
+        publish_weights(trained, self.model_path, self.extra_configs)  # a diverged run: the served weights stay
         for done_with in (run_dir / "models" / "checkpoint.pt", trained):  # resume state; a copy of the published
             done_with.unlink(missing_ok=True)
         self._prune_runs()
