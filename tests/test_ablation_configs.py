@@ -36,11 +36,18 @@ def test_graph_reduction_ablation():
     assert s.graph_loss.reduction == "nodes" and s.tsa is not None
 
 
-def test_tsa_on_mean_teacher():
+def test_tsa_on_mean_teacher(synthetic_3d):
     s, parser = strategy("ablation_tsa_mean_teacher.yaml")
     assert type(s).__name__ == "MeanTeacherStrategy" and s.tsa is not None
     handlers = parser["train#method_handlers"]
-    assert handlers[-1].replace("::", "#") == "@train#rampup" and len(handlers) == 4  # merged, not replacing them
+    assert handlers[-1].replace("::", "#") == "@train#rampup" and len(handlers) == 3  # merged, not replacing them
+    # no pre-training here: no PretrainingStage is built (nor checkpointed); with pre-training, one is
+    parser["dataset_dir"] = str(synthetic_3d)
+    assert parser.get_parsed_content("train#pretraining") is None
+    assert parser.get_parsed_content("checkpoint_dict#pretraining") is None
+    _, with_pretraining = strategy()
+    with_pretraining["dataset_dir"] = str(synthetic_3d)
+    assert type(with_pretraining.get_parsed_content("train#pretraining")).__name__ == "PretrainingStage"
     parser["use_tsa"] = False  # the switch is honoured here too (the plain mean teacher of this bundle's pieces)
     assert parser.get_parsed_content("train#strategy", lazy=False).tsa is None
 
@@ -229,13 +236,12 @@ def test_tsa_switched_off_builds_nothing():
     for use_tsa in (True, False):
         parser = _tms_parser(use_tsa=use_tsa)
         strategy = parser.get_parsed_content("train#strategy")
-        handler = parser.get_parsed_content("train#method_handlers#0")
         entry = parser.get_parsed_content("checkpoint_dict#tsa")
         hooks = sum(len(m._forward_hooks) for m in parser.get_parsed_content("network").modules())
-        if use_tsa:
-            assert strategy.tsa is handler is entry and hooks == 2  # TSA's classifier tap and the graph term's
+        if use_tsa:  # the strategy attaches it (no handler list names it)
+            assert strategy.tsa is entry and hooks == 2  # TSA's classifier tap and the graph term's
         else:
-            assert strategy.tsa is None and handler is None and entry is None
+            assert strategy.tsa is None and entry is None
             assert hooks == 1  # the graph term's tap alone
 
 

@@ -28,7 +28,8 @@ def _batches(n: int, labeled: bool, seed: int) -> list[dict]:
     return out
 
 
-def _run(select: str, reset_optimizer: bool = True, stop_at: int | None = None, resume: dict | None = None):
+def _run(select: str, reset_optimizer: bool = True, stop_at: int | None = None, resume: dict | None = None,
+         restore_optimizer: bool = False):
     """Pre-train 6 iterations (validation every 2, scripted scores), self-train 2; return what was seen."""
     torch.manual_seed(0)
     net = BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4))
@@ -42,7 +43,7 @@ def _run(select: str, reset_optimizer: bool = True, stop_at: int | None = None, 
     evaluator = Engine(validate)
     evaluator.state.key_metric_name = "val_mean_dice"
     stage = PretrainingStage(net, 6, evaluator=evaluator, optimizer=opt, select=select,
-                             reset_optimizer=reset_optimizer)
+                             reset_optimizer=reset_optimizer, restore_optimizer=restore_optimizer)
     if resume is not None:
         stage.load_state_dict(resume)
     strategy = BCPStrategy(net, ema.ema_model, 2, pretrain_iterations=6, largest_component=False)
@@ -54,14 +55,19 @@ def _run(select: str, reset_optimizer: bool = True, stop_at: int | None = None, 
     trainer_ref.append(trainer)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(event_filter=lambda _, i: i in SCORES and i <= 6),
                               lambda _: evaluator.run([0]))
-    seen: dict = {"states": {}}
+    seen: dict = {"states": {}, "momentum": {}}
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen["states"].__setitem__(
         e.state.iteration, {k: v.clone() for k, v in net.state_dict().items()}))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen["momentum"].__setitem__(
+        e.state.iteration, [opt.state[p]["momentum_buffer"].clone() for p in net.parameters()]))
 
     def at_switch(_):
         seen["student"] = {k: v.clone() for k, v in net.state_dict().items()}
         seen["teacher"] = {k: v.clone() for k, v in ema.ema_model.state_dict().items()}
         seen["optimizer_state"] = len(opt.state)
+        seen["momentum_at_switch"] = [opt.state[p]["momentum_buffer"].clone() for p in net.parameters()
+                                      if p in opt.state]
+        seen["lr_at_switch"] = opt.param_groups[0]["lr"]
         seen["stage_state"] = stage.state_dict()
 
     trainer.add_event_handler(Events.ITERATION_STARTED(once=7), at_switch)
@@ -89,6 +95,22 @@ def test_last_keeps_the_last_pre_trained_state_and_the_optimiser_when_asked():
     seen = _run("last", reset_optimizer=False)
     assert _same(seen["student"], seen["states"][6]) and _same(seen["teacher"], seen["states"][6])
     assert seen["optimizer_state"] > 0
+
+
+def test_restore_optimizer_takes_the_optimiser_state_kept_with_the_selected_weights():
+    """BCP on ACDC reloads the optimiser saved with its best pre-trained model: the momentum at the switch is the
+    one of the selected iteration (4), not of the last (6); the learning rate stays the schedule's."""
+    seen = _run("best", reset_optimizer=False, restore_optimizer=True)
+    assert _same(seen["student"], seen["states"][4])
+    kept, last = seen["momentum"][4], seen["momentum"][6]
+    assert all(torch.equal(a, b) for a, b in zip(seen["momentum_at_switch"], kept))
+    assert not all(torch.equal(a, b) for a, b in zip(kept, last))  # the check above could fail
+    assert seen["lr_at_switch"] == 0.1 and seen["stage_state"]["best_optimizer_state"] is None
+    without = _run("best", reset_optimizer=False)  # neither: the optimiser goes on from iteration 6
+    assert all(torch.equal(a, b) for a, b in zip(without["momentum_at_switch"], without["momentum"][6]))
+    with pytest.raises(ValueError, match="exclude each other"):
+        PretrainingStage(torch.nn.Linear(1, 1), 2, evaluator=Engine(lambda e, b: None), reset_optimizer=True,
+                         restore_optimizer=True)
 
 
 def test_the_selection_survives_a_resume_during_pre_training():

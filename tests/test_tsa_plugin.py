@@ -99,6 +99,49 @@ def test_tsa_on_mean_teacher_2d_multiclass_trains(bidirectional):
     assert any(k.startswith("statistics.target.cov") for k in tsa.state_dict())
 
 
+def test_tsa_plugs_into_a_new_teacher_student_strategy_by_its_tsa_alone():
+    """A teacher–student strategy written against ``Strategy`` gets TSA from its ``tsa`` and ``add_tsa``: the
+    strategy attaches the λ ramp, so no handler list names it, and attaching it again (a config that does list it)
+    registers nothing twice."""
+    from ssmis.engines import Strategy
+
+    class NoisyStudent(Strategy):  # a minimal teacher–student method: CE on labels, the teacher's argmax elsewhere
+        def __init__(self, network, teacher, tsa):
+            self.network, self.teacher, self.tsa, self.networks = network, teacher, tsa, (network,)
+
+        def __call__(self, engine, labeled, unlabeled):
+            x = torch.cat([labeled["image"], unlabeled["image"]])
+            with torch.no_grad():
+                pseudo = self.teacher(unlabeled["image"]).argmax(1, keepdim=True)
+            logits = self.network(x)
+            targets = torch.cat([labeled["label"], pseudo])
+            loss = torch.nn.functional.cross_entropy(logits, targets[:, 0])
+            source = torch.zeros_like(targets, dtype=torch.bool)
+            source[: labeled["image"].shape[0]] = True
+            out = {}
+            out["loss"] = self.add_tsa(out, loss, targets, source)
+            return out
+
+    torch.manual_seed(0)
+    net = BasicUNet(2, 1, 4, features=(8, 8, 16, 16, 32, 8))
+    ema = EMAHandler(net, momentum=0.01)
+    tsa = TransferableSemanticAugmentation(net, num_classes=4, ramp_iterations=6, max_per_class=64)
+    trainer = SemiSupervisedTrainer("cpu", max_epochs=1, epoch_length=6,
+                                    train_data_loader=DataLoader(_multiclass_2d(4), batch_size=2),
+                                    unlabeled_data_loader=DataLoader(_multiclass_2d(4, labeled=False), batch_size=2),
+                                    strategy=NoisyStudent(net, ema.ema_model, tsa),
+                                    optimizers=torch.optim.SGD(net.parameters(), lr=0.01), train_handlers=[ema])
+    tsa.attach(trainer)  # as a config listing it among the handlers would
+    log = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: log.append(dict(e.state.output)))
+    trainer.run()
+    lam = [float(o["tsa/lambda"]) for o in log]
+    assert lam[0] == 0.0 and lam[-1] > 0 and lam == sorted(lam)  # the ramp ran without being listed
+    assert all(torch.isfinite(o["loss/tsa"]) for o in log) and tsa.statistics.source.count.sum() > 0
+    with pytest.raises(ValueError, match="already exists"):  # ignite's refusal that attach avoids
+        tsa.ramp.attach(trainer)
+
+
 def _two_rank_statistics(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 

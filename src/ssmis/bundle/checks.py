@@ -111,9 +111,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{key: (_one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS))
        for key in ("sw_precision", "teacher_precision")},
     # python-fire reads only True/False as booleans: "--amp false" arrives as the string "false", which is truthy
-    **{switch: (_bool, _BOOL) for switch in ("amp", "use_tsa", "use_graph", "pretrain_reset_optimizer", "lcc",
-                                             "pseudo_lcc", "tsa_bidirectional", "use_fixed", "use_dynamic",
-                                             "use_cut", "confidence_weighted", "channels_last")},
+    **{switch: (_bool, _BOOL) for switch in ("amp", "use_tsa", "use_graph", "pretrain_reset_optimizer",
+                                             "pretrain_restore_optimizer", "lcc", "pseudo_lcc", "tsa_bidirectional",
+                                             "use_fixed", "use_dynamic", "use_cut", "confidence_weighted",
+                                             "channels_last")},
 }
 
 

@@ -1,9 +1,11 @@
 """The semi-supervised training engine and its per-method strategies."""
 
 from .bcp import BCPStrategy
-from .co_training import CoTrainingStrategy, pseudo_label_loss
+from .co_training import CoTrainingStrategy
+from .mean_teacher import MeanTeacherStrategy
 from .semi_supervised_trainer import REFERENCE_KEY, SemiSupervisedTrainer, scalar_terms
-from .strategy import MeanTeacherStrategy, Strategy, SupervisedStrategy, mean_entropy
+from .strategy import Strategy
+from .supervised import SupervisedStrategy
 
 __all__ = [
     "BCPStrategy",
@@ -13,7 +15,5 @@ __all__ = [
     "SemiSupervisedTrainer",
     "Strategy",
     "SupervisedStrategy",
-    "mean_entropy",
-    "pseudo_label_loss",
     "scalar_terms",
 ]

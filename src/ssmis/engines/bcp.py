@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,11 @@ from monai.transforms import KeepLargestConnectedComponent
 from ..losses import region_weighted_dice_ce
 from ..networks import LayerFeatures, unwrap_module
 from ..transforms import bidirectional_copy_paste, cuboid_mask
-from .strategy import Strategy, mean_entropy
+from ..metrics.uncertainty import mean_entropy
+from .strategy import Strategy
+
+if TYPE_CHECKING:
+    from ..tsa import TransferableSemanticAugmentation
 
 __all__ = ["BCPStrategy"]
 
@@ -55,7 +59,7 @@ class BCPStrategy(Strategy):
         graph_loss: nn.Module | None = None,
         graph_layer: str | None = None,
         graph_weight: float = 0.01,
-        tsa: Any = None,
+        tsa: TransferableSemanticAugmentation | None = None,
         bcp_reduction: str = "sum",
     ) -> None:
         if bcp_reduction not in ("sum", "mean"):
@@ -75,10 +79,12 @@ class BCPStrategy(Strategy):
         self.tsa = tsa
 
     def attach(self, engine: Any) -> None:
-        """Copy the student into the teacher as self-training starts (iteration ``pretrain_iterations + 1``).
+        """Copy the student into the teacher as self-training starts (iteration ``pretrain_iterations + 1``), and
+        attach ``tsa`` (:meth:`Strategy.attach`).
 
         The trainer calls this after attaching its handlers, so a ``ssmis.handlers.PretrainingStage`` has already
         put the selected pre-trained state into the student when the copy is made."""
+        super().attach(engine)
         engine.add_event_handler(Events.ITERATION_STARTED(once=self.pretrain_iterations + 1), self.reset_teacher)
 
     def reset_teacher(self, engine: Any = None) -> None:
@@ -94,14 +100,17 @@ class BCPStrategy(Strategy):
 
     @torch.no_grad()
     def pseudo_label(self, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher pseudo-labels ``[B, 1, *S]`` of ``x_u`` and the mean entropy of its softmax."""
+        """Teacher pseudo-labels ``[B, 1, *S]`` of ``x_u`` ``[B, C, *S]`` and the mean entropy of its softmax."""
         prob = torch.softmax(self.teacher(x_u).float(), 1)
         lab = prob.argmax(1, keepdim=True)
         if self.lcc is not None:
             lab = torch.stack([self.lcc(item) for item in lab]).to(lab)
         return lab.long(), mean_entropy(prob)
 
-    def __call__(self, engine, labeled, unlabeled):
+    def __call__(self, engine: Any, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
+                 ) -> dict[str, torch.Tensor]:
+        """Pre-training or self-training on a labelled batch (``image`` ``[B_l, C, *S]``, ``label``
+        ``[B_l, 1, *S]``) and an unlabelled one (``image`` ``[B_u, C, *S]``, ``B_u = B_l``)."""
         x_l, y_l = labeled["image"], labeled["label"].long()
         xa, xb = self._halves(x_l, "labelled")
         ya, yb = y_l[: xa.shape[0]], y_l[xa.shape[0]:]
@@ -141,7 +150,6 @@ class BCPStrategy(Strategy):
         if self.tsa is not None:
             m = mask.bool().expand(h, 1, *mask.shape[2:])
             source = torch.cat([m, ~m])  # ground-truth voxels of x_in and x_out
-            out.update(self.tsa.loss(torch.cat([y_in, y_out]), source))
-            loss = loss + self.tsa.beta * out["loss/tsa"]
+            loss = self.add_tsa(out, loss, torch.cat([y_in, y_out]), source)
         out["loss"] = loss
         return out

@@ -10,29 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses import masked_dice_ce
+from ..handlers.rampup import weight_value
+from ..losses import pseudo_label_loss
+from ..metrics.uncertainty import mean_entropy
 from ..transforms import apply_cutmix, combine_fixed_dynamic, context_size, crop_at, cutmix_box, map_back, sample_shifts
 from ..utils.precision import autocast_to, check_precision
-from .strategy import Strategy, mean_entropy, weight_value
+from .strategy import Strategy
 
-__all__ = ["CoTrainingStrategy", "pseudo_label_loss"]
-
-
-def pseudo_label_loss(logits: torch.Tensor, prob: torch.Tensor, confidence_weighted: bool = False) -> torch.Tensor:
-    """CE (optionally weighted by the teacher's confidence) + Dice of ``logits`` against ``argmax(prob)``.
-
-    Args:
-        logits: student logits ``[B, K, *S]``.
-        prob: teacher probabilities ``[B, K, *S]`` (no gradient).
-    """
-    target = prob.argmax(1, keepdim=True)
-    ones = torch.ones_like(target, dtype=logits.dtype)
-    dice, ce = masked_dice_ce(logits, target, ones)
-    if confidence_weighted:
-        conf = prob.max(1).values
-        ce = (F.cross_entropy(logits, target[:, 0], reduction="none") * conf).sum() / conf.sum().clamp_min(1e-6)
-    return ce + dice
-
+__all__ = ["CoTrainingStrategy"]
 
 
 def _positive_pair(value: Any) -> tuple[float, float] | None:
@@ -162,7 +147,11 @@ class CoTrainingStrategy(Strategy):
             temp, cover = map_back(torch.softmax(teacher(crops).float(), 1), offsets, context.shape[0])
         return combine_fixed_dynamic(fixed_prob, temp, cover)
 
-    def __call__(self, engine, labeled, unlabeled):
+    def __call__(self, engine: Any, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None
+                 ) -> dict[str, torch.Tensor]:
+        """Both networks' losses on a labelled batch (``image`` ``[B_l, C, *S]``, ``label`` ``[B_l, 1, *S]``) and
+        an unlabelled one (``image`` ``[B_u, C, *S']``, the context crop the fixed and shifted crops are cut from;
+        None: the supervised terms alone)."""
         sn1, sn2 = self.networks
         x_l, y = labeled["image"], labeled["label"]
         b_l = x_l.shape[0]

@@ -29,8 +29,10 @@ class PretrainingStage:
       (``select="best"``; ``"last"`` keeps nothing and self-training starts from the last pre-trained state);
     - at the start of iteration ``iterations + 1``: loads the kept weights into ``network`` and, with
       ``reset_optimizer``, clears the optimiser's state (SGD's momentum buffers), so self-training starts as with a
-      newly built optimiser of the same settings. The learning-rate schedule is the config's business
-      (``lr_scheduler`` switches at the same key).
+      newly built optimiser of the same settings (BCP on LA). With ``restore_optimizer`` instead, it loads the
+      optimiser state kept with the selected weights (BCP on ACDC saves both in its best pre-trained checkpoint
+      and reloads both); with neither, the optimiser goes on from its state at the end of pre-training. The
+      learning-rate schedule is the config's business (``lr_scheduler`` switches at the same key).
 
     Strategies that copy the student into a teacher at the start of self-training (``BCPStrategy``) register that
     copy in ``Strategy.attach``, which the trainer calls after attaching its handlers; ignite runs handlers of one
@@ -46,6 +48,8 @@ class PretrainingStage:
         optimizer: the optimiser(s) to reset.
         select: ``"best"`` or ``"last"``.
         reset_optimizer: clear the optimiser state at the switch.
+        restore_optimizer: load the optimiser state kept with the selected weights at the switch (``"best"``
+            only; not with ``reset_optimizer``).
         metric_name: the evaluator metric to follow (default: its key metric).
     """
 
@@ -60,6 +64,7 @@ class PretrainingStage:
         select: str = "best",
         reset_optimizer: bool = True,
         metric_name: str | None = None,
+        restore_optimizer: bool = False,
     ) -> None:
         if select not in ("best", "last"):
             raise ValueError(f"PretrainingStage: select must be 'best' or 'last', got {select!r}")
@@ -69,9 +74,14 @@ class PretrainingStage:
             raise ValueError(f"PretrainingStage: iterations must be >= 0, got {iterations}")
         self.network, self.iterations, self.evaluator = network, int(iterations), evaluator
         self.optimizers = [] if optimizer is None else (optimizer if isinstance(optimizer, list) else [optimizer])
+        if reset_optimizer and restore_optimizer:
+            raise ValueError("PretrainingStage: reset_optimizer and restore_optimizer exclude each other: a fresh "
+                             "optimiser, or the one kept with the selected weights")
         self.select, self.reset_optimizer, self.metric_name = select, bool(reset_optimizer), metric_name
+        self.restore_optimizer = bool(restore_optimizer)
         self.best_metric, self.best_iteration = -math.inf, -1
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_optimizer_state: list[dict[str, Any]] | None = None
         self._trainer: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -84,11 +94,12 @@ class PretrainingStage:
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_metric": float(self.best_metric), "best_iteration": int(self.best_iteration),
-                "best_state": self.best_state}
+                "best_state": self.best_state, "best_optimizer_state": self.best_optimizer_state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_metric, self.best_iteration = float(state["best_metric"]), int(state["best_iteration"])
         self.best_state = state.get("best_state")
+        self.best_optimizer_state = state.get("best_optimizer_state")
 
     def _record(self, evaluator: Engine) -> None:
         iteration = int(self._trainer.state.iteration)
@@ -99,6 +110,8 @@ class PretrainingStage:
         if value > self.best_metric:  # NaN never counts
             self.best_metric, self.best_iteration = value, iteration
             self.best_state = copy.deepcopy(unwrap_module(self.network).state_dict())
+            if self.restore_optimizer:
+                self.best_optimizer_state = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
 
     def _switch(self, engine: Engine) -> None:
         if self.best_state is not None:
@@ -111,4 +124,10 @@ class PretrainingStage:
         if self.reset_optimizer:
             for opt in self.optimizers:
                 opt.state.clear()
-        self.best_state = None  # not needed any more: keep it out of memory and of later checkpoints
+        elif self.restore_optimizer and self.best_optimizer_state is not None:
+            for opt, kept in zip(self.optimizers, self.best_optimizer_state):
+                lrs = [group["lr"] for group in opt.param_groups]  # the schedule's rate, not the one kept
+                opt.load_state_dict(kept)
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = lr
+        self.best_state = self.best_optimizer_state = None  # not needed any more: out of memory and checkpoints

@@ -8,7 +8,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers.state_param_scheduler import StateParamScheduler
 
-__all__ = ["RampUpWeight", "sigmoid_rampup", "linear_rampup"]
+__all__ = ["RampUpWeight", "linear_rampup", "sigmoid_rampup", "weight_value"]
 
 
 def sigmoid_rampup(t: float, length: float) -> float:
@@ -17,6 +17,11 @@ def sigmoid_rampup(t: float, length: float) -> float:
         return 1.0
     p = min(max(t / length, 0.0), 1.0)
     return float(math.exp(-5.0 * (1.0 - p) ** 2))
+
+
+def weight_value(weight: Any) -> float:
+    """A weight given as a number or as an object with a ``value`` (a :class:`RampUpWeight`)."""
+    return float(getattr(weight, "value", weight))
 
 
 def linear_rampup(t: float, length: float) -> float:

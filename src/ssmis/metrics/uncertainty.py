@@ -1,4 +1,5 @@
-"""Per-volume uncertainty scores for active learning: prediction entropy and two-network disagreement."""
+"""Uncertainty: per-volume scores for active learning (prediction entropy, two-network disagreement), and the mean
+entropy of a batch of pseudo-labels that the strategies log."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import math
 
 import torch
 
-__all__ = ["prediction_entropy", "prediction_disagreement"]
+__all__ = ["mean_entropy", "prediction_entropy", "prediction_disagreement"]
+
+
+def mean_entropy(prob: torch.Tensor) -> torch.Tensor:
+    """Mean per-voxel entropy (nats) of class probabilities ``[B, K, *S]``: the pseudo-label uncertainty."""
+    return -(prob * torch.log(prob.clamp_min(1e-8))).sum(1).mean()
 
 
 def _foreground(probs: torch.Tensor, threshold: float) -> torch.Tensor:

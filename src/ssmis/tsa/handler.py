@@ -16,9 +16,10 @@ __all__ = ["TransferableSemanticAugmentation"]
 class TransferableSemanticAugmentation(torch.nn.Module):
     """Transferable Semantic Augmentation for the student of a teacher–student method.
 
-    A strategy that supports it (``MeanTeacherStrategy``, ``BCPStrategy``) calls ``loss(targets, source_mask)``
-    right after the student's forward pass, with the class map ``[B, 1, *S]`` of that pass (ground truth where
-    ``source_mask`` ``[B, 1, *S]`` is true, teacher pseudo-labels elsewhere), and adds ``beta · L_tsa``.
+    Any teacher–student strategy takes it as its ``tsa`` (``ssmis.engines.Strategy``): it calls
+    ``Strategy.add_tsa`` right after the student's forward pass, with the class map ``[B, 1, *S]`` of that pass
+    (ground truth where ``source_mask`` ``[B, 1, *S]`` is true, teacher pseudo-labels elsewhere), which adds
+    ``beta · L_tsa`` (``MeanTeacherStrategy`` and ``BCPStrategy`` do); ``Strategy.attach`` attaches the λ ramp.
     This object then
 
     1. reads the features feeding the student's final 1×1 convolution (``ClassifierFeatures``),
@@ -67,7 +68,10 @@ class TransferableSemanticAugmentation(torch.nn.Module):
         return self.ramp.value
 
     def attach(self, engine: Engine) -> None:
-        self.ramp.attach(engine)
+        """Update λ at every iteration of ``engine``. The strategy that holds TSA attaches it
+        (``Strategy.attach``); a config that also lists it among the trainer's handlers attaches nothing twice."""
+        if not engine.has_event_handler(self.ramp, Events.ITERATION_STARTED):
+            self.ramp.attach(engine)
 
     def loss(self, targets: torch.Tensor, source_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"loss/tsa", "tsa/lambda", "tsa/cond_class<c>"}`` for the student's last forward pass.
