@@ -267,3 +267,14 @@ def test_mean_teacher_ramp_quarter_ablation_on_acdc():
 
     default, quarter = ramp(), ramp("ablation_ramp_quarter.yaml")
     assert (default.length, quarter.length) == (2000, 500) and default.w0 == quarter.w0 == 0.1
+
+
+def test_the_teacher_runs_as_bcp_runs_it_with_one_override():
+    """``ema_buffers``: the EMA teacher in eval mode with the student's BatchNorm statistics (default), or in train
+    mode (batch statistics, dropout on) as BCP's code runs it: ignite's ``EMAHandler(handle_buffers=...)``."""
+    for value, training in (("copy", False), ("ema_train", True)):
+        parser = _tms_parser()
+        parser["ema_buffers"] = value
+        teacher = parser.get_parsed_content("train#strategy").teacher
+        assert teacher is parser.get_parsed_content("train#ema").ema_model and teacher.training is training
+

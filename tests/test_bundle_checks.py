@@ -55,7 +55,8 @@ def test_no_config_file_on_the_command_line_checks_nothing():
                                         ("use_tsa", "false"), ("pretrain_reset_optimizer", "false"),
                                         ("pretrain_select", "first"), ("lcc", "false"), ("use_cut", "true"),
                                         ("use_fixed", 0), ("use_dynamic", "no"), ("pseudo_lcc", "false"),
-                                        ("tsa_bidirectional", "true"), ("confidence_weighted", "false")])
+                                        ("tsa_bidirectional", "true"), ("confidence_weighted", "false"),
+                                        ("pretrain_restore_optimizer", "true"), ("ema_buffers", "train")])
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"--{key}: must be"):
         check_settings(**{key: value})
@@ -64,7 +65,7 @@ def test_bad_settings_are_named(key, value):
 def test_good_settings_pass_and_unknown_rules_are_caught():
     check_settings(num_iterations=1, val_interval=200, batch_size=4, unlabeled_batch_size=4, sw_batch_size=1,
                    pretrain_iterations=0, lr_step_origin="run", tsa_ramp_origin="self_training", teacher_mode="eval",
-                   sw_average="logits", amp=False)
+                   sw_average="logits", amp=False, ema_buffers="ema_train", pretrain_restore_optimizer=True)
     assert {"num_iterations", "batch_size", "amp", "sw_average"} <= set(SETTING_RULES)
     with pytest.raises(KeyError, match="no rule for 'learning_rate'"):
         check_settings(learning_rate=0.01)

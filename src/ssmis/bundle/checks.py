@@ -106,6 +106,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tsa_ramp_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
     "pretrain_select": (_one_of("best", "last"), "'best' or 'last'"),
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
+    "ema_buffers": (_one_of("copy", "update", "ema_train"), "'copy', 'update' or 'ema_train'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),
     # the precisions ssmis.utils.precision names: the inferer's windows and co-training's pseudo-label passes
     **{key: (_one_of(*PRECISIONS), " or ".join(repr(p) for p in PRECISIONS))
