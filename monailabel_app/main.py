@@ -46,15 +46,10 @@ from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
 from lib.configs import CONFIGS, served_models  # noqa: E402
 from lib.datastore import SafeLocalDatastore, StorageLimits  # noqa: E402
 from lib.middleware import ComputeGate, SlowClients, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
+from lib.conf_values import switch  # noqa: E402
 from lib.volumes import VolumeLimits  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-
-def _true(value: Any) -> bool:
-    """A ``--conf`` switch that is on only when spelled on (a request's flags are read as FastAPI reads them:
-    ``lib.middleware.request_parts.is_true``)."""
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class SSMISApp(MONAILabelApp):
@@ -96,7 +91,7 @@ class SSMISApp(MONAILabelApp):
                 predictor.check_grid(header, name)
 
         return SafeLocalDatastore(self.studies, num_classes=num_classes, extensions=("*.nii.gz", "*.nii"),
-                                  auto_reload=_true(self.conf.get("auto_reload", "false")), limits=self.limits,
+                                  auto_reload=switch(self.conf, "auto_reload", False), limits=self.limits,
                                   spatial_dims=dims[0] if dims else 3, grid_check=grid_check,
                                   storage=self.storage)
 
@@ -125,7 +120,7 @@ class SSMISApp(MONAILabelApp):
 
             told = any(a in ("--host", "-i") or a.startswith("--host=") for a in sys.argv)
             self.temp_folder = private_tempdir()
-            errors.install(fastapi_app, loopback_only=not told and not _true(self.conf.get("allow_remote")),
+            errors.install(fastapi_app, loopback_only=not told and not switch(self.conf, "allow_remote", False),
                            check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
                            origins=self.origins,
                            max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),

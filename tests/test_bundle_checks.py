@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import BUNDLES, ROOT, config_list, configs
+from conftest import config_list, configs
 from ssmis.bundle import SETTING_RULES, RunError, check_overrides, check_settings
 
 TRAIN = configs("transmedseg_la", "train")

@@ -598,7 +598,7 @@ def test_auto_reload_follows_an_index_replaced_by_another_process(tmp_path):
 
 
 def test_a_failed_training_names_the_file(server):
-    base, studies, syn = server["base"], server["studies"], server["syn"]
+    base, studies = server["base"], server["studies"]
     _ready(server)
     victim = studies / "case_002.nii.gz"
     good = victim.read_bytes()

@@ -289,6 +289,21 @@ def test_origin_and_limit_settings_are_checked():
             VolumeLimits.from_conf({key: "-1"})
 
 
+def test_conf_switches_are_read_one_way_and_a_misspelt_one_is_named():
+    """``allow_remote``, ``auto_reload`` and ``shipped_weights`` are read by one function: the usual spellings of
+    on and off, the default when absent, and a refusal naming the key for anything else (``ture`` used to mean off
+    for allow_remote and on for shipped_weights)."""
+    from lib.conf_values import switch
+
+    for value, expected in (("true", True), ("YES", True), (" on ", True), ("1", True), ("False", False),
+                            ("no", False), ("off", False), ("0", False)):
+        assert switch({"allow_remote": value}, "allow_remote", not expected) is expected
+    assert switch({}, "shipped_weights", True) is True and switch({}, "allow_remote", False) is False
+    for bad in ("ture", "", "2", "enabled"):
+        with pytest.raises(ValueError, match="--conf shipped_weights: expected true or false"):
+            switch({"shipped_weights": bad}, "shipped_weights", True)
+
+
 def test_server_pace_settings_are_read_once_with_the_key_named():
     """``max_parallel_infer``, ``infer_wait_s`` and the slow-client keys: defaults when absent, 0 where it means
     "none" (no wait, no rate), and a bad value (a word, a fraction of a slot, infinity) names its key at start-up

@@ -23,6 +23,11 @@ def test_scores_match_a_hand_computation():
     # class 1: |P| = 7, |R| = 8, |P & R| = 6 -> 12 / 15; class 2: exact -> 1
     assert dice == pytest.approx((12 / 15 + 1.0) / 2)
     assert wrong == pytest.approx(3 / 64)
+    empty = torch.zeros_like(ref)  # class 2 absent from both counts 1; present in the pseudo-label alone, 0
+    assert pseudo_label_scores(empty, empty, 3) == (1.0, 0.0)
+    only_pseudo = empty.clone()
+    only_pseudo[0, 0, 0, 0, 0] = 2
+    assert pseudo_label_scores(only_pseudo, empty, 3)[0] == pytest.approx(0.5)
 
     class Strategy:  # the co-training kind: pseudo-labels on a crop of the unlabelled batch
         report_pseudo_labels = False

@@ -43,7 +43,6 @@ def test_crops_with_known_offsets_map_back_exactly():
 
 
 def test_averaging_where_crops_overlap():
-    crop, m = [4, 4], [2, 2]
     offsets = torch.tensor([[1, 0], [0, 1]])
     preds = torch.cat([torch.full((1, 1, 4, 4), 2.0), torch.full((1, 1, 4, 4), 4.0)])
     mean, cover = map_back(preds, offsets, batch=1)
@@ -195,7 +194,7 @@ def test_bundle_fixed_crop_is_random_over_every_position():
     from monai.bundle import ConfigParser
     from monai.transforms import BorderPadd, RandSpatialCropd, SpatialPadd
 
-    from conftest import BUNDLES, config_list
+    from conftest import config_list
 
     parser = ConfigParser()
     parser.read_config(config_list("fixed_dynamic_pl_la", "train"))

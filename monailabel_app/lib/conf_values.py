@@ -1,11 +1,14 @@
-"""Numbers from the server's ``--conf``: checked once, with the key named in the error."""
+"""Numbers and switches from the server's ``--conf``: checked once, with the key named in the error."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Dict
 
-__all__ = ["positive_number"]
+__all__ = ["positive_number", "switch"]
+
+#: how a ``--conf`` switch may be spelled (any case); anything else is refused rather than guessed
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def positive_number(conf: Dict[str, Any], key: str, integer: bool = False, zero: bool = False,
@@ -24,3 +27,16 @@ def positive_number(conf: Dict[str, Any], key: str, integer: bool = False, zero:
         kind += f" of at most {maximum:g}" if math.isfinite(maximum) else ""
         raise ValueError(f"--conf {key}: expected {kind}, got {conf[key]!r}")
     return value
+
+
+def switch(conf: Dict[str, Any], key: str, default: bool) -> bool:
+    """``conf[key]`` as a switch (``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0``), ``default``
+    when absent; ``ValueError`` naming ``--conf key`` for anything else (``--conf allow_remote ture`` would
+    otherwise mean one thing or the other without a word)."""
+    if key not in conf:
+        return default
+    value = str(conf[key]).strip().lower()
+    if value not in ON + OFF:
+        raise ValueError(f"--conf {key}: expected true or false, got {conf[key]!r}")
+    return value in ON
+

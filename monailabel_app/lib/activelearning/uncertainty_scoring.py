@@ -1,5 +1,11 @@
 """Scoring task: how unsure a model is about each unlabelled image, cached per image and prediction key (weights,
-bundle version, inference configs)."""
+bundle version, inference configs).
+
+MONAI Label's ``EpistemicScoring`` and ``Epistemic`` strategy are not used: they score by Monte Carlo dropout (the
+CPU-protocol networks have none, and each image costs several inferences), keep the score in the image's info,
+which clients may also write (``PUT /datastore/image/info``), and date it by the weight file's time alone. Here the
+score is one inference's entropy, or the disagreement of co-training's two networks, kept in a server-side file and
+dropped when the prediction key (weights, bundle version, inference configs) changes."""
 
 from __future__ import annotations
 

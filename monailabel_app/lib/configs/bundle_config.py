@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 from monailabel.interfaces.config import TaskConfig
 
 from lib.activelearning import ScoreCache, UncertaintyScoring
+from lib.conf_values import switch
 from lib.infers import BundlePredictor, BundleSegmentation
 from lib.served_weights import record_fit
 from lib.trainers import SemiSupervisedBundleTrain, TrainLimits
@@ -55,7 +56,7 @@ class BundleTaskConfig(TaskConfig):
                 self.extra_configs = config_files(self.bundle_root, extra)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"--conf extra_config {extra!r}: neither a file nor a config name ({e})") from e
-        if str(conf.get("shipped_weights", "true")).lower() != "false":
+        if switch(conf, "shipped_weights", True):
             self._start_from_shipped_weights()
         self.predictor = BundlePredictor(self.bundle_root, self.path, self.extra_configs, conf.get("device"),
                                          limits=VolumeLimits.from_conf(conf))

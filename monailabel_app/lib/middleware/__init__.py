@@ -1,4 +1,5 @@
 from .body_limit import BodySizeLimit, BodyTooLarge
+from .compute_gate import ComputeGate
 from .disabled_endpoints import DisabledEndpoints
 from .form_fields import FormFieldCheck, FormFieldError
 from .loopback import LoopbackOnly
@@ -9,7 +10,7 @@ from .slow_clients import ClientTooSlow, SlowClients
 from .task_requests import TaskRequestCheck
 from .train_requests import TrainRequestCheck
 from .temp_files import TempFileJanitor, current_request, is_own_upload, private_tempdir
-from .worker_threads import ComputeGate, WorkerThreads
+from .worker_threads import WorkerThreads
 
 __all__ = ["BodySizeLimit", "BodyTooLarge", "ClientTooSlow", "ComputeGate", "DisabledEndpoints", "FormFieldCheck",
            "FormFieldError", "HideServerPaths", "LoopbackOnly", "OriginGuard", "QueryValues", "SlowClients", "TaskRequestCheck",

@@ -19,7 +19,7 @@ FALSE_VALUES = ("", "0", "off", "f", "false", "n", "no")
 
 
 def is_true(value: Any) -> bool:
-    """Whether ``value`` (a query value or a ``--conf`` value) could mean True."""
+    """Whether a query value could mean True to FastAPI (``--conf`` switches: ``lib.conf_values.switch``)."""
     return str(value).strip().lower() not in FALSE_VALUES
 
 

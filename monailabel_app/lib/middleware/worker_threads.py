@@ -13,8 +13,7 @@ most ``slots`` run at once, and one that cannot start within ``wait_s`` gets a 5
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any, Dict, Sequence
+from typing import Any, Sequence
 
 import anyio
 import anyio.to_thread
@@ -22,7 +21,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from python_multipart.multipart import parse_options_header  # Starlette's parse, so "a form" means the same
 
-from lib.conf_values import positive_number
+from .compute_gate import ComputeGate
 from .headers import header
 from .request_parts import route_path
 
@@ -33,37 +32,8 @@ COMPUTING = ("/infer", "/scoring")
 #: the routes whose ``PUT`` requests are uploads of a volume: checking one decodes it whole (a 600 KB gzip of a
 #: 512^3 volume with a scale factor is 1 GiB of float64), so they pass the gate too, once their body is in
 UPLOADS = ("/datastore", "/datastore/image", "/datastore/label")
-#: the longest ``infer_wait_s``: a day (a lock's timeout past ``threading.TIMEOUT_MAX`` raises when waited on)
-MAX_WAIT_S = 86400.0
 #: bodies the endpoints parse as forms, reading them whole before they compute
 FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
-
-
-class ComputeGate:
-    """At most ``slots`` computations at once; a caller that cannot start within ``wait_s`` is refused.
-
-    Args: ``slots``: conf ``max_parallel_infer`` (default 2); ``wait_s``: conf ``infer_wait_s`` (default 120).
-    """
-
-    def __init__(self, slots: int = 2, wait_s: float = 120.0) -> None:
-        if int(slots) < 1 or not float(wait_s) >= 0:
-            raise ValueError(f"--conf max_parallel_infer must be >= 1 and infer_wait_s >= 0, got {slots}, {wait_s}")
-        self.slots, self.wait_s = int(slots), float(wait_s)
-        self._semaphore = threading.BoundedSemaphore(self.slots)
-
-    @classmethod
-    def from_conf(cls, conf: Dict[str, Any]) -> "ComputeGate":
-        """The gate of ``--conf max_parallel_infer`` (a whole number >= 1) and ``infer_wait_s`` (0 to
-        ``MAX_WAIT_S``); a bad value names its key."""
-        slots = positive_number(conf, "max_parallel_infer", integer=True)
-        wait_s = positive_number(conf, "infer_wait_s", zero=True, maximum=MAX_WAIT_S)
-        return cls(int(slots) if slots is not None else 2, wait_s if wait_s is not None else 120.0)
-
-    def acquire(self) -> bool:
-        return self._semaphore.acquire(timeout=self.wait_s)
-
-    def release(self) -> None:
-        self._semaphore.release()
 
 
 class ServerBusy(HTTPException):

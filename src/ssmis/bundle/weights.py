@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..networks.unwrap import unwrap_module
 from ..utils.atomic import atomic_torch_save, atomic_write_text
 from .layout import config_files, config_files_on_command_line
 from .run_error import refuse
@@ -104,7 +105,7 @@ def check_weights_fit(network: torch.nn.Module, path: str | os.PathLike, argv: l
         refuse(f"{path}: these weights were trained with {', '.join(absent)}, which this run leaves out, so they "
                f"would run in a network set up otherwise. {hint}", argv=argv)
     state = read_state_dict(path)
-    own = getattr(network, "module", network).state_dict()  # DDP (multi_gpu_train.yaml): the wrapped network's
+    own = unwrap_module(network).state_dict()  # DDP (multi_gpu_train.yaml): the wrapped network's
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]

@@ -8,7 +8,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..handlers.rampup import weight_value
 from ..losses import pseudo_label_loss

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import ignite.distributed as idist
 from ignite.handlers import DiskSaver
 
 from ..utils.atomic import atomic_replace
+from ..utils.distributed import get_rank
 
 __all__ = ["AtomicDiskSaver"]
 
@@ -37,7 +37,7 @@ class AtomicDiskSaver(DiskSaver):
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         self._pending_removal.discard(filename)  # the rename below replaces it
         super().__call__(checkpoint, filename, metadata)
-        if idist.get_rank() == self.save_on_rank:
+        if get_rank() == self.save_on_rank:
             for name in sorted(self._pending_removal):
                 (self.dirname / name).unlink(missing_ok=True)
         self._pending_removal.clear()

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
 
 __all__ = ["PseudoLabelQuality", "pseudo_label_scores"]
 
@@ -33,12 +35,11 @@ def pseudo_label_scores(pseudo: torch.Tensor, reference: torch.Tensor, num_class
     pseudo, reference = pseudo.long(), reference.to(pseudo.device).round().long()
     if pseudo.shape != reference.shape:
         raise ValueError(f"pseudo-label {tuple(pseudo.shape)} and reference {tuple(reference.shape)} differ in shape")
-    dices = []
-    for c in range(1, num_classes):
-        p, r = pseudo == c, reference == c
-        total = int(p.sum() + r.sum())
-        dices.append(1.0 if total == 0 else 2.0 * float((p & r).sum()) / total)
-    return sum(dices) / len(dices), float((pseudo != reference).float().mean())
+    # MONAI's Dice, on the batch flattened into one sample (pooled over the batch); ignore_empty=False scores a class
+    # absent from both as 1, and one absent from the reference alone as 0
+    flat = [one_hot(t.reshape(1, 1, -1), num_classes) for t in (pseudo, reference)]
+    dice = compute_dice(*flat, include_background=False, ignore_empty=False)
+    return float(dice.mean()), float((pseudo != reference).float().mean())
 
 
 class PseudoLabelQuality:

@@ -1,6 +1,8 @@
 """Dice + cross-entropy restricted to a region, with one weight per region (BCP's mixed-target loss).
 
-MONAI's ``DiceCELoss`` has no voxel mask, so the masked form is written here.
+MONAI's ``DiceCELoss`` has no voxel mask, so the masked form is written here. MONAI's ``MaskedDiceLoss`` does not
+fit either: it masks the class-index target before one-hot encoding it, so every voxel outside the mask counts as
+background in the Dice, and it has no cross-entropy.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""3D (or 2D) CutMix of two images in a batch, applied identically to images and pseudo-labels."""
+"""3D (or 2D) CutMix of two images in a batch, applied identically to images and pseudo-labels.
+
+MONAI's ``CutMix`` (``monai.transforms``) is not used: it draws λ from Beta(α, α) only, pairs each image with a
+random permutation that may pair it with itself (no mix), and clips its box at the volume's border, so the box's
+sides are not √(1 − λ) of the axes. Here the box lies inside the volume, and the image it is mixed with is always
+another one of the batch (``torch.roll``).
+"""
 
 from __future__ import annotations
 

@@ -63,7 +63,6 @@ def map_back(preds: torch.Tensor, offsets: torch.Tensor, batch: int) -> tuple[to
     Returns (mean ``[B, K, *crop]``, coverage ``[B, 1, *crop]`` = number of shifted crops covering each voxel);
     the mean is 0 where coverage is 0.
     """
-    n = offsets.shape[0]
     crop = preds.shape[2:]
     total = preds.new_zeros(batch, preds.shape[1], *crop)
     cover = preds.new_zeros(batch, 1, *crop)
