@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..utils.precision import PRECISIONS
-from .layout import config_files_on_command_line
+from .command_line import config_files_on_command_line
 from .run_error import refuse
 
 __all__ = ["RUN_ARGUMENTS", "SETTING_RULES", "check_cuda_only_amp", "check_datalist", "check_overrides",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-from .layout import config_files_on_command_line
+from .command_line import config_files_on_command_line
 
 __all__ = ["RunError", "refuse"]
 

@@ -21,7 +21,8 @@ import torch
 
 from ..networks.unwrap import unwrap_module
 from ..utils.atomic import atomic_torch_save, atomic_write_text
-from .layout import config_files, config_files_on_command_line
+from .command_line import config_files_on_command_line
+from .layout import config_files
 from .run_error import refuse
 
 __all__ = ["WEIGHTS_DIR", "check_weights_fit", "read_state_dict", "sha256", "ship_weights", "shipped_weights"]
