@@ -40,6 +40,7 @@ def _configs(bundle: Path) -> Path:
 
 
 def check_schema(bundle: Path, schema: Path | None = None) -> None:
+    """metadata.json against the model zoo's schema (``monai.bundle.verify_metadata``)."""
     from monai.bundle import verify_metadata
 
     if schema is None or not Path(schema).is_file():
@@ -48,6 +49,8 @@ def check_schema(bundle: Path, schema: Path | None = None) -> None:
 
 
 def check_metadata_values(bundle: Path) -> None:
+    """What the zoo's CI expects of metadata.json beyond the schema: numeric eval_metrics, a value range for every
+    input and output, supported_apps, and a URL in data_source."""
     meta = json.loads((_configs(bundle) / "metadata.json").read_text())
     problems = []
     for name, value in meta.get("eval_metrics", {}).items():
@@ -86,14 +89,17 @@ def _check_properties(bundle: Path, config: str, workflow_type: str) -> None:
 
 
 def check_train_properties(bundle: Path) -> None:
+    """train.yaml defines every property MONAI requires of a training workflow."""
     _check_properties(bundle, "train.yaml", "train")
 
 
 def check_infer_properties(bundle: Path) -> None:
+    """inference.yaml defines every property MONAI requires of an inference workflow."""
     _check_properties(bundle, "inference.yaml", "infer")
 
 
 def check_net_in_out(bundle: Path) -> None:
+    """The network takes and gives the shapes metadata.json declares (``monai.bundle.verify_net_in_out``)."""
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(net_id="network_def", meta_file=str(_configs(bundle) / "metadata.json"),
@@ -113,6 +119,8 @@ def _training_model_file(network, folder: Path) -> Path:
 
 
 def check_export(bundle: Path) -> None:
+    """The network exports to TorchScript (``monai.bundle.ckpt_export``) from a model.pt as training writes it, and
+    the export's output is within 1e-4 of the network's."""
     import torch
     from monai.bundle import ConfigParser, ckpt_export
 
@@ -134,6 +142,7 @@ def check_export(bundle: Path) -> None:
 
 
 def check_weights(bundle: Path) -> None:
+    """The bundle ships models/model.pt, and large_files.yml names it."""
     model = bundle / "models" / "model.pt"
     large = bundle / "large_files.yml"
     if not model.is_file():
@@ -143,6 +152,7 @@ def check_weights(bundle: Path) -> None:
 
 
 def check_local_rank(bundle: Path) -> None:
+    """multi_gpu_train.yaml puts each process on the GPU of its LOCAL_RANK."""
     text = (_configs(bundle) / "multi_gpu_train.yaml").read_text()
     device = next((line for line in text.splitlines() if line.startswith("device:")), "")
     if "LOCAL_RANK" not in device:
@@ -150,6 +160,7 @@ def check_local_rank(bundle: Path) -> None:
 
 
 def check_literal_bundle_root(bundle: Path) -> None:
+    """bundle_root is a literal path in every config (the zoo runs them from the bundle folder)."""
     import yaml
 
     for config in sorted(_configs(bundle).glob("*.yaml")):
@@ -159,11 +170,13 @@ def check_literal_bundle_root(bundle: Path) -> None:
 
 
 def check_data_licence(bundle: Path) -> None:
+    """The bundle carries the data licence (docs/data_license.txt)."""
     if not (bundle / "docs" / "data_license.txt").is_file():
         raise FileNotFoundError("no docs/data_license.txt")
 
 
 def check_readme_sections(bundle: Path) -> None:
+    """The README has every section the zoo asks for (``README_SECTIONS``)."""
     headings = [h.lower() for h in re.findall(r"^#+\s*(.+)$", (bundle / "docs" / "README.md").read_text(), re.M)]
     missing = [s for s in README_SECTIONS if not any(s in h for h in headings)]
     if missing:

@@ -139,7 +139,8 @@ class CoTrainingStrategy(Strategy):
 
     @torch.no_grad()
     def dynamic_prob(self, net: nn.Module, context: torch.Tensor, fixed_prob: torch.Tensor) -> torch.Tensor:
-        """COM of ``net``'s fixed-crop probabilities and its mapped-back predictions on shifted crops."""
+        """COM ``[B, K, *crop]`` of ``net``'s fixed-crop probabilities ``fixed_prob`` ``[B, K, *crop]`` and its
+        predictions on ``n_shifts`` crops shifted within ``context`` ``[B, C, *context]``, mapped back and averaged."""
         offsets = sample_shifts(self.n_shifts, self.max_shift)
         crops = crop_at(context, offsets, self.crop, self.max_shift)
         with self._teacher(net) as teacher:

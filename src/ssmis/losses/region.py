@@ -39,9 +39,9 @@ def region_weighted_dice_ce(
     weight_in: float,
     weight_out: float,
 ) -> torch.Tensor:
-    """``(Dice + CE)/2``, weighted ``weight_in`` on the ``mask`` region (target ``target_in``) and ``weight_out``
-    outside it (target ``target_out``). In BCP one region holds ground truth (weight 1) and the other a
-    pseudo-label (weight 0.5)."""
+    """``(Dice + CE)/2`` of ``logits`` ``[B, K, *S]``, weighted ``weight_in`` on the ``mask`` region (``[1, 1, *S]``
+    or ``[B, 1, *S]``; class map ``target_in`` ``[B, 1, *S]``) and ``weight_out`` outside it (``target_out``). In
+    BCP one region holds ground truth (weight 1) and the other a pseudo-label (weight 0.5)."""
     mask = mask.expand(target_in.shape[0], 1, *target_in.shape[2:])
     d_in, c_in = masked_dice_ce(logits, target_in, mask)
     d_out, c_out = masked_dice_ce(logits, target_out, 1 - mask)

@@ -78,5 +78,7 @@ def map_back(preds: torch.Tensor, offsets: torch.Tensor, batch: int) -> tuple[to
 
 
 def combine_fixed_dynamic(fixed: torch.Tensor, temporary: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
-    """COM: the temporary (mapped-back) prediction where shifted crops cover a voxel, the fixed one elsewhere."""
+    """COM ``[B, K, *crop]``: the temporary (mapped-back) prediction ``temporary`` ``[B, K, *crop]`` where
+    ``coverage`` ``[B, 1, *crop]`` counts a shifted crop over the voxel, the ``fixed`` one ``[B, K, *crop]``
+    elsewhere."""
     return torch.where(coverage > 0, temporary, fixed)
