@@ -278,3 +278,18 @@ def test_the_teacher_runs_as_bcp_runs_it_with_one_override():
         teacher = parser.get_parsed_content("train#strategy").teacher
         assert teacher is parser.get_parsed_content("train#ema").ema_model and teacher.training is training
 
+
+def test_pretraining_loss_follows_bcp_per_dataset():
+    """The full protocol pre-trains as BCP's LA code (the whole image) on LA and as its ACDC code (per region) on
+    ACDC; the LA CPU protocols keep the per-region loss their rows were made with."""
+    def pretrain_loss(bundle, *names):
+        parser = ConfigParser()
+        parser.read_config(config_list(bundle, *names))
+        parser["bundle_root"] = str(BUNDLES / bundle)
+        return parser.get_parsed_content("train#strategy").pretrain_loss
+
+    assert pretrain_loss(TMS, "train") == "whole"
+    assert pretrain_loss(TMS, "train", "cpu_protocol") == "region"
+    assert pretrain_loss(TMS, "train", "cpu_protocol", "cpu_protocol_v2") == "region"
+    assert pretrain_loss("transmedseg_acdc", "train") == "region"
+

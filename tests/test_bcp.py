@@ -178,3 +178,34 @@ def test_bcp_reduction_sums_the_two_mixed_images_by_default():
     assert losses["mean"] == pytest.approx(0.5 * losses["sum"], rel=1e-5)
     with pytest.raises(ValueError, match="bcp_reduction"):
         BCPStrategy(net, net, 2, bcp_reduction="max")
+
+
+def test_pretraining_loss_per_region_or_on_the_whole_image():
+    """BCP's LA code pre-trains on (Dice + CE)/2 of the whole mixed image, its ACDC code on the same per region,
+    summed (``pretrain_loss``); the two differ, and each matches its hand computation."""
+    from types import SimpleNamespace
+
+    from ssmis.losses import masked_dice_ce, region_weighted_dice_ce
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 2, 1)
+    labeled = {"image": torch.rand(2, 1, 6, 6, 4), "label": torch.randint(0, 2, (2, 1, 6, 6, 4))}
+    engine = SimpleNamespace(state=SimpleNamespace(iteration=1))
+    losses = {}
+    for kind in ("region", "whole"):
+        strategy = BCPStrategy(net, net, 2, pretrain_iterations=5, largest_component=False, pretrain_loss=kind)
+        torch.manual_seed(1)  # the same cuboid for both
+        losses[kind] = float(strategy(engine, labeled, None)["loss"])
+    torch.manual_seed(1)
+    from ssmis.transforms import bidirectional_copy_paste, cuboid_mask
+
+    mask = cuboid_mask((6, 6, 4), 2 / 3)
+    x, _ = bidirectional_copy_paste(labeled["image"][:1], labeled["image"][1:], mask)
+    y, _ = bidirectional_copy_paste(labeled["label"][:1], labeled["label"][1:], mask)
+    logits = net(x)
+    assert losses["region"] == pytest.approx(float(region_weighted_dice_ce(logits, y, y, mask, 1.0, 1.0)), rel=1e-5)
+    whole = 0.5 * sum(masked_dice_ce(logits, y, torch.ones_like(y, dtype=logits.dtype)))
+    assert losses["whole"] == pytest.approx(float(whole), rel=1e-5) and losses["whole"] != pytest.approx(losses["region"])
+    with pytest.raises(ValueError, match="pretrain_loss"):
+        BCPStrategy(net, net, 2, pretrain_loss="image")
+

@@ -105,6 +105,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr_step_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
     "tsa_ramp_origin": (_one_of("self_training", "run"), "'self_training' or 'run'"),
     "pretrain_select": (_one_of("best", "last"), "'best' or 'last'"),
+    "pretrain_loss": (_one_of("whole", "region"), "'whole' or 'region'"),
     "teacher_mode": (_one_of("train", "eval"), "'train' or 'eval'"),
     "ema_buffers": (_one_of("copy", "update", "ema_train"), "'copy', 'update' or 'ema_train'"),
     "sw_average": (_one_of("softmax", "logits"), "'softmax' or 'logits'"),

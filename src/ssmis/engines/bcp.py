@@ -9,7 +9,7 @@ import torch.nn as nn
 from ignite.engine import Events
 from monai.transforms import KeepLargestConnectedComponent
 
-from ..losses import region_weighted_dice_ce
+from ..losses import masked_dice_ce, region_weighted_dice_ce
 from ..networks import LayerFeatures, unwrap_module
 from ..transforms import bidirectional_copy_paste, cuboid_mask
 from ..metrics.uncertainty import mean_entropy
@@ -28,7 +28,9 @@ class BCPStrategy(Strategy):
     ``mask_ratio`` of every axis is drawn each iteration.
 
     - Pre-training (iterations ≤ ``pretrain_iterations``): ``x = x_l^a⊙M + x_l^b⊙(1−M)`` with the same mix of
-      ground truths, weight 1 on both regions.
+      ground truths; the loss is ``(Dice + CE)/2`` per region, weight 1 on both, summed (``pretrain_loss="region"``,
+      BCP's ACDC code), or ``(Dice + CE)/2`` on the whole mixed image (``"whole"``, BCP's LA code: about half the
+      region form's scale).
     - Self-training: the teacher predicts pseudo-labels ``p`` of ``x_u`` (argmax of its softmax, optionally only
       the largest connected component of each class). The student sees
       ``x_in = x_l^a⊙M + x_u^a⊙(1−M)`` and ``x_out = x_u^b⊙M + x_l^b⊙(1−M)``, with targets mixed the same way, and
@@ -61,10 +63,15 @@ class BCPStrategy(Strategy):
         graph_weight: float = 0.01,
         tsa: TransferableSemanticAugmentation | None = None,
         bcp_reduction: str = "sum",
+        pretrain_loss: str = "region",
     ) -> None:
         if bcp_reduction not in ("sum", "mean"):
             raise ValueError(f"bcp_reduction must be 'sum' (BCP) or 'mean', got {bcp_reduction!r}")
         self.bcp_scale = 1.0 if bcp_reduction == "sum" else 0.5
+        if pretrain_loss not in ("region", "whole"):
+            raise ValueError(f"pretrain_loss must be 'region' (BCP on ACDC) or 'whole' (BCP on LA), "
+                             f"got {pretrain_loss!r}")
+        self.pretrain_loss = pretrain_loss
         self.network, self.teacher = network, teacher
         self.networks = (network,)
         self.num_classes = num_classes
@@ -120,7 +127,10 @@ class BCPStrategy(Strategy):
             x_mix, _ = bidirectional_copy_paste(xa, xb, mask)
             y_mix, _ = bidirectional_copy_paste(ya, yb, mask)
             logits = self.forward(engine, self.network, x_mix)
-            loss = region_weighted_dice_ce(logits, y_mix, y_mix, mask, 1.0, 1.0)
+            if self.pretrain_loss == "region":
+                loss = region_weighted_dice_ce(logits, y_mix, y_mix, mask, 1.0, 1.0)
+            else:
+                loss = 0.5 * sum(masked_dice_ce(logits, y_mix, torch.ones_like(y_mix, dtype=logits.dtype)))
             return {"loss": loss, "loss/bcp": loss, "stage": torch.tensor(0.0)}
         x_u = unlabeled["image"]
         if x_u.shape[0] != x_l.shape[0]:
