@@ -9,7 +9,7 @@ from typing import Any, Dict, Sequence
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from lib.activelearning.uncertainty_scoring import ScoreCache
+from lib.activelearning.score_cache import ScoreCache
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .datalist import read_id_list, repeated_ids, write_datalist
+from .datalist import write_datalist
+from .splits import read_id_list, repeated_ids
 from ..utils.errors import DataError
 from .h5 import read_h5_volume
 from ..transforms.check_label import check_label

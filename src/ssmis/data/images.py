@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from .datalist import split_cases, write_datalist
+from .datalist import write_datalist
+from .splits import split_cases
 from ..utils.errors import DataError
 from .output import check_output_dir
 from ..transforms.check_label import check_label

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .datalist import read_id_list, split_cases, write_datalist
+from .datalist import write_datalist
+from .splits import read_id_list, split_cases
 from ..utils.errors import DataError
 from .h5 import read_h5_volume
 from .output import check_output_dir, replace_output_dir

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datalist import split_cases, write_datalist
+from .datalist import write_datalist
+from .splits import split_cases
 from ..utils.errors import DataError
 from .nifti import save_image, save_label, spacing_affine
 from .output import check_output_dir, replace_output_dir
