@@ -1,17 +1,27 @@
-"""One module per served bundle; ``main.py`` finds every ``BundleTaskConfig`` subclass here."""
+"""One module per served bundle; every ``BundleTaskConfig`` subclass here is found as the MONAI Label radiology
+sample app finds its task configs (``get_class_names``), so serving another bundle is one new module."""
 
-from .fixed_dynamic_pl_acdc import FixedDynamicPLACDC
-from .fixed_dynamic_pl_la import FixedDynamicPLLA
-from .mean_teacher_acdc import MeanTeacherACDC
-from .mean_teacher_la import MeanTeacherLA
-from .supervised_acdc import SupervisedACDC
-from .supervised_la import SupervisedLA
-from .transmedseg_acdc import TransMedSegACDC
-from .transmedseg_la import TransMedSegLA
+from __future__ import annotations
 
-CONFIGS = {c.bundle: c for c in (TransMedSegLA, FixedDynamicPLLA, SupervisedLA, MeanTeacherLA, TransMedSegACDC,
-                                 SupervisedACDC, MeanTeacherACDC, FixedDynamicPLACDC)}
+import importlib
+import sys
 
+from monailabel.utils.others.class_utils import get_class_names
+
+__all__ = ["CONFIGS", "served_models"]
+
+
+def _discover() -> dict[str, type]:
+    """``{bundle name: BundleTaskConfig subclass}`` of every module in this package."""
+    found = {}
+    for path in get_class_names(sys.modules[__name__], "BundleTaskConfig"):
+        module, name = path.rsplit(".", 1)
+        config = getattr(importlib.import_module(module), name)
+        found[config.bundle] = config
+    return dict(sorted(found.items()))
+
+
+CONFIGS = _discover()
 
 
 def served_models(models: str | None) -> list[str]:
@@ -30,5 +40,3 @@ def served_models(models: str | None) -> list[str]:
     return names
 
 
-__all__ = ["CONFIGS", "served_models", "FixedDynamicPLACDC", "FixedDynamicPLLA", "MeanTeacherACDC", "MeanTeacherLA", "SupervisedACDC",
-           "SupervisedLA", "TransMedSegACDC", "TransMedSegLA"]
