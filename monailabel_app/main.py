@@ -45,7 +45,8 @@ from lib import errors, task_queue  # noqa: E402
 from lib.activelearning import RandomSample, Uncertainty  # noqa: E402
 from lib.configs import CONFIGS, served_models  # noqa: E402
 from lib.datastore import SafeLocalDatastore, StorageLimits  # noqa: E402
-from lib.middleware import ComputeGate, SlowClients, allowed_origins, is_own_upload, private_tempdir  # noqa: E402
+from lib.middleware import (ComputeGate, SlowClients, allowed_origins, install_middleware, is_own_upload,  # noqa: E402
+                            private_tempdir)
 from lib.conf_values import switch  # noqa: E402
 from lib.volumes import VolumeLimits  # noqa: E402
 
@@ -120,12 +121,13 @@ class SSMISApp(MONAILabelApp):
 
             told = any(a in ("--host", "-i") or a.startswith("--host=") for a in sys.argv)
             self.temp_folder = private_tempdir()
-            errors.install(fastapi_app, loopback_only=not told and not switch(self.conf, "allow_remote", False),
-                           check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
-                           origins=self.origins,
-                           max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
-                           gate=self.gate, max_parallel_infer=self.gate_size, client_limits=self.client_limits,
-                           min_free_bytes=self.storage.min_free_bytes, server_roots=self._server_roots())
+            errors.install_handlers(fastapi_app)
+            install_middleware(fastapi_app, loopback_only=not told and not switch(self.conf, "allow_remote", False),
+                               check_train=self._check_train_request, scoring_methods=list(self._scoring_methods),
+                               origins=self.origins,
+                               max_upload_bytes=self.limits.max_upload_bytes, temp_folder=str(self.temp_folder),
+                               gate=self.gate, max_parallel_infer=self.gate_size, client_limits=self.client_limits,
+                               min_free_bytes=self.storage.min_free_bytes, server_roots=self._server_roots())
 
     def _server_roots(self) -> Dict[str, str]:
         """The server folders a remote client sees replaced (``HideServerPaths``): the studies (paths in it become

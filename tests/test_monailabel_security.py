@@ -1296,6 +1296,7 @@ def test_remote_clients_get_no_server_paths(tmp_path):
     from starlette.testclient import TestClient
 
     from lib import errors
+    from lib.middleware import install_middleware
 
     studies, models = tmp_path / "studies", tmp_path / "model"
     answer = {"id": "case_0", "path": f"{studies}/case_0.nii.gz", "ts": 1,
@@ -1304,7 +1305,8 @@ def test_remote_clients_get_no_server_paths(tmp_path):
     fastapi_app = FastAPI()
     fastapi_app.add_api_route("/activelearning/random", lambda: answer, methods=["POST"])
     fastapi_app.add_api_route("/datastore/image", lambda: Response(b'{"path": "/x"}', media_type="application/x-nifti"))
-    errors.install(fastapi_app, loopback_only=False, server_roots={str(studies): "", str(models): "<model_dir>"})
+    errors.install_handlers(fastapi_app)
+    install_middleware(fastapi_app, loopback_only=False, server_roots={str(studies): "", str(models): "<model_dir>"})
     remote = TestClient(fastapi_app, client=("192.0.2.7", 50000)).post("/activelearning/random").json()
     assert remote == {"id": "case_0", "ts": 1,
                       "train": [{"image": "case_0.nii.gz", "label": "labels/final/case_0.nii.gz"}],

@@ -2,9 +2,9 @@
 
 MONAI Label's endpoints turn every exception, ``MONAILabelException`` and a ``json.loads`` failure on a malformed
 ``params`` form field included, into a 500. Its FastAPI app has no hook for apps to add exception handlers before it
-starts, so :func:`install` adds them (and the loopback guard) to the running app and has Starlette rebuild its
-middleware stack, which it does lazily on the next request. A ``params`` or ``info`` form field that is JSON but
-not an object is refused before MONAI Label's endpoint uses it (``lib.middleware.FormFieldCheck``).
+starts, so :func:`install_handlers` adds them to the running app (``lib.middleware.install_middleware`` adds the
+request guards). A ``params`` or ``info`` form field that is JSON but not an object is refused before MONAI Label's
+endpoint uses it (``lib.middleware.FormFieldCheck``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Dict, Sequence
+from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -73,65 +73,14 @@ def _http_error(request: Any, exc: Any) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=getattr(exc, "headers", None))
 
 
-def install(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
-            origins: Sequence[str] = (),
-            max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
-            max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None,
-            min_free_bytes: int = 0, server_roots: Dict[str, str] | None = None) -> None:
-    """Add the 4xx exception handlers and the request guards to a running FastAPI app.
-
-    The middleware, outermost first: ``SlowClients`` (``client_limits``: its ``idle_s``, ``body_s`` and ``min_rate``,
-    from ``SlowClients.conf_limits``), ``LoopbackOnly`` (if ``loopback_only``; otherwise ``HideServerPaths`` with
-    ``server_roots``, for the clients on other machines), ``OriginGuard`` (requests from web pages of other
-    ``origins`` are refused), ``DisabledEndpoints`` (MONAI Label endpoints not served: 404), ``QueryValues``
-    (query values its endpoints fail on: 400), a ``CORSMiddleware`` for ``origins`` only (MONAI Label's own, which
-    allows every origin with credentials, is removed), ``BodySizeLimit`` (``max_upload_bytes``; uploads must leave
-    ``min_free_bytes`` free on the disk of ``temp_folder``),
-    ``FormFieldCheck`` (``params``/``info`` form fields must be JSON objects), ``TempFileJanitor`` (sweeps
-    ``temp_folder``), ``WorkerThreads`` (blocking endpoints off the event loop, the computing ones through
-    ``gate``), ``TaskRequestCheck`` (task bodies: no ``bundle_path``/``gpus``, batch inference to the ``original``
-    tag with at most ``max_parallel_infer`` workers, a bounded ``enqueue``) and :class:`TrainRequestCheck` (with
-    ``check_train``)."""
-    from fastapi.middleware.cors import CORSMiddleware
+def install_handlers(fastapi_app: Any) -> None:
+    """Answer bad requests with a 4xx that says what was wrong: MONAI Label's exceptions, malformed JSON parameters
+    and its 500 for an inference request without an image. The request guards come with
+    ``lib.middleware.install_middleware``."""
     from monailabel.interfaces.exception import MONAILabelException
-    from starlette.middleware import Middleware
-
-    from lib.middleware import (BodySizeLimit, DisabledEndpoints, FormFieldCheck, HideServerPaths, LoopbackOnly,
-                                OriginGuard, QueryValues, SlowClients, TaskRequestCheck, TempFileJanitor,
-                                TrainRequestCheck, WorkerThreads)
-
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     fastapi_app.exception_handlers[StarletteHTTPException] = _http_error
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
-    stack = [m for m in fastapi_app.user_middleware if m.cls is not CORSMiddleware
-             and m.cls not in (SlowClients, LoopbackOnly, HideServerPaths, OriginGuard, DisabledEndpoints, QueryValues,
-                               BodySizeLimit, FormFieldCheck, TempFileJanitor, WorkerThreads, TaskRequestCheck,
-                               TrainRequestCheck)]
-    stack.append(Middleware(SlowClients, **(client_limits or {})))
-    if loopback_only:
-        stack.append(Middleware(LoopbackOnly))
-        logger.warning("started without --host: answering clients on this machine only "
-                       "(pass --host to choose the interface, or --conf allow_remote true)")
-    else:
-        stack.append(Middleware(HideServerPaths, roots=server_roots or {}))
-    stack.append(Middleware(OriginGuard, origins=list(origins)))
-    stack.append(Middleware(DisabledEndpoints))
-    stack.append(Middleware(QueryValues))
-    if origins:
-        stack.append(Middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
-                                allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]))
-    if max_upload_bytes:
-        stack.append(Middleware(BodySizeLimit, max_bytes=max_upload_bytes, temp_folder=temp_folder,
-                                min_free_bytes=min_free_bytes))
-    stack.append(Middleware(FormFieldCheck))
-    if temp_folder:
-        stack.append(Middleware(TempFileJanitor, folder=temp_folder))
-    if gate is not None:
-        stack.append(Middleware(WorkerThreads, gate=gate))
-    stack.append(Middleware(TaskRequestCheck, max_workers=max_parallel_infer))
-    if check_train is not None:
-        stack.append(Middleware(TrainRequestCheck, check=check_train, scoring_methods=list(scoring_methods)))
-    fastapi_app.user_middleware[:] = stack
-    fastapi_app.middleware_stack = None  # Starlette rebuilds it, with the above, on the next request
+
