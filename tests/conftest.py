@@ -16,6 +16,7 @@ BUNDLES = ROOT / "bundles"
 TINY = [
     "--backbone_def#_target_", "BasicUNet",
     "--backbone_def#features", "[4, 4, 8, 8, 16, 4]",
+    "--backbone_def#dropout", "0.0",  # the V-Net's training dropout would reach BasicUNet's every block
     "--patch_size", "[32, 32, 24]",
     "--batch_size", "2",
     "--device", "$torch.device('cpu')",
