@@ -1,5 +1,6 @@
-"""One module per served bundle; every ``BundleTaskConfig`` subclass here is found as the MONAI Label radiology
-sample app finds its task configs (``get_class_names``), so serving another bundle is one new module."""
+"""One module per served bundle; every class here whose base is ``BundleTaskConfig`` is found as the MONAI Label
+radiology sample app finds its task configs (``get_class_names``: direct subclasses only), so serving another bundle
+is one new module."""
 
 from __future__ import annotations
 
