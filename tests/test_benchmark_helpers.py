@@ -392,8 +392,9 @@ def test_headline_table_pools_seeds_and_pairs_cases_with_supervised():
     sup = next(line for line in text.splitlines() if line.startswith("| supervised | 8"))
     tms = next(line for line in text.splitlines() if line.startswith("| TransMedSeg | 8"))
     assert "| 2 | 77.5 ± 3.5 |" in sup
-    # seeds pooled: TransMedSeg case means 0.90, 0.75; supervised 0.75, 0.80 -> wins 1 of 2, median +5.0
-    assert "| 3 | 82.5 ± 2.5 |" in tms and tms.endswith("| 1/2, +5.0 |")
+    # the cell pools its 3 seeds; the pairing takes the 2 seeds both ran: TransMedSeg's case means 0.90, 0.725,
+    # supervised's 0.75, 0.80 -> wins 1 of 2, median of +15 and -7.5
+    assert "| 3 | 82.5 ± 2.5 |" in tms and tms.endswith("| 1/2, +3.7 |")
     assert "| BCP only | 8 | 0 | not run |" in text
     assert "batch 4" not in text  # a control gets a line only where it has run
     text = table(rows + [row("supervised_la+batch_4_4", 1337, [0.8, 0.9])], [8])
@@ -493,3 +494,18 @@ def test_app_benchmark_fails_when_the_served_label_is_not_the_bundles(tmp_path):
     nib.save(nib.Nifti1Image(pred, np.diag([2.0, 1.0, 1.0, 1.0])), tmp_path / "app.nii.gz")  # same voxels, other grid
     with pytest.raises(RuntimeError, match="another grid"):
         label_check(tmp_path / "app.nii.gz", tmp_path / "bundle", truth)
+
+
+def test_headline_pairs_each_method_with_supervised_on_their_common_seeds():
+    """A method that has run seed 1337 alone is paired with supervised's seed 1337, not with supervised's mean over
+    seeds it has not run (a second supervised seed used to move the one-seed rows' wins)."""
+    from benchmarks.headline import paired_with_baseline
+
+    def row(seed, scores):
+        return {"seed": seed, "cases": [{"case": f"c{i}", "dice": d} for i, d in enumerate(scores)]}
+
+    method = [row(1337, [0.80, 0.70, 0.60])]
+    supervised = [row(1337, [0.75, 0.72, 0.55]), row(2, [0.95, 0.95, 0.95])]
+    assert paired_with_baseline(method, supervised) == "2/3, +5.0"  # against seed 1337 alone
+    assert paired_with_baseline(method, [row(2, [0.5, 0.5, 0.5])]) == "–"  # no common seed
+
