@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.la_protocol import positive_int, read_rows, update_doc_table  # noqa: E402
+from benchmarks.la_protocol import paired, positive_int, read_rows, update_doc_table  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 # per dataset: the bundle suffix, the default label counts, the table's lines in order (method as the rows name it
@@ -101,25 +101,14 @@ def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
 
 
-def case_means(rows: list[dict], metric: str = "dice") -> dict[str, float]:
-    """Each validation case's score averaged over the rows (seeds) that hold per-case scores."""
-    per: dict[str, list[float]] = {}
-    for r in rows:
-        for c in r.get("cases") or []:
-            per.setdefault(c["case"], []).append(float(c[metric]))
-    return {k: statistics.mean(v) for k, v in per.items()}
-
-
-def paired_with_baseline(rows: list[dict], base: list[dict]) -> str:
-    """``"wins/cases, median"`` of ``rows`` against ``base`` on the seeds both have run ("–" without one)."""
-    seeds = {int(r.get("seed", 1337)) for r in rows} & {int(r.get("seed", 1337)) for r in base}
-    a = case_means([r for r in rows if int(r.get("seed", 1337)) in seeds])
-    b = case_means([r for r in base if int(r.get("seed", 1337)) in seeds])
-    common = sorted(set(a) & set(b))
-    if not common:
+def paired_with_baseline(rows: list[dict], method: str, baseline: str, labeled: int) -> str:
+    """``"wins/cases, median"`` of ``method`` against ``baseline`` at ``labeled`` on the seeds both have run
+    (``la_protocol.paired``), or "–" where they share no seed or no per-case scores."""
+    try:
+        c = paired(rows, method, baseline, labeled)
+    except ValueError:
         return "–"
-    diffs = [100 * (a[c] - b[c]) for c in common]
-    return f"{sum(d > 0 for d in diffs)}/{len(common)}, {statistics.median(diffs):+.1f}"
+    return f"{c['a_better']}/{c['cases']}, {c['median']:+.1f}"
 
 
 def pair_table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str:
@@ -137,9 +126,8 @@ def pair_table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str
                 continue
             diffs = [100 * (by_seed_a[s]["metrics"]["dice"] - by_seed_b[s]["metrics"]["dice"]) for s in seeds]
             per_seed = ", ".join(f"{d:+.1f}" for d in diffs)
-            paired = paired_with_baseline([by_seed_a[s] for s in seeds], [by_seed_b[s] for s in seeds])
             lines.append(f"| {display[a]} − {display[b]} | {n} | {len(seeds)} | {statistics.mean(diffs):+.1f} "
-                         f"({per_seed}) | {paired} |")
+                         f"({per_seed}) | {paired_with_baseline(rows, a, b, n)} |")
     if not lines:
         return ""
     return ("| comparison | labelled | common seeds | Dice difference, points: mean (each seed) | "
@@ -166,7 +154,7 @@ def table(rows: list[dict], labeled: list[int], dataset: str = "la") -> str:
             lines.append(f"| {name} | {n} | 0 | not run | " + "| " * len(classes) + "| | | |")
             continue
         m = [r["metrics"] for r in cell]
-        vs = "–" if method == baseline else paired_with_baseline(cell, g.get((baseline, n), []))
+        vs = "–" if method == baseline else paired_with_baseline(rows, method, baseline, n)
         per_class = "".join(f"{_mean_sd([x[k] for x in m], 100)} | " for k, _ in classes)
         lines.append(f"| {name} | {n} | {len(cell)} | {_mean_sd([x['dice'] for x in m], 100)} | {per_class}"
                      f"{_mean_sd([x['jaccard'] for x in m], 100)} | {_mean_sd([x['hd95_vox'] for x in m])} | "

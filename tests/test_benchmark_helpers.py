@@ -501,11 +501,12 @@ def test_headline_pairs_each_method_with_supervised_on_their_common_seeds():
     seeds it has not run (a second supervised seed used to move the one-seed rows' wins)."""
     from benchmarks.headline import paired_with_baseline
 
-    def row(seed, scores):
-        return {"seed": seed, "cases": [{"case": f"c{i}", "dice": d} for i, d in enumerate(scores)]}
+    def row(method, seed, scores):
+        return {"bundle": method, "method": method if seed == 1337 else f"{method}@seed{seed}", "labeled": 8,
+                "seed": seed, "cases": [{"case": f"c{i}", "dice": d} for i, d in enumerate(scores)]}
 
-    method = [row(1337, [0.80, 0.70, 0.60])]
-    supervised = [row(1337, [0.75, 0.72, 0.55]), row(2, [0.95, 0.95, 0.95])]
-    assert paired_with_baseline(method, supervised) == "2/3, +5.0"  # against seed 1337 alone
-    assert paired_with_baseline(method, [row(2, [0.5, 0.5, 0.5])]) == "–"  # no common seed
+    method = [row("m", 1337, [0.80, 0.70, 0.60])]
+    supervised = [row("s", 1337, [0.75, 0.72, 0.55]), row("s", 2, [0.95, 0.95, 0.95])]
+    assert paired_with_baseline(method + supervised, "m", "s", 8) == "2/3, +5.0"  # against seed 1337 alone
+    assert paired_with_baseline(method + [row("s", 2, [0.5, 0.5, 0.5])], "m", "s", 8) == "–"  # no common seed
 
