@@ -23,11 +23,11 @@ __all__ = ["install_middleware"]
 logger = logging.getLogger(__name__)
 
 
-def install_middleware(fastapi_app: Any, loopback_only: bool, check_train: Any = None, scoring_methods: Sequence[str] = (),
-            origins: Sequence[str] = (),
-            max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
-            max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None,
-            min_free_bytes: int = 0, server_roots: Dict[str, str] | None = None) -> None:
+def install_middleware(fastapi_app: Any, loopback_only: bool, check_train: Any = None,
+                       scoring_methods: Sequence[str] = (), origins: Sequence[str] = (),
+                       max_upload_bytes: int | None = None, temp_folder: str | None = None, gate: Any = None,
+                       max_parallel_infer: int = 2, client_limits: Dict[str, float] | None = None,
+                       min_free_bytes: int = 0, server_roots: Dict[str, str] | None = None) -> None:
     """Put the request guards in front of a running FastAPI app (MONAI Label's has no hook to add them before it
     starts): Starlette rebuilds its middleware stack, lazily, on the next request.
 

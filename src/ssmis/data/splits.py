@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ __all__ = ["read_id_list", "repeated_ids", "split_cases"]
 
 def repeated_ids(ids: Sequence[str]) -> list[str]:
     """The ids that ``ids`` holds more than once, sorted."""
-    return sorted({i for i in ids if list(ids).count(i) > 1})
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
 
 
 def read_id_list(path: Path, what: str, layout: str) -> list[str]:
