@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 from ignite.engine import Events
+from monai.losses import DiceCELoss
 from monai.transforms import KeepLargestConnectedComponent
 
-from ..losses import masked_dice_ce, region_weighted_dice_ce
+from ..losses import region_weighted_dice_ce
 from ..networks import LayerFeatures, unwrap_module
 from ..transforms import bidirectional_copy_paste, cuboid_mask
 from ..metrics.uncertainty import mean_entropy
@@ -32,8 +33,8 @@ class BCPStrategy(Strategy):
       BCP's ACDC code), or ``(Dice + CE)/2`` on the whole mixed image (``"whole"``, BCP's LA code: about half the
       region form's scale).
     - Self-training: the teacher predicts pseudo-labels ``p`` of ``x_u`` (argmax of its softmax, optionally only
-      the largest connected component of each class). The student sees
-      ``x_in = x_l^a⊙M + x_u^a⊙(1−M)`` and ``x_out = x_u^b⊙M + x_l^b⊙(1−M)``, with targets mixed the same way, and
+      the largest connected component of each class). The student sees ``x_in = x_l^a⊙M + x_u^a⊙(1−M)`` and
+      ``x_out = x_u^b⊙M + x_l^b⊙(1−M)``, with targets mixed the same way, and
       the loss ``(Dice + CE)/2`` weighs ground-truth regions 1 and pseudo-labelled regions ``pseudo_weight``
       (0.5). The two images' losses are summed, as in BCP (``bcp_reduction="sum"``), or averaged (``"mean"``).
       When self-training starts the teacher is reset to the pre-trained student (:meth:`attach`); with a
@@ -72,6 +73,10 @@ class BCPStrategy(Strategy):
             raise ValueError(f"pretrain_loss must be 'region' (BCP on ACDC) or 'whole' (BCP on LA), "
                              f"got {pretrain_loss!r}")
         self.pretrain_loss = pretrain_loss
+        # the whole-image form is MONAI's Dice + CE (soft Dice over every class, pooled over the batch); the region
+        # form needs a voxel mask, which DiceCELoss has not (losses/region.py)
+        self.whole_loss = (DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=0.5, lambda_ce=0.5)
+                           if pretrain_loss == "whole" else None)
         self.network, self.teacher = network, teacher
         self.networks = (network,)
         self.num_classes = num_classes
@@ -130,7 +135,7 @@ class BCPStrategy(Strategy):
             if self.pretrain_loss == "region":
                 loss = region_weighted_dice_ce(logits, y_mix, y_mix, mask, 1.0, 1.0)
             else:
-                loss = 0.5 * sum(masked_dice_ce(logits, y_mix, torch.ones_like(y_mix, dtype=logits.dtype)))
+                loss = self.whole_loss(logits, y_mix)
             return {"loss": loss, "loss/bcp": loss, "stage": torch.tensor(0.0)}
         x_u = unlabeled["image"]
         if x_u.shape[0] != x_l.shape[0]:
