@@ -122,7 +122,8 @@ def report(r: dict) -> str:
              f"{'unknown' if r['steal'] is None else format(r['steal'] * 100, '.0f') + ' %'}; "
              f"bfloat16 instructions: {r['bfloat16_is_fast']}.", "",
              "Shipped LA-1.25mm weights on the 8 validation volumes (1.25 mm), through each bundle's `inference.yaml`:",
-             "", "| bundle | min Dice fast vs float32 | Dice vs truth, float32 | Dice vs truth, fast | float32 run | fast run |",
+             "", "| bundle | min Dice fast vs float32 | Dice vs truth, float32 | Dice vs truth, fast "
+                 "| float32 run | fast run |",
              "|---|---|---|---|---|---|"]
     for b in r["bundles"]:
         lines.append(f"| `{b['bundle']}` | {b['min_dice_fast_vs_reference']:.4f} | {b['mean_dice_reference']:.4f} | "

@@ -105,7 +105,8 @@ def measure(bundle_dir: Path, dataset_dir: Path, checkpoint: str | None, steps: 
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| weights | n | BCP loss | reduction | κ·L_CC | ‖∇κ·L_CC‖ / ‖∇L_BCP‖ median (min–max) |",
+    lines = ["| weights | n | BCP loss | reduction | κ·L_CC "
+             "| ‖∇κ·L_CC‖ / ‖∇L_BCP‖ median (min–max) |",
              "|---|---|---|---|---|---|"]
     for r in results:
         for red in ("pairs", "nodes", "sum"):
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results)
     atomic_write_text(json.dumps(results, indent=1) + "\n", out.with_suffix(".json"))
     atomic_write_text("# Graph-clustering term against the copy-paste loss\n\n"
-                      "`python benchmarks/graph_loss_scale.py` (see its docstring).\n\n" + table, out.with_suffix(".md"))
+                      "`python benchmarks/graph_loss_scale.py` (see its docstring).\n\n" + table,
+                      out.with_suffix(".md"))
     return 0
 
 

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: docs/results/la_1.25mm_v2.json (ACDC: acdc_dev.json)")
     p.add_argument("--labeled", nargs="+", type=positive_int, default=None,
                    help="default: 8 16 (ACDC: 3 7 patients)")
-    p.add_argument("--output", type=Path, default=None, help="default: docs/results/headline.md (ACDC: headline_acdc.md)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="default: docs/results/headline.md (ACDC: headline_acdc.md)")
     p.add_argument("--doc", type=Path, default=None,
                    help="page whose 'headline' table is replaced (nothing happens without its markers); default: "
                         "docs/benchmarks.md when --results, --labeled and --output are left at their defaults, "

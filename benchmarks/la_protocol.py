@@ -78,7 +78,8 @@ def run_cmd(cmd: list[str], log: Path) -> tuple[float, float, dict]:
     wall = time.time() - t0
     if status != 0:  # the last line of the log is the error (the bundle checks print theirs alone, as the last line)
         last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        raise RuntimeError(f"command failed (exit {os.waitstatus_to_exitcode(status)}): {last[0][-400:] if last else ''}"
+        raise RuntimeError(f"command failed (exit {os.waitstatus_to_exitcode(status)}): "
+                           f"{last[0][-400:] if last else ''}"
                            f"\n  log: {log}\n  command: {' '.join(cmd)}")
     return wall, usage.ru_maxrss / 1024.0, {"cpu_s": usage.ru_utime + usage.ru_stime, "steal": steal.fraction,
                                             "paused_s": paused.seconds}
@@ -207,7 +208,8 @@ def bundle_version(bundle: str) -> str:
 
 
 def version_label(trained_by: list[str], evaluated_by: str) -> str:
-    """``"0.2.2"`` when one version trained and evaluated a run, else ``"0.2.0, 0.2.1 (trained), 0.2.2 (evaluated)"``."""
+    """``"0.2.2"`` when one version trained and evaluated a run, else
+    ``"0.2.0, 0.2.1 (trained), 0.2.2 (evaluated)"``."""
     if trained_by == [evaluated_by]:
         return evaluated_by
     return f"{', '.join(trained_by)} (trained), {evaluated_by} (evaluated)"
@@ -344,7 +346,8 @@ def _wall_cell(row: dict) -> str:
 
 
 def _version_cell(version: str | None) -> str:
-    """The bundle versions named in a row's ``bundle_version`` ("0.1.1 (trained), 0.1.2 (evaluated)" → "0.1.1/0.1.2")."""
+    """The bundle versions named in a row's ``bundle_version``
+    ("0.1.1 (trained), 0.1.2 (evaluated)" → "0.1.1/0.1.2")."""
     found = re.findall(r"\d+\.\d+\.[0-9x]+", version or "")
     return "/".join(dict.fromkeys(found)) or "–"
 
@@ -366,7 +369,8 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
         hd95 = f"{m['hd95_vox']:.2f}" + ("" if pixels else f" / {m['hd95_mm']:.2f}")
         asd = f"{m['asd_vox']:.2f}" + ("" if pixels else f" / {m['asd_mm']:.2f}")
         rows.append(
-            f"| {r.get('method', r['bundle'])} | {_version_cell(r.get('bundle_version'))} | {r['labeled']} | {r['iterations']} | {100 * m['dice']:.2f} "
+            f"| {r.get('method', r['bundle'])} | {_version_cell(r.get('bundle_version'))} | {r['labeled']} "
+            f"| {r['iterations']} | {100 * m['dice']:.2f} "
             f"| {100 * m['jaccard']:.2f} | {hd95} | {asd} | {_wall_cell(r)} "
             f"| {_minutes(r.get('train_cpu_s'))} | {format_steal(r.get('host_steal'))} "
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
@@ -445,7 +449,8 @@ def positive_int(text: str) -> int:
 
 
 #: the per-case scores a results row keeps, which --compare can compare
-CASE_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox", "dice_class1", "dice_class2", "dice_class3")
+CASE_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox", "dice_class1", "dice_class2",
+                "dice_class3")
 
 
 def check_rows(rows: object, path: Path) -> list[dict]:
@@ -486,17 +491,20 @@ def main(argv: list[str] | None = None) -> int:
                         "(--labeled and --val count patients; defaults 3 7 and 4), with each bundle's iterations")
     p.add_argument("--bundles", nargs="+", default=None, help="bundle names under bundles/ (default supervised_la, "
                                                              "or supervised_acdc with --dataset acdc)")
-    p.add_argument("--labeled", nargs="+", type=positive_int, default=None, help="labelled-volume counts (default 8 16; "
-                                                                        "ACDC: labelled patients, 3 7)")
-    p.add_argument("--iterations", type=positive_int, help="training iterations per run (cpu default 1200; full: the bundle's)")
+    p.add_argument("--labeled", nargs="+", type=positive_int, default=None,
+                   help="labelled-volume counts (default 8 16; "
+                        "ACDC: labelled patients, 3 7)")
+    p.add_argument("--iterations", type=positive_int,
+                   help="training iterations per run (cpu default 1200; full: the bundle's)")
     p.add_argument("--val-interval", type=positive_int, help="iterations between validations (cpu default 200)")
     p.add_argument("--max-wall-s", type=float, help="train at most this long per call, then save and exit")
     p.add_argument("--sw-overlap", help="sliding-window overlap (full default: stride 18/18/4 of 112x112x80)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"training seed (default {DEFAULT_SEED}); another seed is a separate row, named "
                         "<method>@seed<N>, for measuring the spread between seeds")
-    p.add_argument("--val", type=positive_int, default=None, help="validation volumes, the last of train.list (default 8; "
-                                                          "ACDC: validation patients, 4)")
+    p.add_argument("--val", type=positive_int, default=None,
+                   help="validation volumes, the last of train.list (default 8; "
+                        "ACDC: validation patients, 4)")
     p.add_argument("--source", type=Path, default=None, help="the raw data (default ../shared/data/LA or ACDC)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data",
                    help="where prepared data go, one folder per label count (default data/)")

@@ -42,7 +42,8 @@ from ssmis.utils import atomic_write_text  # noqa: E402
 
 
 def app_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """The app serving ``models`` from ``model_dir`` under the CPU protocol (see ``lib.server_process.start_server``)."""
+    """The app serving ``models`` from ``model_dir`` under the CPU protocol
+    (see ``lib.server_process.start_server``)."""
     conf = {"models": models, "model_dir": str(model_dir), "extra_config": "cpu_protocol.yaml", "device": "cpu"}
     return start_server(studies, conf, log)
 

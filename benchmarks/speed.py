@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
-CASES = ["peak", "engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic", "inference"]
+CASES = ["peak", "engine", "supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic",
+         "inference"]
 METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
 
 
@@ -432,7 +433,8 @@ def report(r: dict) -> str:
         for k, v in c["inference"].items():
             if isinstance(v, dict):
                 lines.append(f"| {k}, volume {v['volume']}, patch {v['patch']} | {v['median_s']:.2f} s | "
-                             f"{v['min_s']:.2f} / {v['max_s']:.2f} s | {c['inference']['peak_rss_mib'] / 1024:.2f} GiB |")
+                             f"{v['min_s']:.2f} / {v['max_s']:.2f} s | "
+                             f"{c['inference']['peak_rss_mib'] / 1024:.2f} GiB |")
     return "\n".join(lines) + "\n"
 
 

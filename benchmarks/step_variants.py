@@ -81,10 +81,12 @@ def run_variant(name: str, batch: int, patch: list[int], steps: int) -> dict:
 def report(r: dict) -> str:
     ref, cl = r["variants"].get("float32"), r["variants"].get("channels_last")
     lines = ["# One training step under each CPU speed-up", "",
-             f"`python benchmarks/step_variants.py` on {r['date']}: MONAI BasicUNet (8–128 features, the CPU-protocol "
+             f"`python benchmarks/step_variants.py` on {r['date']}: "
+             "MONAI BasicUNet (8–128 features, the CPU-protocol "
              f"network), batch {r['batch']}, patch {r['patch']}, {r['steps']} timed steps each; host steal "
              f"{format_steal(r['steal'])}.", "",
-             "| variant | median step | first step | speed-up vs float32 | vs channels-last | first loss − float32's |",
+             "| variant | median step | first step | speed-up vs float32 | vs channels-last "
+             "| first loss − float32's |",
              "|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
         speed = f"{ref['median_s'] / v['median_s']:.2f}x" if ref else "-"

@@ -49,7 +49,8 @@ def load_pair(bundle: str):
     pair = parser.get_parsed_content("network_def")
     from ssmis.bundle.weights import read_state_dict
 
-    pair.load_state_dict({k: v.float() for k, v in read_state_dict(ROOT / "bundles" / bundle / "weights" / "model.pt").items()})
+    pair.load_state_dict({k: v.float()
+                          for k, v in read_state_dict(ROOT / "bundles" / bundle / "weights" / "model.pt").items()})
     from ssmis.networks import channels_last
 
     return channels_last(pair), list(parser.get_parsed_content("patch_size"))

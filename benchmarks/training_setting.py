@@ -53,7 +53,8 @@ def report(r: dict) -> str:
         runs = row["runs"]
         lines.append(f"| `{row['bundle']}` | {runs[a]['cpu_s_per_iteration']:.2f} | "
                      f"{runs[b]['cpu_s_per_iteration']:.2f} | {row['speedup']:.2f}x | "
-                     f"{row['max_loss_difference']:.2e} (losses {row['loss_range'][0]:.3f}–{row['loss_range'][1]:.3f}) |")
+                     f"{row['max_loss_difference']:.2e} "
+                     f"(losses {row['loss_range'][0]:.3f}–{row['loss_range'][1]:.3f}) |")
     return "\n".join(lines) + "\n"
 
 

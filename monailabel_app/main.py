@@ -3,12 +3,12 @@
     monailabel start_server --app monailabel_app --studies DIR --host 127.0.0.1 \
         --conf models transmedseg_la,fixed_dynamic_pl_la
 
-Conf keys: ``models`` (comma list of bundle names of one task, or ``all``: every LA model; default ``all``), ``model_dir`` (where each model's
-``model.pt``, runs and score cache live; default ``<app>/model``), ``bundles`` (the bundles folder; default the
-repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's train and inference configs),
-``device``, ``allow_remote`` (answer clients on other machines when started without ``--host``; default false),
-``cors_origins`` (web origins allowed to call the server; default none), ``max_upload_mb`` (default 512) and
-``max_voxels`` (default 512³) per uploaded volume, ``max_parallel_infer`` (default 2) and ``infer_wait_s`` (default
+Conf keys: ``models`` (comma list of bundle names of one task, or ``all``: every LA model; default ``all``),
+``model_dir`` (where each model's ``model.pt``, runs and score cache live; default ``<app>/model``), ``bundles`` (the
+bundles folder; default the repository's ``bundles/``), ``extra_config`` (merged on top of each bundle's train and
+inference configs), ``device``, ``allow_remote`` (answer clients on other machines when started without ``--host``;
+default false), ``cors_origins`` (web origins allowed to call the server; default none), ``max_upload_mb`` (default 512)
+and ``max_voxels`` (default 512³) per uploaded volume, ``max_parallel_infer`` (default 2) and ``infer_wait_s`` (default
 120): inferences and synchronous scorings at once, and how long one waits for a turn before a 503;
 ``max_train_iterations`` (default 100,000), ``max_batch_size`` (64) and ``max_batch_voxels`` (512³): the most a
 training request may ask for (``lib.trainers.TrainLimits``); ``max_datastore_gb`` (default 64) and

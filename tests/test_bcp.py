@@ -205,7 +205,8 @@ def test_pretraining_loss_per_region_or_on_the_whole_image():
     logits = net(x)
     assert losses["region"] == pytest.approx(float(region_weighted_dice_ce(logits, y, y, mask, 1.0, 1.0)), rel=1e-5)
     whole = 0.5 * sum(masked_dice_ce(logits, y, torch.ones_like(y, dtype=logits.dtype)))
-    assert losses["whole"] == pytest.approx(float(whole), rel=1e-5) and losses["whole"] != pytest.approx(losses["region"])
+    assert (losses["whole"] == pytest.approx(float(whole), rel=1e-5)
+            and losses["whole"] != pytest.approx(losses["region"]))
     with pytest.raises(ValueError, match="pretrain_loss"):
         BCPStrategy(net, net, 2, pretrain_loss="image")
 

@@ -26,7 +26,8 @@ def test_known_overrides_pass():
     merged = configs("transmedseg_la", "train", "cpu_protocol")
     check_overrides(argv("--graph_layer", "down_4", files=merged))
     # MONAI's comma-separated form
-    check_overrides(argv("--graph_layer", "down_4", files=",".join(config_list("transmedseg_la", "train", "cpu_protocol"))))
+    check_overrides(argv("--graph_layer", "down_4",
+                         files=",".join(config_list("transmedseg_la", "train", "cpu_protocol"))))
 
 
 def test_misspelt_override_is_named_with_a_suggestion(tmp_path):

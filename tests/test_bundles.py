@@ -115,7 +115,8 @@ def test_inference_keeps_geometry(bundle, trained, synthetic_3d, tmp_path):
     nib.save(nib.Nifti1Image(src.get_fdata().astype(np.float32), affine), tmp_path / "imagesTs" / "scan.nii.gz")
     out = tmp_path / "pred"
     run_bundle(bundle, ["inference.yaml"], "--dataset_dir", str(tmp_path), "--output_dir", str(out),
-               "--ckpt_path", str(trained / "models" / "model.pt"), *[a for a in TINY if a not in ("--batch_size", "2")])
+               "--ckpt_path", str(trained / "models" / "model.pt"),
+               *[a for a in TINY if a not in ("--batch_size", "2")])
     seg = nib.load(out / "scan" / "scan_seg.nii.gz")
     assert seg.shape == src.shape
     np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
@@ -165,7 +166,8 @@ def test_ddp_two_cpu_processes(name, synthetic_3d, tmp_path):
         data = make_synthetic_dataset(tmp_path / "syn", dims=3, classes=2, cases=10, labeled=4, val=2, size=32)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
            "-m", "monai.bundle", "run", "--config_file",
-           configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name), "--dataset_dir", str(data), "--output_dir", str(out),
+           configs(name, "train.yaml", "multi_gpu_train.yaml"), "--bundle_root", str(BUNDLES / name),
+           "--dataset_dir", str(data), "--output_dir", str(out),
            "--num_iterations", "6", "--val_interval", "3", *TINY, *EXTRA.get(name, [])]
     if "--pretrain_iterations" in cmd:  # reach self-training: teacher copy, graph head and TSA statistics under DDP
         cmd[cmd.index("--pretrain_iterations") + 1] = "2"

@@ -23,7 +23,8 @@ def test_an_acdc_bundle_merges_shared_method_task_and_own_configs_in_that_order(
         "common/configs/cpu_protocol.yaml", "transmedseg_la/configs/cpu_protocol.yaml",
         "common/acdc/configs/cpu_protocol.yaml", "transmedseg_acdc/configs/cpu_protocol.yaml"]
     # a method's ablation reaches its ACDC bundle too; an LA bundle has no layers
-    assert _rel(config_files(BUNDLES / "transmedseg_acdc", "ablation_no_tsa")) == ["transmedseg_la/configs/ablation_no_tsa.yaml"]
+    assert _rel(config_files(BUNDLES / "transmedseg_acdc", "ablation_no_tsa")) == [
+        "transmedseg_la/configs/ablation_no_tsa.yaml"]
     assert [p.parent.name for p in config_layers(BUNDLES / "supervised_la")] == ["common", "supervised_la"]
 
 

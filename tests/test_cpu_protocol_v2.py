@@ -31,7 +31,8 @@ def test_bcp_keeps_its_stages_and_batch():
     assert p.get_parsed_content("batch_size") == 4 and p.get_parsed_content("unlabeled_batch_size") == 4  # 2 + 2 halves
     assert p.get_parsed_content("pretrain_iterations") == 500
     assert stage_settings(p) == (500, "best", True)
-    assert "@train#pretraining" in [h.replace("::", "#") for h in p["train#method_handlers"]] and p["checkpoint_dict"]["pretraining"]
+    assert ("@train#pretraining" in [h.replace("::", "#") for h in p["train#method_handlers"]]
+            and p["checkpoint_dict"]["pretraining"])
 
 
 def test_bcp_self_training_learning_rate_restarts_and_decays_to_zero():

@@ -141,7 +141,8 @@ def test_prepare_la_bad_input_leaves_no_output(tmp_path, capsys):
 
 def test_prepare_la_split_too_large(tmp_path, capsys):
     src = make_la_source(tmp_path / "LA", n=3)
-    assert main(["prepare-la", "--source", str(src), "--output", str(tmp_path / "o"), "--labeled", "3", "--val", "1"]) == 2
+    assert main(["prepare-la", "--source", str(src), "--output", str(tmp_path / "o"), "--labeled", "3",
+                 "--val", "1"]) == 2
     assert "--labeled 3" in capsys.readouterr().err
 
 

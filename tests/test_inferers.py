@@ -13,10 +13,12 @@ from ssmis.networks import SoftmaxAverage
 def _net(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     # zero padding makes a voxel's logits depend on where its window lies, so overlapping windows disagree
-    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(3, 3, 3, padding=1))
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(),
+                               torch.nn.Conv3d(3, 3, 3, padding=1))
 
 
-def _hand_blend(net: torch.nn.Module, x: torch.Tensor, roi: int, starts: list[int], probabilities: bool) -> torch.Tensor:
+def _hand_blend(net: torch.nn.Module, x: torch.Tensor, roi: int, starts: list[int],
+                probabilities: bool) -> torch.Tensor:
     """Uniform blend of windows along the first spatial axis (the others are one window wide)."""
     acc = torch.zeros(1, 3, *x.shape[2:])
     count = torch.zeros(1, 1, *x.shape[2:])

@@ -448,8 +448,8 @@ def test_loopback_guard_refuses_remote_clients():
 
 
 def test_prediction_key_follows_weights_version_and_configs(tmp_path):
-    """The uncertainty cache key changes with the weights, the bundle version, the inference configs and an extra config,
-    and with nothing else."""
+    """The uncertainty cache key changes with the weights, the bundle version, the inference configs and an extra
+    config, and with nothing else."""
     import os
 
     sys.path.insert(0, str(ROOT / "monailabel_app"))
@@ -621,7 +621,8 @@ def test_images_are_resampled_to_the_models_spacing_and_back(tmp_path):
     from lib.infers.bundle_predictor import BundlePredictor
 
     extra, weights = tmp_path / "tiny.yaml", tmp_path / "model.pt"
-    extra.write_text(TINY_YAML.replace("target_spacing: null", "target_spacing: [2.0, 2.0, 2.0]") + "sw_overlap: 0.25\n")
+    extra.write_text(TINY_YAML.replace("target_spacing: null", "target_spacing: [2.0, 2.0, 2.0]")
+                     + "sw_overlap: 0.25\n")
     predictor = BundlePredictor(ROOT / "bundles" / "transmedseg_la", weights, extra_configs=[extra], device="cpu")
     assert predictor.target_spacing == (2.0, 2.0, 2.0)
     from monai.bundle import ConfigParser
@@ -755,7 +756,8 @@ def test_diverged_weights_are_never_published(tmp_path):
     assert served.read_bytes() == (tmp_path / "good.pt").read_bytes() and (tmp_path / "model.json").is_file()
 
 
-@pytest.mark.parametrize("bundle", sorted(p.parent.parent.name for p in (ROOT / "bundles").glob("*/configs/metadata.json")))
+@pytest.mark.parametrize("bundle",
+                         sorted(p.parent.parent.name for p in (ROOT / "bundles").glob("*/configs/metadata.json")))
 def test_every_bundle_is_served_by_the_app(bundle, tmp_path):
     """Each bundle's README tells users to serve it with ``--conf models <bundle>``: the app has a config for every
     bundle, whose labels come from its metadata and whose predictor builds the bundle's network."""

@@ -689,7 +689,8 @@ def test_uploads_too_large_on_the_models_grid_or_forged_are_refused(server):
     img = nib.Nifti1Image(np.zeros((24, 24, 16), np.float32), np.eye(4))
     img.header["srow_y"][1] = np.inf  # the affine's voxel size along y (nibabel turns a 0 pixdim into 1)
     img.header.set_data_offset(352)
-    r = _upload(base, "flat", gzip.compress(img.header.binaryblock + b"\0" * 4 + np.zeros((24, 24, 16), np.float32).tobytes()))
+    r = _upload(base, "flat",
+                gzip.compress(img.header.binaryblock + b"\0" * 4 + np.zeros((24, 24, 16), np.float32).tobytes()))
     assert r.status_code == 400 and "voxel sizes" in r.json()["detail"], r.text
     # voxel sizes of 0.625 in the header, but an affine (sform) of 20 mm: resampling follows the affine
     sform = nib.Nifti1Image(np.zeros((64, 64, 64), np.uint8), np.diag([20.0, 20.0, 20.0, 1.0]))
@@ -775,7 +776,8 @@ def test_requests_that_queue_tasks_are_bounded_and_counted_under_one_lock(monkey
     async def scenario():
         together = await asyncio.gather(*(call("/train/") for _ in range(4)))  # arriving together
         return together, [await call("/train/m", b"enqueue=true"), await call("/train/m"),
-                          await call("/batch/infer/m", b"run_sync=T"), await call("/scoring/", b"", b"--x", b"text/plain")]
+                          await call("/batch/infer/m", b"run_sync=T"),
+                          await call("/scoring/", b"", b"--x", b"text/plain")]
 
     together, later = asyncio.run(scenario())
     assert sorted(together) == [200, 200, 429, 429]
@@ -1253,7 +1255,8 @@ def test_batch_inference_names_each_image_once(monkeypatch):
 
     assert "images" in _refusal("batch", {"images": [{"id": "a"}]}, 2)
     assert "images" in _refusal("batch", {"images": "everything"}, 2)
-    assert _refusal("batch", {"images": ["a", "b"]}, 2) is None and _refusal("batch", {"images": "unlabeled"}, 2) is None
+    assert (_refusal("batch", {"images": ["a", "b"]}, 2) is None
+            and _refusal("batch", {"images": "unlabeled"}, 2) is None)
 
 
 def test_queued_tasks_that_never_started_stop_counting_as_queued(monkeypatch):

@@ -280,7 +280,8 @@ def test_co_training_teacher_mode(mode, sn1_passes, sn2_passes):
 
 
 def test_co_training_cut_beta_reaches_the_box(monkeypatch):
-    """``cut_beta`` is the (α, β) of CUT's λ ~ Beta(α, β): the strategy draws its box with it; bad values are named."""
+    """``cut_beta`` is the (α, β) of CUT's λ ~ Beta(α, β): the strategy draws its box with it;
+    bad values are named."""
     from monai.losses import DiceCELoss
 
     import ssmis.engines.co_training as co_training

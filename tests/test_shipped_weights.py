@@ -64,7 +64,8 @@ def test_weights_of_another_network_or_a_changed_file_are_refused(tmp_path, caps
     torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     with pytest.raises(SystemExit):
         _ship(bundle, tmp_path / "other.pt")
-    assert "other.pt: not the weights of supervised_la's network_def in inference + cpu_protocol" in capsys.readouterr().err
+    assert ("other.pt: not the weights of supervised_la's network_def in inference + cpu_protocol"
+            in capsys.readouterr().err)
     assert shipped_weights(bundle) is None  # nothing written
     _cpu_protocol_weights(bundle, tmp_path / "run.pt")
     _ship(bundle, tmp_path / "run.pt")
@@ -86,7 +87,8 @@ def test_the_export_ships_them_as_models_model_pt(tmp_path):
     _ship(bundle, tmp_path / "run.pt")
     export_bundle(bundle, tmp_path / "dist")
     out = tmp_path / "dist" / "supervised_la"
-    assert read_state_dict(out / "models" / "model.pt").keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
+    assert (read_state_dict(out / "models" / "model.pt").keys()
+            == read_state_dict(bundle / "weights" / "model.pt").keys())
     assert "inference.yaml + cpu_protocol.yaml" in (out / "large_files.yml").read_text()
     assert not (out / "configs" / "shipped_weights.yaml").exists()  # a repository-only switch
     exported = json.loads((out / "models" / "weights.json").read_text())  # the record travels, with the new hash
@@ -121,7 +123,8 @@ def test_the_app_starts_from_the_shipped_weights_that_fit_its_configs(tmp_path):
 
     config = None
     served = model_file("cpu_protocol.yaml")
-    assert served.is_file() and read_state_dict(served).keys() == read_state_dict(bundle / "weights" / "model.pt").keys()
+    assert (served.is_file()
+            and read_state_dict(served).keys() == read_state_dict(bundle / "weights" / "model.pt").keys())
     # restarted on the same model_dir without the configs they fit: a 409 that says how to start, not wrong labels
     from lib.infers.bundle_predictor import ModelNotTrainedError
 

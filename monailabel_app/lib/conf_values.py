@@ -21,7 +21,8 @@ def positive_number(conf: Dict[str, Any], key: str, integer: bool = False, zero:
         value = float(conf[key])
     except (TypeError, ValueError):
         value = float("nan")
-    ok = math.isfinite(value) and ((zero and value == 0) or (value >= 1 and value.is_integer() if integer else value > 0))
+    ok = math.isfinite(value) and ((zero and value == 0)
+                                   or (value >= 1 and value.is_integer() if integer else value > 0))
     if not ok or value > maximum:
         kind = f"{'a non-negative' if zero else 'a positive'} {'integer' if integer else 'number'}"
         kind += f" of at most {maximum:g}" if math.isfinite(maximum) else ""

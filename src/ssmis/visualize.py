@@ -12,7 +12,8 @@ __all__ = ["best_slice", "save_overlay", "save_curves"]
 
 
 def best_slice(label: np.ndarray, pred: np.ndarray | None = None) -> int:
-    """Index along the last axis of the ``[H, W, D]`` slice with the most label (or, failing that, prediction) voxels."""
+    """Index along the last axis of the ``[H, W, D]`` slice with the most label
+    (or, failing that, prediction) voxels."""
     for vol in (label, pred):
         if vol is not None and np.any(vol > 0):
             return int(np.argmax((vol > 0).reshape(-1, vol.shape[-1]).sum(0)))

@@ -95,7 +95,8 @@ class BundlePredictor:
         # the network's input axes, and the images' (more for a 2D network run slice by slice on volumes: ACDC)
         self.network_dims = int(parser.get_parsed_content("backbone_def#spatial_dims")
                                 if "backbone_def#spatial_dims" in parser else 3)
-        self.spatial_dims = int(parser.get_parsed_content("image_dims")) if "image_dims" in parser else self.network_dims
+        self.spatial_dims = (int(parser.get_parsed_content("image_dims")) if "image_dims" in parser
+                             else self.network_dims)
         spacing = parser.get_parsed_content("target_spacing") if "target_spacing" in parser else None
         self.target_spacing = None if spacing is None else tuple(float(v) for v in spacing)
         if self.target_spacing is not None and (len(self.target_spacing) != self.spatial_dims

@@ -14,6 +14,6 @@ from .temp_files import TempFileJanitor, current_request, is_own_upload, private
 from .worker_threads import WorkerThreads
 
 __all__ = ["BodySizeLimit", "BodyTooLarge", "ClientTooSlow", "ComputeGate", "DisabledEndpoints", "FormFieldCheck",
-           "FormFieldError", "HideServerPaths", "LoopbackOnly", "OriginGuard", "QueryValues", "SlowClients", "TaskRequestCheck",
-           "TempFileJanitor", "TrainRequestCheck", "WorkerThreads", "allowed_origins", "current_request",
-           "hide_paths", "install_middleware", "is_own_upload", "private_tempdir"]
+           "FormFieldError", "HideServerPaths", "LoopbackOnly", "OriginGuard", "QueryValues", "SlowClients",
+           "TaskRequestCheck", "TempFileJanitor", "TrainRequestCheck", "WorkerThreads", "allowed_origins",
+           "current_request", "hide_paths", "install_middleware", "is_own_upload", "private_tempdir"]

@@ -117,8 +117,8 @@ class SlowClients:
             logger.warning(f"{scope.get('method')} {scope.get('path')}: {cause.detail}")
             if not state["started"] and not cause.sending:
                 try:
-                    await asyncio.wait_for(JSONResponse({"detail": cause.detail}, status_code=408)(scope, receive, send),
-                                           self.idle_s)
+                    await asyncio.wait_for(
+                        JSONResponse({"detail": cause.detail}, status_code=408)(scope, receive, send), self.idle_s)
                 except asyncio.TimeoutError:
                     pass
             # otherwise the response is left unfinished: the server closes the connection

@@ -63,7 +63,8 @@ def _refusal(kind: str, body: Dict[str, Any], max_workers: int, named: str | Non
         if "bundle_path" in params:
             return f"bundle_path{where}: set by the server, not by a request"
         if params.get("gpus", "all") != "all":
-            return f"gpus={params['gpus']!r}{where}: this server chooses its devices (--conf device); send 'all' or nothing"
+            return (f"gpus={params['gpus']!r}{where}: this server chooses its devices (--conf device); "
+                    "send 'all' or nothing")
     if kind == "batch":
         if body.get("label_tag", "original") != "original":
             return (f"label_tag={body['label_tag']!r}: batch inference saves to the 'original' tag only; annotators' "

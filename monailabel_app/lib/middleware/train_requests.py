@@ -19,7 +19,8 @@ __all__ = ["TrainRequestCheck"]
 class TrainRequestCheck:
     """ASGI middleware: check a ``POST /train/<model>`` body with that model's trainer before MONAI Label queues it
     (``run_sync`` is refused by ``TaskRequestCheck``, outside), cancel queued trainings on ``DELETE /train/``
-    (before MONAI Label stops the running one), and answer 404 to ``POST /scoring/<name>`` for a name not in ``scoring_methods``.
+    (before MONAI Label stops the running one), and answer 404 to ``POST /scoring/<name>`` for a name not in
+    ``scoring_methods``.
 
     The stock endpoint starts a background task with any parameters, so a typo'd key or a wrong type surfaced only
     as a failed task (or a 500 with ``run_sync``). ``check(model, params)`` raises ``ValueError`` for bad

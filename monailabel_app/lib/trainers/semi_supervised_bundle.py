@@ -209,7 +209,8 @@ class SemiSupervisedBundleTrain(TrainTask):
                              f"batch of {batch}")
         if n_labeled < needed:
             raise ValueError(f"{self.name}: training needs at least {needed} labelled images: a batch takes {batch} "
-                             f"(batch_size) and validation holds out {self.n_validation(needed, settings['val_fraction'])}"
+                             "(batch_size) and validation holds out "
+                             f"{self.n_validation(needed, settings['val_fraction'])}"
                              f" (val_fraction {settings['val_fraction']}); the datastore has {n_labeled}. Save more "
                              "labels, or lower batch_size")
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("configs", help="print the --config_file list (shared configs first) for a bundle")
     c.add_argument("bundle", help="bundle name or folder")
     c.add_argument("names", nargs="+", help="config names in merge order: train, evaluate, inference, "
-                                            "multi_gpu_train, cpu_protocol, shipped_weights (last), ablation_no_tsa, ...")
+                                            "multi_gpu_train, cpu_protocol, shipped_weights (last), "
+                                            "ablation_no_tsa, ...")
     e = sub.add_parser("export", help="write a self-contained bundle folder and zip for the model zoo")
     e.add_argument("bundle", help="bundle name or folder")
     e.add_argument("--output", type=Path, default=Path("dist"), help="where the folder and zip go (default dist/)")

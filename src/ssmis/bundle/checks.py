@@ -144,9 +144,9 @@ def check_cuda_only_amp(amp: bool, device: Any) -> None:
 def check_datalist(dataset_dir: str, keys: tuple[str, ...] = ("labeled", "validation"),
                    argv: list[str] | None = None) -> None:
     """On a ``monai.bundle run`` command line, refuse a ``dataset_dir`` whose ``datalist.json`` is missing or
-    malformed (its ``keys`` records: training reads ``labeled`` and ``validation``) before anything is built: read later, inside the
-    trainer's construction, its message stood in the middle of MONAI's traceback. Elsewhere it checks nothing: the
-    zoo's checks initialise a bundle without its data."""
+    malformed (its ``keys`` records: training reads ``labeled`` and ``validation``) before anything is built: read
+    later, inside the trainer's construction, its message stood in the middle of MONAI's traceback. Elsewhere it checks
+    nothing: the zoo's checks initialise a bundle without its data."""
     from ..data import load_datalist
     from ..utils.errors import DataError
 

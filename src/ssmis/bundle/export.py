@@ -98,7 +98,8 @@ def _shared_docs(bundle: Path, folder: Path) -> None:
     # the last shared layer with docs: bundles/common, or a task's (bundles/common/acdc) after it
     layers = [f.parent / "docs" for f in config_layers(bundle)[:-1]]
     common_root = shared_configs(bundle).parent
-    shared = next((d for d in reversed(layers) if d.parent == common_root or common_root in d.parents), common_root / "docs")
+    shared = next((d for d in reversed(layers) if d.parent == common_root or common_root in d.parents),
+                  common_root / "docs")
     shared = shared if (shared / "README.md").is_file() else common_root / "docs"
     (folder / "docs").mkdir(exist_ok=True)
     common = shared / "README.md"
@@ -243,8 +244,8 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
                 exported = {k: v for k, v in record.items() if k != "path"}
                 note = record.get("note", "").rstrip()
                 exported.update(sha256=sha256(shipped), note=(
-                    f"{note}{'' if not note or note.endswith('.') else '.'} Exported from the repository's weights/model.pt (SHA-256 "
-                    f"{record['sha256']}), saved again as models/model.pt.").strip())
+                    f"{note}{'' if not note or note.endswith('.') else '.'} Exported from the repository's "
+                    f"weights/model.pt (SHA-256 {record['sha256']}), saved again as models/model.pt.").strip())
                 (partial / "models" / "weights.json").write_text(json.dumps(exported, indent=2) + "\n")
             large = {"large_files": [{"path": "models/model.pt", "url": "", "hash_val": sha256(shipped),
                                       "hash_type": "sha256"}]}

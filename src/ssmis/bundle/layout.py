@@ -103,9 +103,10 @@ def default_bundle_root(argv: list[str] | None = None) -> str:
     always overrides this default.
 
     Raises:
-        RunError: (``ValueError`` off a ``monai.bundle run`` command line) no config file lies in a bundle (they are all shared ones, e.g. ``configs bundles/supervised_la
-            inference``) and the working folder is not a bundle either: the run would otherwise look for its weights
-            and write its outputs under whatever folder it was started in.
+        RunError: (``ValueError`` off a ``monai.bundle run`` command line) no config file lies in a bundle (they are all
+            shared ones, e.g. ``configs bundles/supervised_la inference``) and the working folder is not a bundle
+            either: the run would otherwise look for its weights and write its outputs under whatever folder it was
+            started in.
     """
     argv = sys.argv if argv is None else argv
     files = config_files_on_command_line(argv)

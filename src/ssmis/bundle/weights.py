@@ -199,6 +199,7 @@ def ship_weights(bundle: str | os.PathLike, source: str | os.PathLike, configs: 
     folder.mkdir(exist_ok=True)
     target = folder / "model.pt"
     atomic_torch_save(state, target)
-    full = {**record, "configs": [config_name(c) for c in configs], "dtype": "float16" if half else "float32", "sha256": sha256(target)}
+    full = {**record, "configs": [config_name(c) for c in configs], "dtype": "float16" if half else "float32",
+            "sha256": sha256(target)}
     atomic_write_text(json.dumps(full, indent=2) + "\n", folder / "weights.json")
     return target

@@ -27,13 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         "train.list: the first --labeled cases are labelled, the last --val are validation, the rest unlabelled. "
         "At the native spacing the image is stored losslessly (uint8 with NIfTI slope/intercept).",
     )
-    la.add_argument("--source", required=True, help="LA folder holding train.list and volumes/ (e.g. ../shared/data/LA)")
+    la.add_argument("--source", required=True,
+                    help="LA folder holding train.list and volumes/ (e.g. ../shared/data/LA)")
     la.add_argument("--output", required=True, help="output dataset folder (replaced atomically)")
     la.add_argument("--spacing", type=float, default=0.625,
                     help="isotropic output spacing in mm (default 0.625, native; 1.25 for the CPU protocol)")
     la.add_argument("--labeled", type=int, default=8, help="number of labelled cases, from the top of train.list "
                     "(default 8, the 10%% setting; 16 is the 20%% setting)")
-    la.add_argument("--val", type=int, default=8, help="number of validation cases, from the end of train.list (default 8)")
+    la.add_argument("--val", type=int, default=8,
+                    help="number of validation cases, from the end of train.list (default 8)")
     la.add_argument("--classes", type=int, default=2, help="declared number of classes incl. background (default 2)")
 
     acdc = sub.add_parser(

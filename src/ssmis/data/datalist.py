@@ -48,7 +48,8 @@ def load_datalist(
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object with the keys {list(DATALIST_KEYS)}, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON object with the keys {list(DATALIST_KEYS)}, "
+                        f"got {type(data).__name__}")
     if key not in data:
         raise DataError(f"{path} has no key {key!r} (it has {sorted(data)})")
     if not isinstance(data[key], list):

@@ -76,7 +76,8 @@ def make_synthetic_dataset(
             save_label(label, affine, tmp / "labelsTr" / f"{case}.nii.gz")
         write_datalist(
             {
-                "labeled": [{"image": f"imagesTr/{c}.nii.gz", "label": f"labelsTr/{c}.nii.gz"} for c in split["labeled"]],
+                "labeled": [{"image": f"imagesTr/{c}.nii.gz", "label": f"labelsTr/{c}.nii.gz"}
+                            for c in split["labeled"]],
                 # their labels too, for diagnostics only (pseudo-label quality); no loss reads them
                 "unlabeled": [{"image": f"imagesTr/{c}.nii.gz", "reference_label": f"labelsTr/{c}.nii.gz"}
                               for c in split["unlabeled"]],

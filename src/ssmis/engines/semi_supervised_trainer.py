@@ -251,7 +251,8 @@ class SemiSupervisedTrainer(Trainer):
             return contextlib.nullcontext()
         return torch.autocast(self.amp_device_type, dtype=self.amp_dtype)
 
-    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: SemiSupervisedTrainer,  # type: ignore[override]
+                   batchdata: dict[str, torch.Tensor]) -> dict:
         """One iteration: draw both batches, run the strategy, back-propagate, step every optimiser."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")

@@ -95,7 +95,8 @@ class BestModelSaver(Checkpoint):
     def __call__(self, engine: Engine) -> None:  # type: ignore[override]
         name = self.metric_name or engine.state.key_metric_name
         if name not in engine.state.metrics:
-            raise KeyError(f"BestModelSaver: the evaluator has no metric {name!r} (it has {sorted(engine.state.metrics)})")
+            raise KeyError(f"BestModelSaver: the evaluator has no metric {name!r} "
+                           f"(it has {sorted(engine.state.metrics)})")
         value, epoch = float(engine.state.metrics[name]), int(engine.state.epoch)
         if self._resumed:
             self._adopt_saved_file(epoch)

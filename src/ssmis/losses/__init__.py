@@ -4,4 +4,5 @@ from .graph_clustering import GraphClusteringLoss
 from .pseudo_label import pseudo_label_loss
 from .region import masked_dice_ce, region_weighted_dice_ce
 
-__all__ = ["GraphClusteringLoss", "masked_dice_ce", "pseudo_label_loss", "region_weighted_dice_ce"]  # TSA's loss: ssmis.tsa
+# TSA's loss: ssmis.tsa
+__all__ = ["GraphClusteringLoss", "masked_dice_ce", "pseudo_label_loss", "region_weighted_dice_ce"]

@@ -1,13 +1,13 @@
 """Graph-clustering loss (GraphCL) on deep encoder features: ``L_CC = −Tr(W·S·Sᵀ)``.
 
 GraphCL's code is not public; this follows its description. The similarity of n feature vectors
-``W = (F·Fᵀ − max(F·Fᵀ))/τ`` (``F`` L2-normalised) is used both as the graph (a one-layer GCN with the row-softmax of
-``W`` as normalised adjacency) and as the clustering objective; an MLP on the GCN output gives soft assignments
-``S`` ``[n, K]``. Two of this project's choices, which the description leaves open, are switches: features are
-L2-normalised (``normalize``), and the trace is divided by n² (``reduction="pairs"``, a mean over node pairs) so the
-loss does not grow with the subsample size; κ weights it in the total loss. Divided by n² and L2-normalised,
-``0 <= L_CC <= 2/τ``, so with κ = 0.01 the term is small beside the segmentation loss; ``reduction="nodes"`` (divided by
-n, a mean over nodes of each node's sum over its pairs) is n times larger, and ``"sum"`` is the plain trace.
+``W = (F·Fᵀ − max(F·Fᵀ))/τ`` (``F`` L2-normalised) is used both as the graph (a one-layer GCN with the
+row-softmax of ``W`` as normalised adjacency) and as the clustering objective; an MLP on the GCN output gives soft
+assignments ``S`` ``[n, K]``. Two of this project's choices, which the description leaves open, are switches: features
+are L2-normalised (``normalize``), and the trace is divided by n² (``reduction="pairs"``, a mean over node pairs) so
+the loss does not grow with the subsample size; κ weights it in the total loss. Divided by n² and L2-normalised,
+``0 <= L_CC <= 2/τ``, so with κ = 0.01 the term is small beside the segmentation loss; ``reduction="nodes"`` (divided
+by n, a mean over nodes of each node's sum over its pairs) is n times larger, and ``"sum"`` is the plain trace.
 """
 
 from __future__ import annotations

@@ -6,4 +6,5 @@ from .memory_format import channels_last
 from .unwrap import unwrap_module
 from .vnet import VNet
 
-__all__ = ["ClassifierFeatures", "LayerFeatures", "SoftmaxAverage", "VNet", "channels_last", "find_classifier", "unwrap_module"]
+__all__ = ["ClassifierFeatures", "LayerFeatures", "SoftmaxAverage", "VNet", "channels_last", "find_classifier",
+           "unwrap_module"]

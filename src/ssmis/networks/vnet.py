@@ -86,7 +86,8 @@ class VNet(nn.Module):
         self.out_conv = Conv[Conv.CONV, d](f, out_channels, kernel_size=1)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features ``[x1, …, x5]``; ``x5`` (the bottleneck, ``16·features`` channels at 1/16 size) is the deepest."""
+        """Encoder features ``[x1, …, x5]``; ``x5`` (the bottleneck, ``16·features`` channels at 1/16 size) is
+        the deepest."""
         # four stride-2 stages: otherwise the additive skips fail later with a bare size mismatch
         # (a plain loop and string concatenation: the export compiles this with torch.jit.script)
         for size in x.shape[2:]:

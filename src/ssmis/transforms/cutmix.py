@@ -53,7 +53,8 @@ def sample_beta(alpha: float, beta: float, generator: torch.Generator | None = N
 def cutmix_box(
     spatial_shape: Sequence[int], alpha: float = 4.0, beta: float = 4.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A ``[1, 1, *S]`` float box mask: λ ~ Beta(α, β), each side ``√(1 − λ)`` of the axis, at a random position.
+    """A ``[1, 1, *S]`` float box mask: λ ~ Beta(α, β), each side ``√(1 − λ)`` of the axis,
+    at a random position.
 
     With ``generator``, λ and the position both come from it, so a seeded generator gives the same box every time;
     without, both come from torch's global generator."""
@@ -62,7 +63,8 @@ def cutmix_box(
 
 
 def apply_cutmix(x: torch.Tensor, box: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """``x ⊙ (1 − box) + x[perm] ⊙ box`` for images/probabilities ``[B, C, *S]`` or class maps (``torch.where``)."""
+    """``x ⊙ (1 − box) + x[perm] ⊙ box`` for images/probabilities ``[B, C, *S]`` or class maps
+    (``torch.where``)."""
     box = box.to(x.device)
     if x.is_floating_point():
         b = box.to(x.dtype)

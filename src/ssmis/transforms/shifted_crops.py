@@ -42,7 +42,8 @@ def sample_shifts(
     return out
 
 
-def crop_at(context: torch.Tensor, offsets: torch.Tensor, crop: Sequence[int], max_shift: Sequence[int]) -> torch.Tensor:
+def crop_at(context: torch.Tensor, offsets: torch.Tensor, crop: Sequence[int],
+            max_shift: Sequence[int]) -> torch.Tensor:
     """Crops of size ``crop`` from a context batch ``[B, C, *context]``, shifted by each offset ``[n, D]``
     from the centred fixed crop. Returns ``[n·B, C, *crop]``, offset-major (all of batch for offset 0, then 1, …)."""
     out = []

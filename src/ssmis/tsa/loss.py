@@ -1,7 +1,7 @@
 """Transferable Semantic Augmentation: the closed-form upper bound of the expected cross-entropy.
 
-Augmenting the classifier input ``a_i`` of a voxel of class ``y`` with ``δ ~ N(λ·Δμ^y, λ·Σ^y)`` and averaging the
-cross-entropy over infinitely many draws is bounded above (Jensen) by the cross-entropy of augmented logits
+Augmenting the classifier input ``a_i`` of a voxel of class ``y`` with ``δ ~ N(λ·Δμ^y, λ·Σ^y)`` and averaging
+the cross-entropy over infinitely many draws is bounded above (Jensen) by the cross-entropy of augmented logits
 
     z̃_ij = w_jᵀa_i + b_j + λ·(w_j − w_y)ᵀΔμ^y + (λ/2)·(w_j − w_y)ᵀΣ^y(w_j − w_y),
 

@@ -42,7 +42,8 @@ class OnlineClassStatistics(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fold in ``features`` ``[N, A]`` with class ``labels`` ``[N]``; classes absent from the batch are unchanged."""
+        """Fold in ``features`` ``[N, A]`` with class ``labels`` ``[N]``;
+        classes absent from the batch are unchanged."""
         if self.mean.device != features.device:
             self.to(features.device)  # follow the features (e.g. onto the GPU); the dtype stays float64
         x = features.detach().to(self.mean.dtype)
@@ -128,7 +129,8 @@ class ClassFeatureStatistics(torch.nn.Module):
         self.target.update(*self.subsample(target_features, target_labels))
 
     def mean_shift(self, reverse: bool = False) -> torch.Tensor:
-        """``μ_t − μ_s`` per class ``[C, A]`` (``μ_s − μ_t`` when ``reverse``); zero for classes not yet seen in both."""
+        """``μ_t − μ_s`` per class ``[C, A]`` (``μ_s − μ_t`` when ``reverse``);
+        zero for classes not yet seen in both."""
         seen = ((self.source.count > 0) & (self.target.count > 0)).view(-1, 1)
         shift = self.target.mean - self.source.mean
         return torch.where(seen, -shift if reverse else shift, torch.zeros_like(shift))

@@ -26,8 +26,8 @@ class TransferableSemanticAugmentation(torch.nn.Module):
     2. updates the memory module (``ClassFeatureStatistics``): source statistics from the ground-truth voxels,
        target statistics from the pseudo-labelled ones,
     3. returns ``L_tsa`` (``TSALoss``) on the ground-truth voxels, augmented towards the target statistics
-       (``Δμ = μ_t − μ_s``, ``Σ_t``); with ``bidirectional`` also on the pseudo-labelled voxels towards the source
-       statistics (``μ_s − μ_t``, ``Σ_s``), averaged with the first,
+       (``Δμ = μ_t − μ_s``, ``Σ_t``); with ``bidirectional`` also on the pseudo-labelled voxels towards the
+       source statistics (``μ_s − μ_t``, ``Σ_s``), averaged with the first,
 
     plus diagnostics: the condition number of each ``Σ_t^c``. λ is 0 through iteration ``ramp_start + 1`` (ignite
     counts iterations from 1), then grows by ``lam0 / (ramp_iterations − ramp_start)`` per iteration, so a run of

@@ -56,7 +56,8 @@ def atomic_replace(write: Any, path: str | os.PathLike, keep_extension: bool = F
 
     If ``write`` raises, the temporary file is removed and ``path`` is left as it was. ``keep_extension``: the
     temporary name ends with ``path``'s extensions (``….tmp.nii.gz``), for writers that pick the format from them.
-    The file gets the permissions a plain ``open`` would give (or keeps those of the file it replaces). Temporary files of ``path`` that a killed process left are deleted first.
+    The file gets the permissions a plain ``open`` would give (or keeps those of the file it replaces). Temporary files
+    of ``path`` that a killed process left are deleted first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
