@@ -3,7 +3,8 @@
     python benchmarks/graph_loss_scale.py --checkpoint runs/la_1.25mm/transmedseg_la_l16/models/checkpoint.pt
     python benchmarks/graph_loss_scale.py --checkpoint none          # the network's initial weights
 
-Builds the bundle's own BCP strategy (``train.yaml`` + ``cpu_protocol.yaml`` by default) on a prepared LA dataset,
+Builds the bundle's own BCP strategy (``train.yaml`` + ``cpu_protocol.yaml`` + ``cpu_protocol_v1.yaml`` by default:
+the LA-1.25mm v1 protocol of the recorded rows and of ``runs/la_1.25mm``'s checkpoints) on a prepared LA dataset,
 loads a checkpoint (student, teacher, graph head, TSA statistics), and runs self-training steps on real batches
 without updating anything. For each step it takes the gradient, over the network's weights, of the copy-paste loss
 and of ``κ·L_CC``, and reports their norms' ratio. ``L_CC`` is computed once, with ``reduction="pairs"``: for the
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default=str(ROOT / "bundles" / "transmedseg_la"))
     p.add_argument("--dataset-dir", default=str(ROOT / "data" / "la_1.25mm_l16"),
                    help="a prepared LA dataset (python -m ssmis.data prepare-la ...)")
-    p.add_argument("--config", nargs="*", default=["cpu_protocol.yaml"],
-                   help="configs merged on top of train.yaml (default: cpu_protocol.yaml)")
+    p.add_argument("--config", nargs="*", default=["cpu_protocol.yaml", "cpu_protocol_v1.yaml"],
+                   help="configs merged on top of train.yaml (default: cpu_protocol.yaml cpu_protocol_v1.yaml, the v1 "
+                        "protocol; cpu_protocol.yaml alone for v2's checkpoints)")
     p.add_argument("--steps", type=int, default=8, help="self-training steps measured per checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=str(ROOT / "docs" / "results" / "graph_loss_scale"),

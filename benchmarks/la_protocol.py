@@ -3,20 +3,22 @@
     python benchmarks/la_protocol.py --bundles supervised_la --labeled 8 16 --iterations 1200
     python benchmarks/la_protocol.py --device cuda --bundles supervised_la --labeled 8 --max-wall-s 480
 
-``--protocol cpu`` (default, "LA-1.25mm"):
-For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cpu_protocol.yaml) on
-``data/la_1.25mm_l<N>`` (made by ``python -m ssmis.data prepare-la --spacing 1.25 --labeled N --val 8`` when missing),
-then evaluate.yaml on the validation split with the last checkpoint. Each run's wall time, CPU time and peak
-resident memory are measured around its subprocess, with the host's steal fraction meanwhile. Results accumulate in
+``--protocol cpu`` ("LA-1.25mm", v1):
+For each (bundle, label count) it runs the bundle's own train.yaml (+ configs/cpu_protocol.yaml and
+cpu_protocol_v1.yaml) on ``data/la_1.25mm_l<N>`` (made by
+``python -m ssmis.data prepare-la --spacing 1.25 --labeled N --val 8`` when missing), then evaluate.yaml on the
+validation split with the last checkpoint. Each run's wall time, CPU time and peak resident memory are measured
+around its subprocess, with the host's steal fraction meanwhile. Results accumulate in
 ``docs/results/la_1.25mm.json``; the markdown table goes to ``docs/results/la_1.25mm.md`` (and between the markers
 in ``docs/results/notes.md``) and the validation-Dice curves to ``docs/results/la_1.25mm_curves.png``. A run with
 ``--config BUNDLE=pseudo_label_quality.yaml`` also records its pseudo-label quality (``pseudo_quality`` in the row,
 per validation interval) and draws it to ``docs/results/la_1.25mm_pseudo_quality.png``; its data must carry the
 unlabelled volumes' ``reference_label`` (``prepare-la`` writes it; re-prepare data made before it did).
 
-``--protocol cpu-v2`` ("LA-1.25mm v2"): the same with ``cpu_protocol_v2.yaml`` merged after ``cpu_protocol.yaml``
-(validation every 100 iterations; BCP's selected pre-training stage and 4 + 4 batch, the mean teacher's ramp scaled
-to the run). Results go to ``docs/results/la_1.25mm_v2.*``, runs to ``runs/la_1.25mm_v2``.
+``--protocol cpu-v2`` ("LA-1.25mm v2", the default on a CPU): the bundles' ``cpu_protocol.yaml`` alone (validation
+every 100 iterations; BCP's selected pre-training stage and 4 + 4 batch, the mean teacher's ramp scaled to the run);
+``--protocol cpu`` ("LA-1.25mm", v1) adds ``cpu_protocol_v1.yaml``. v2's results go to
+``docs/results/la_1.25mm_v2.*``, its runs to ``runs/la_1.25mm_v2``.
 
 ``--dataset acdc``: the same for the ACDC bundles (``supervised_acdc`` ...), on ``data/acdc_l<N>`` (``prepare-acdc``,
 N labelled patients, 4 validation patients, the rest unlabelled), with each bundle's own iterations; results in
@@ -49,8 +51,10 @@ from benchmarks.paused_time import PausedMeter  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text, bfloat16_is_fast  # noqa: E402
 
-# the configs each protocol merges after a bundle's train.yaml (and before its extra configs)
-PROTOCOL_CONFIGS = {"cpu": ["cpu_protocol.yaml"], "cpu-v2": ["cpu_protocol.yaml", "cpu_protocol_v2.yaml"], "full": []}
+# the configs each protocol merges after a bundle's train.yaml (and before its extra configs): cpu_protocol.yaml is
+# LA-1.25mm v2, and cpu_protocol_v1.yaml after it restores v1; the ACDC bundles' "cpu" is their cpu_protocol.yaml
+PROTOCOL_CONFIGS = {"cpu": ["cpu_protocol.yaml", "cpu_protocol_v1.yaml"], "cpu-v2": ["cpu_protocol.yaml"], "full": []}
+ACDC_PROTOCOL_CONFIGS = {"cpu": ["cpu_protocol.yaml"], "full": []}
 # where each protocol's results and runs go (docs/results/<name>.json, runs/<name>)
 PROTOCOL_NAMES = {"cpu": "la_1.25mm", "cpu-v2": "la_1.25mm_v2", "full": "la_full"}
 
@@ -238,7 +242,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         eval_extra += ["--eval_sw_stride", "0"]  # evaluate.yaml's stride would otherwise replace this overlap
     common += PER_LABEL_OVERRIDES.get(bundle, {}).get(labeled, [])
     common += [part for key, value in args.override for part in (f"--{key}", value)]
-    protocol = PROTOCOL_CONFIGS[args.protocol]
+    protocol = (ACDC_PROTOCOL_CONFIGS if args.dataset == "acdc" else PROTOCOL_CONFIGS)[args.protocol]
     train_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra)
     eval_cfg = bundle_configs(bundle, "train.yaml", *protocol, *extra, "evaluate.yaml")
     py = [sys.executable, "-m", "monai.bundle", "run"]
@@ -481,8 +485,10 @@ def read_rows(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=list(PROTOCOL_CONFIGS),
-                   help="cpu: LA-1.25mm on 2 cores; cpu-v2: LA-1.25mm v2 (each recipe's structure kept); full: the "
-                        "standard setting, for a GPU (default: full with --device cuda, else cpu)")
+                   help="cpu-v2: LA-1.25mm v2 on 2 cores (each recipe's structure kept; the bundles' "
+                        "cpu_protocol.yaml); "
+                        "cpu: LA-1.25mm v1, or ACDC-dev with --dataset acdc; full: the standard setting, for a GPU "
+                        "(default: full with --device cuda, else cpu-v2, or cpu for ACDC)")
     p.add_argument("--device", default=None,
                    help="torch device for training and evaluation, e.g. cuda or cuda:1 (default: cpu for the cpu "
                         "protocol, the bundle's choice otherwise); --device cuda selects the full protocol")
@@ -508,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", type=Path, default=None, help="the raw data (default ../shared/data/LA or ACDC)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data",
                    help="where prepared data go, one folder per label count (default data/)")
-    p.add_argument("--runs-root", type=Path, help="default runs/la_1.25mm or runs/la_full")
-    p.add_argument("--results", type=Path, help="default docs/results/la_1.25mm.json or docs/results/la_full.json")
+    p.add_argument("--runs-root", type=Path, help="default runs/la_1.25mm_v2, runs/la_1.25mm (v1) or runs/la_full")
+    p.add_argument("--results", type=Path,
+                   help="default docs/results/la_1.25mm_v2.json, la_1.25mm.json (v1) or la_full.json")
     p.add_argument("--override", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="a config override passed to every training and evaluation, e.g. --override patch_size "
                         "'[96, 96, 64]'; repeatable (a run so changed is still filed under the method's name)")
@@ -535,14 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     if acdc and args.protocol == "cpu-v2":
         p.error("--protocol cpu-v2 is LA's; ACDC has cpu (its bundles' cpu_protocol.yaml) and full")
     if args.protocol is None:
-        args.protocol = "full" if (args.device or "").startswith("cuda") else "cpu"
+        args.protocol = "full" if (args.device or "").startswith("cuda") else "cpu" if acdc else "cpu-v2"
     name = PROTOCOL_NAMES[args.protocol] if not acdc else f"acdc_{'dev' if args.protocol == 'cpu' else 'full'}"
     cpu = args.protocol.startswith("cpu")
     args.spacing = 1.25 if cpu else 0.625
     if cpu and not acdc:  # ACDC: the iterations and validation interval of each bundle's cpu_protocol.yaml
         args.iterations = args.iterations if args.iterations is not None else 1200
-        if args.protocol == "cpu" and args.val_interval is None:
-            args.val_interval = 200  # cpu-v2: its config's (100)
     elif not cpu and not acdc:  # LA's stride 18/18/4 in 112 x 112 x 80 windows
         args.sw_overlap = args.sw_overlap or "[0.839, 0.839, 0.95]"
     args.runs_root = args.runs_root or ROOT / "runs" / name

@@ -122,11 +122,11 @@ def test_bcp_step_schedule_counts_from_self_training(origin, changes):
 
 
 def test_schedule_switch():
-    """CPU protocol: BCP's steps scaled to 7/24, 14/24 and 21/24 of the run; ``schedule_poly.yaml``: poly decay over the
-    whole run, as the other bundles."""
-    _, parser = strategy()
+    """CPU protocol v1: BCP's steps scaled to 7/24, 14/24 and 21/24 of the run; ``schedule_poly.yaml``: poly decay over
+    the whole run, as the other bundles."""
+    _, parser = strategy("cpu_protocol_v1")
     assert [i for i, _ in _lr_changes(parser.get_parsed_content("lr_scheduler"), 1200)] == [351, 701, 1051]
-    _, parser = strategy("schedule_poly.yaml")
+    _, parser = strategy("cpu_protocol_v1", "schedule_poly.yaml")
     poly = parser.get_parsed_content("lr_scheduler")
     assert isinstance(poly, torch.optim.lr_scheduler.PolynomialLR) and poly.total_iters == 1200
     opt = poly.optimizer
@@ -164,10 +164,13 @@ def test_tsa_lambda_ramp_origin(origin):
     assert lam[16999] == pytest.approx(0.25 * (16999 - start) / (17000 - start))  # iteration 17,000: the last
 
 
-def test_cpu_protocol_keeps_the_run_ramp():
-    """The LA-1.25mm rows were made with λ ramping from the first iteration: cpu_protocol.yaml keeps that."""
-    _, parser = strategy()
+def test_cpu_protocol_v1_keeps_the_run_ramp():
+    """The LA-1.25mm (v1) rows were made with λ ramping from the first iteration: cpu_protocol_v1.yaml keeps that;
+    v2 (cpu_protocol.yaml) ramps from the start of self-training."""
+    _, parser = strategy("cpu_protocol_v1")
     assert parser.get_parsed_content("tsa").ramp_start == 0
+    _, parser = strategy()
+    assert parser.get_parsed_content("tsa").ramp_start == 500
 
 
 def test_run_shorter_than_pre_training_keeps_lambda_at_zero():
@@ -248,8 +251,7 @@ def test_tsa_switched_off_builds_nothing():
 def test_mean_teacher_consistency_weight_ablation():
     """``ablation_consistency_1.0.yaml`` raises w0 to 1.0 and keeps the v2 ramp (a quarter of the run)."""
     parser = ConfigParser()
-    parser.read_config(config_list("mean_teacher_la", "train", "cpu_protocol", "cpu_protocol_v2",
-                                   "ablation_consistency_1.0.yaml"))
+    parser.read_config(config_list("mean_teacher_la", "train", "cpu_protocol", "ablation_consistency_1.0.yaml"))
     parser["bundle_root"] = str(BUNDLES / "mean_teacher_la")
     ramp = parser.get_parsed_content("train#rampup")
     assert ramp.w0 == 1.0 and ramp.length == 300
@@ -290,6 +292,6 @@ def test_pretraining_loss_follows_bcp_per_dataset():
 
     assert pretrain_loss(TMS, "train") == "whole"
     assert pretrain_loss(TMS, "train", "cpu_protocol") == "region"
-    assert pretrain_loss(TMS, "train", "cpu_protocol", "cpu_protocol_v2") == "region"
+    assert pretrain_loss(TMS, "train", "cpu_protocol", "cpu_protocol_v1") == "region"
     assert pretrain_loss("transmedseg_acdc", "train") == "region"
 

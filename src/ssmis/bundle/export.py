@@ -39,7 +39,8 @@ __all__ = ["BASE_CONFIGS", "DATASET_DIR", "export_bundle", "merged_config"]
 #: configs that are complete workflows; the others are overlays merged on top of one of them
 BASE_CONFIGS = ("train", "inference")
 #: configs that make sense only in this repository (the export ships the weights as ``models/model.pt`` instead)
-REPOSITORY_ONLY = ("shipped_weights", "batch_4_4")  # batch_4_4: a control of the LA benchmark
+# batch_4_4: a control of the LA benchmark; cpu_protocol_v2: a no-op kept for the commands of the v2 rows
+REPOSITORY_ONLY = ("shipped_weights", "batch_4_4", "cpu_protocol_v2")
 #: the literal ``dataset_dir`` default of an exported bundle (the zoo's bundles use /workspace/data/<dataset>)
 DATASET_DIR = "/workspace/data/la_0.625mm"
 
