@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = repr(config_files(bundle, "train", "cpu_protocol", "evaluate"))
     print(f"[2/3] training {args.bundle} for {args.iterations} iterations (log: {run / 'train.log'})", flush=True)
     run.mkdir(parents=True, exist_ok=True)
+    # three validations, so that one falls in the CPU protocol's pre-training (5/12 of the run), whose best state
+    # self-training starts from
     _run([py, "-m", "monai.bundle", "run", "--config_file", train, *overrides,
-          "--num_iterations", str(args.iterations), "--val_interval", str(max(1, args.iterations // 2))],
+          "--num_iterations", str(args.iterations), "--val_interval", str(max(1, args.iterations // 3))],
          log=run / "train.log")
     print("[3/3] evaluating on the validation cases", flush=True)
     _run([py, "-m", "monai.bundle", "run", "--config_file", evaluate, *overrides], log=run / "evaluate.log")
