@@ -136,8 +136,10 @@ def run_curve(args: argparse.Namespace) -> dict:
                 t0 = time.time()
                 iterations = args.first_iterations if n == args.start else args.iterations
                 with StealMeter() as steal:
+                    # batch 2 (+ 2), as the recorded curves trained: the loop starts from --start labels, fewer than
+                    # transmedseg_la's CPU-protocol 4 + 4 batch and its validation image need
                     client.train_start(args.model, {"num_iterations": iterations, "val_interval": iterations,
-                                                    "seed": args.seed})
+                                                    "seed": args.seed, "batch_size": 2})
                     status = wait_for_training(base, args.round_timeout_s)
                     if status.get("status") != "DONE":
                         raise RuntimeError(f"training at {n} labels ended {status.get('status')}: "

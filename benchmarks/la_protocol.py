@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                         "ACDC: labelled patients, 3 7)")
     p.add_argument("--iterations", type=positive_int,
                    help="training iterations per run (cpu default 1200; full: the bundle's)")
-    p.add_argument("--val-interval", type=positive_int, help="iterations between validations (cpu default 200)")
+    p.add_argument("--val-interval", type=positive_int,
+                   help="iterations between validations (default: the protocol's; cpu-v2 100, cpu 200)")
     p.add_argument("--max-wall-s", type=float, help="train at most this long per call, then save and exit")
     p.add_argument("--sw-overlap", help="sliding-window overlap (full default: stride 18/18/4 of 112x112x80)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -577,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = read_rows(args.results)
         except ValueError as e:
             p.error(f"--results {e}")
+    # one protocol per results file: a v1 command without --protocol cpu (now that cpu-v2 is the default) would
+    # otherwise replace a v1 row by a v2 one of the same method
+    other = sorted({str(r.get("protocol")) for r in rows or [] if r.get("protocol")} - {args.protocol})
+    if other and not (args.report_only or args.compare):
+        p.error(f"--results {args.results} holds rows of --protocol {', '.join(other)}, and this run is --protocol "
+                f"{args.protocol}: pass that protocol, or other --results and --runs-root")
 
     def report(results: list[dict]) -> None:
         write_report(results, args.results.with_suffix(".md"), args.results.with_name(f"{name}_curves.png"),

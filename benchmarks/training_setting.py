@@ -27,10 +27,11 @@ from benchmarks.results_files import write_results  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
 
 
-def train(bundle: str, data: Path, out: Path, iterations: int, setting: str, value: str) -> dict:
-    """One short training run; its losses and its CPU seconds per iteration."""
+def train(bundle: str, data: Path, out: Path, iterations: int, setting: str, value: str,
+          configs: tuple[str, ...] = ("cpu_protocol", "cpu_protocol_v1")) -> dict:
+    """One short training run (``train`` + ``configs``); its losses and its CPU seconds per iteration."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           repr(config_files(ROOT / "bundles" / bundle, "train", "cpu_protocol")),
+           repr(config_files(ROOT / "bundles" / bundle, "train", *configs)),
            "--meta_file", str(ROOT / "bundles" / bundle / "configs" / "metadata.json"),
            "--bundle_root", str(ROOT / "bundles" / bundle), "--dataset_dir", str(data), "--output_dir", str(out),
            "--num_iterations", str(iterations), "--val_interval", str(iterations),
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--values", nargs=2, default=["False", "True"], metavar=("BEFORE", "AFTER"),
                    help="its two values, as on the command line (default: False True); speed-up is BEFORE / AFTER")
     p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--configs", nargs="+", default=["cpu_protocol", "cpu_protocol_v1"],
+                   help="configs merged after train.yaml (default: cpu_protocol cpu_protocol_v1, the LA-1.25mm v1 "
+                        "protocol of the recorded rows; cpu_protocol alone for v2)")
     p.add_argument("--output", type=Path, default=None, help="default: docs/results/<setting>.json")
     args = p.parse_args(argv)
     output = args.output or ROOT / "docs" / "results" / f"{args.setting}.json"
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for bundle in args.bundles:
-            runs = {v: train(bundle, args.data, Path(tmp) / bundle / v, args.iterations, args.setting, v)
+            runs = {v: train(bundle, args.data, Path(tmp) / bundle / v, args.iterations, args.setting, v,
+                           tuple(args.configs))
                     for v in (before, after)}
             a, b = runs[before]["losses"], runs[after]["losses"]
             if len(a) != args.iterations or len(b) != args.iterations:

@@ -154,6 +154,23 @@ def test_protocol_arguments_are_checked_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "no_data").exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_results_file_keeps_one_protocol(tmp_path, capsys):
+    """v2 is the default protocol now: a v1 command without --protocol cpu must not train a v2 row into the v1 file
+    (it would replace the v1 row of the same method); it stops before preparing data or training."""
+    from benchmarks.la_protocol import main
+
+    row = json.loads((ROOT / "docs" / "results" / "la_1.25mm_v2.json").read_text())[0]
+    results = tmp_path / "mixed.json"  # a name no page has table markers for: the report writes beside it alone
+    results.write_text(json.dumps([dict(row, protocol="cpu")]))
+    argv = ["--results", str(results), "--data-root", str(tmp_path / "no_data"), "--runs-root", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "holds rows of --protocol cpu, and this run is --protocol cpu-v2" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "no_data").exists() and not (tmp_path / "runs").exists()
+    assert main(argv + ["--report-only"]) == 0  # reading it is fine
+
+
 def test_report_tools_never_write_over_the_tables_from_a_missing_results_file(tmp_path, capsys):
     """A misspelt --results used to print an empty table and write it over the committed ones (exit 0)."""
     from benchmarks.headline import main as headline

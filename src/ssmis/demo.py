@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=Path("demo"), help="working folder (default ./demo)")
     p.add_argument("--bundle", default="transmedseg_la", help="bundle under bundles/ (default transmedseg_la)")
-    p.add_argument("--iterations", type=int, default=150, help="training iterations (default 150)")
+    p.add_argument("--iterations", type=int, default=150,
+                   help="training iterations (default 150; rounded up to a multiple of 3: three validations)")
     p.add_argument("--bundles-dir", type=Path, default=ROOT / "bundles", help="folder holding the bundles")
     args = p.parse_args(argv)
 
@@ -55,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
                  "--dataset_dir", str(data), "--output_dir", str(run)]
     train = repr(config_files(bundle, "train", "cpu_protocol"))
     evaluate = repr(config_files(bundle, "train", "cpu_protocol", "evaluate"))
-    print(f"[2/3] training {args.bundle} for {args.iterations} iterations (log: {run / 'train.log'})", flush=True)
-    run.mkdir(parents=True, exist_ok=True)
     # three validations, so that one falls in the CPU protocol's pre-training (5/12 of the run), whose best state
-    # self-training starts from
+    # self-training starts from; the bundle trains whole validation intervals, hence the rounding
+    val_interval = max(1, -(-args.iterations // 3))
+    iterations = 3 * val_interval
+    print(f"[2/3] training {args.bundle} for {iterations} iterations (log: {run / 'train.log'})", flush=True)
+    run.mkdir(parents=True, exist_ok=True)
     _run([py, "-m", "monai.bundle", "run", "--config_file", train, *overrides,
-          "--num_iterations", str(args.iterations), "--val_interval", str(max(1, args.iterations // 3))],
-         log=run / "train.log")
+          "--num_iterations", str(iterations), "--val_interval", str(val_interval)], log=run / "train.log")
     print("[3/3] evaluating on the validation cases", flush=True)
     _run([py, "-m", "monai.bundle", "run", "--config_file", evaluate, *overrides], log=run / "evaluate.log")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())

@@ -214,7 +214,8 @@ def export_bundle(bundle: str | os.PathLike, output: str | os.PathLike, weights:
             else:
                 base = "inference" if config == "cpu_protocol" else "train"
                 launcher = "torchrun --nproc_per_node=<gpus> -m" if config == "multi_gpu_train" else "python -m"
-                pair = f"['configs/{base}.yaml','configs/{config}.yaml']"
+                under = ["cpu_protocol"] if config == "cpu_protocol_v1" else []  # v1 restores, on top of v2
+                pair = "[" + ",".join(f"'configs/{c}.yaml'" for c in [base, *under, config]) + "]"
                 usage = (f"{launcher} monai.bundle run --config_file \"{pair}\""
                          + " (train.yaml too)" * (config == "cpu_protocol"))
             sources = [str(Path(f).relative_to(bundle.parent)) for f in config_files(bundle, config)]
