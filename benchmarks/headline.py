@@ -14,6 +14,10 @@ median of the per-case differences in points. The table goes to ``--output`` and
 A second table compares two methods on the seeds both have run (TransMedSeg against BCP only, the issue's "at or
 above" goal): the mean of the per-seed Dice differences, each seed's difference, and the same paired per-case
 count and median, the cases averaged over the common seeds.
+
+Beside ``--output`` go the figures the page shows under the table: ``<output>_curves.png`` (validation Dice) and,
+from rows that measured it, ``<output>_pseudo_quality.png``: one panel per label count, each method of the table
+as the mean over its seeds with their range shaded.
 """
 
 from __future__ import annotations
@@ -183,6 +187,61 @@ def upper_bound_shares(rows: list[dict], labeled: list[int], dataset: str = "la"
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _runs(cell: list[dict], pick) -> list[tuple[list[float], list[float]]]:
+    """``pick(row)`` (an ``(x, y)`` curve, or None) of each seed's row that has one."""
+    return [c for c in (pick(r) for r in cell) if c is not None]
+
+
+def _pseudo(names: tuple[str, ...]):
+    """A row's pseudo-label Dice curve: the mean of its ``pseudo_quality`` curves ``names`` (co-training's two
+    networks' fixed, or dynamic, pseudo-labels), or None where it has not measured them."""
+    def pick(row: dict) -> tuple[list[float], list[float]] | None:
+        q = row.get("pseudo_quality") or {}
+        curves = [q[f"{n}/dice"] for n in names if f"{n}/dice" in q]
+        if not curves:
+            return None
+        return curves[0]["iteration"], [statistics.mean(v) for v in zip(*(c["value"] for c in curves))]
+    return pick
+
+
+# the pseudo-labels each method trains on, by the names the quality handler logs them under
+PSEUDO_LABELS = {"fixed_dynamic_pl": [("fixed", ("fixed_sn1", "fixed_sn2")),
+                                      ("dynamic", ("dynamic_sn1", "dynamic_sn2"))]}
+
+
+def figures(rows: list[dict], labeled: list[int], dataset: str, output: Path) -> list[Path]:
+    """Beside ``output``: the validation Dice curves (``<output>_curves.png``) and, where rows measured them, the
+    pseudo-label Dice curves (``<output>_pseudo_quality.png``) of the table's methods (controls left out), one
+    panel per label count, each line the mean over seeds with their range shaded."""
+    from ssmis.visualize import save_curve_panels
+
+    g, spec = groups(rows), DATASETS[dataset]
+    shown = [(key, _row_name(key, spec["suffix"]), name) for key, name in spec["names"]
+             if key not in spec["optional"]]
+    baseline = shown[0][1]
+    bound = g.get((baseline, spec["upper"])) if spec["upper"] else None
+    bound_name = f"{shown[0][2]}, all labelled (upper bound)"
+    val = lambda r: (r["curve"]["iteration"], r["curve"]["val_dice"])  # noqa: E731
+    curves, quality = {}, {}
+    for n in labeled:
+        panel = f"{n} labelled"
+        curves[panel] = {name: _runs(g[(m, n)], val) for _, m, name in shown if g.get((m, n))}
+        if bound:
+            curves[panel][bound_name] = _runs(bound, val)
+        for key, m, name in shown:
+            for label, names in PSEUDO_LABELS.get(key, [("teacher", ("teacher",))]):
+                runs = _runs(g.get((m, n), []), _pseudo(names))
+                if runs:
+                    quality.setdefault(panel, {})[f"{name}, {label}"] = runs
+    written = [save_curve_panels(curves, output.with_name(f"{output.stem}_curves.png"), dashed=[bound_name],
+                                 title="validation Dice: mean over seeds, range shaded")]
+    if quality:
+        written.append(save_curve_panels(
+            quality, output.with_name(f"{output.stem}_pseudo_quality.png"), ylabel="pseudo-label Dice",
+            title="pseudo-labels against the unlabelled volumes' labels: mean over seeds, range shaded"))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(DATASETS), default="la")
@@ -213,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     shares = upper_bound_shares(rows, args.labeled, args.dataset)
     text += f"\n{shares}" if shares else ""
     atomic_write_text(text, args.output)
+    figures(rows, args.labeled, args.dataset, args.output)
     if args.doc is not None and args.doc.is_file():
         update_doc_table(args.doc, spec["marker"], text)
     print(text)

@@ -101,6 +101,54 @@ def test_curves_png_is_written_with_the_legend_beside_the_plot(tmp_path):
         assert im.format == "PNG" and im.width > 1.5 * im.height  # the legend sits to the right, not over curves
 
 
+def test_mean_band_averages_the_seeds_at_the_iterations_they_share():
+    from ssmis.visualize import mean_band
+
+    x, mean, low, high = mean_band([([100, 200, 300], [0.5, 0.6, 0.7]), ([100, 200], [0.7, 0.8])])
+    assert x.tolist() == [100, 200]  # 300: one seed only
+    assert mean.tolist() == pytest.approx([0.6, 0.7]) and low.tolist() == [0.5, 0.6] and high.tolist() == [0.7, 0.8]
+    assert [len(v) for v in mean_band([])] == [0, 0, 0, 0]
+
+
+def test_headline_figures_draw_the_table_methods_per_label_count(tmp_path):
+    """One panel per label count, a line per method of the table (controls left out) and the upper bound; the
+    pseudo-label figure only from rows that measured it, co-training's two networks' curves averaged."""
+    from unittest import mock
+
+    from benchmarks import headline
+
+    def row(method, labeled, seed, dice, quality=None):
+        return {"bundle": method.split("+")[0], "method": method if seed == 1337 else f"{method}@seed{seed}",
+                "labeled": labeled, "seed": seed, "metrics": {"dice": dice},
+                "curve": {"iteration": [100, 200], "val_dice": [dice - 0.1, dice]}, "pseudo_quality": quality}
+
+    def q(*names):
+        return {f"{n}/dice": {"iteration": [100, 200], "value": [0.5 + i / 10, 0.6 + i / 10]}
+                for i, n in enumerate(names)}
+
+    rows = [row("supervised_la", 8, 1337, 0.8), row("supervised_la", 8, 2, 0.7), row("supervised_la", 72, 1337, 0.9),
+            row("supervised_la+batch_4_4", 8, 1337, 0.8), row("mean_teacher_la", 16, 1337, 0.8, q("teacher")),
+            row("fixed_dynamic_pl_la", 8, 1337, 0.85, q("fixed_sn1", "fixed_sn2", "dynamic_sn1", "dynamic_sn2"))]
+    drawn = {}
+    with mock.patch("ssmis.visualize.save_curve_panels",
+                    side_effect=lambda panels, path, **kw: drawn.setdefault(path.name, panels) and path):
+        headline.figures(rows, [8, 16], "la", tmp_path / "headline.md")
+    curves, quality = drawn["headline_curves.png"], drawn["headline_pseudo_quality.png"]
+    assert list(curves) == ["8 labelled", "16 labelled"]
+    assert list(curves["8 labelled"]) == ["supervised", "fixed/dynamic co-training",
+                                          "supervised, all labelled (upper bound)"]  # no batch-4 control
+    assert len(curves["8 labelled"]["supervised"]) == 2  # both seeds, for the mean and the band
+    assert list(curves["16 labelled"]) == ["mean teacher", "supervised, all labelled (upper bound)"]
+    fixed = quality["8 labelled"]["fixed/dynamic co-training, fixed"]
+    assert fixed == [([100, 200], pytest.approx([0.55, 0.65]))]  # the mean of fixed_sn1's and fixed_sn2's
+    assert list(quality["16 labelled"]) == ["mean teacher, teacher"]
+    from PIL import Image
+
+    headline.figures(rows, [8, 16], "la", tmp_path / "headline.md")  # drawn for real
+    with Image.open(tmp_path / "headline_curves.png") as im:
+        assert im.format == "PNG" and im.width > 1.5 * im.height  # two panels side by side
+
+
 def test_version_cell_names_every_version_once():
     assert _version_cell("0.1.1 (trained), 0.1.2 (evaluated)") == "0.1.1/0.1.2"
     assert _version_cell("0.1.x (copy-paste loss averaged over the two mixed images)") == "0.1.x"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["best_slice", "save_overlay", "save_curves"]
+__all__ = ["best_slice", "save_overlay", "save_curves", "save_curve_panels", "mean_band"]
 
 
 def best_slice(label: np.ndarray, pred: np.ndarray | None = None) -> int:
@@ -84,6 +84,69 @@ def save_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plot: never over a curve
     fig.tight_layout()
+    out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), path)
+    plt.close(fig)
+    return out
+
+
+def mean_band(runs: Sequence[tuple[Sequence[float], Sequence[float]]]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, mean, low, high)`` over the runs ``(x, y)`` (one per seed), at the x values every run has."""
+    common = sorted(set.intersection(*(set(float(v) for v in x) for x, _ in runs))) if runs else []
+    ys = np.array([[dict(zip((float(v) for v in x), y))[c] for c in common] for x, y in runs], dtype=float)
+    if not common:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    return np.array(common), ys.mean(0), ys.min(0), ys.max(0)
+
+
+def save_curve_panels(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]]],
+    path: str | os.PathLike,
+    xlabel: str = "iteration",
+    ylabel: str = "validation Dice",
+    title: str = "",
+    dashed: Sequence[str] = (),
+) -> Path:
+    """Write a PNG with one panel per ``panel name -> {line name -> runs}``: each line is the mean over its runs
+    ``(x, y)`` (the seeds), with their range shaded. A line keeps its colour in every panel; lines named in
+    ``dashed`` (a reference, e.g. an upper bound) are dashed. One legend, below the panels; the number of seeds
+    is the caller's to say (a table beside the figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils.atomic import atomic_replace
+
+    names = list(dict.fromkeys(name for lines in panels.values() for name in lines))
+    colours = plt.get_cmap("tab10").colors
+    colour = {name: colours[i % len(colours)] for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4), dpi=100,
+                             sharey=True, squeeze=False)
+    for ax, (panel, lines) in zip(axes[0], panels.items()):
+        for name, runs in lines.items():
+            x, mean, low, high = mean_band(runs)
+            if not len(x):
+                continue
+            ax.plot(x, mean, marker="o", markersize=3, color=colour[name], label=name,
+                    linestyle="--" if name in dashed else "-")
+            if len(runs) > 1:
+                ax.fill_between(x, low, high, color=colour[name], alpha=0.15, linewidth=0)
+        ax.set_title(panel)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:  # one legend entry per line, whichever panel drew it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)),
+                   fontsize=9, bbox_to_anchor=(0.5, -0.02))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(handles) - 1) // 3), 1, 1))
     out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), path)
     plt.close(fig)
     return out
