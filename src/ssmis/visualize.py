@@ -69,8 +69,6 @@ def save_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .utils.atomic import atomic_replace
-
     fig, ax = plt.subplots(figsize=(9.5, 4), dpi=100)
     # the default cycle repeats after 10 colours; beyond that, 20 colours and a second line style keep lines apart
     colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
@@ -84,6 +82,15 @@ def save_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plot: never over a curve
     fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` as a PNG cropped to its contents (replaced atomically), and close it."""
+    import matplotlib.pyplot as plt
+
+    from .utils.atomic import atomic_replace
+
     out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), path)
     plt.close(fig)
     return out
@@ -93,10 +100,10 @@ def mean_band(runs: Sequence[tuple[Sequence[float], Sequence[float]]]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x, mean, low, high)`` over the runs ``(x, y)`` (one per seed), at the x values every run has."""
     common = sorted(set.intersection(*(set(float(v) for v in x) for x, _ in runs))) if runs else []
-    ys = np.array([[dict(zip((float(v) for v in x), y))[c] for c in common] for x, y in runs], dtype=float)
     if not common:
         empty = np.zeros(0)
         return empty, empty, empty, empty
+    ys = np.array([[dict(zip((float(v) for v in x), y))[c] for c in common] for x, y in runs], dtype=float)
     return np.array(common), ys.mean(0), ys.min(0), ys.max(0)
 
 
@@ -116,8 +123,6 @@ def save_curve_panels(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .utils.atomic import atomic_replace
 
     names = list(dict.fromkeys(name for lines in panels.values() for name in lines))
     colours = plt.get_cmap("tab10").colors
@@ -147,6 +152,4 @@ def save_curve_panels(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(handles) - 1) // 3), 1, 1))
-    out = atomic_replace(lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), path)
-    plt.close(fig)
-    return out
+    return _save_png(fig, path)
