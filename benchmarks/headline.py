@@ -204,6 +204,11 @@ def _pseudo(names: tuple[str, ...]):
     return pick
 
 
+# one colour per method (by its display name) in every figure, LA's and ACDC's, validation and pseudo-label alike
+COLOURS = {"supervised": "tab:blue", "mean teacher": "tab:orange", "BCP only": "tab:green", "TransMedSeg": "tab:red",
+           "fixed/dynamic co-training": "tab:purple"}
+UPPER_COLOUR = "tab:gray"
+
 # the pseudo-labels each method trains on, by the names the quality handler logs them under
 PSEUDO_LABELS = {"fixed_dynamic_pl": [("fixed", ("fixed_sn1", "fixed_sn2")),
                                       ("dynamic", ("dynamic_sn1", "dynamic_sn2"))]}
@@ -216,12 +221,14 @@ def figures(rows: list[dict], labeled: list[int], dataset: str, output: Path) ->
     from ssmis.visualize import save_curve_panels
 
     g, spec = groups(rows), DATASETS[dataset]
-    shown = [(key, _row_name(key, spec["suffix"]), name) for key, name in spec["names"]
+    shown = [(key, m, name) for (key, _), (m, name) in zip(spec["names"], methods(dataset))
              if key not in spec["optional"]]
     baseline = shown[0][1]
     bound = g.get((baseline, spec["upper"])) if spec["upper"] else None
     bound_name = f"{shown[0][2]}, all labelled (upper bound)"
     val = lambda r: (r["curve"]["iteration"], r["curve"]["val_dice"])  # noqa: E731
+    colours = {name: COLOURS[name] for _, _, name in shown if name in COLOURS} | {bound_name: UPPER_COLOUR}
+    second = []  # a method's second pseudo-label line (co-training's dynamic ones): its colour, dashed
     curves, quality = {}, {}
     for n in labeled:
         panel = f"{n} labelled"
@@ -229,16 +236,21 @@ def figures(rows: list[dict], labeled: list[int], dataset: str, output: Path) ->
         if bound:
             curves[panel][bound_name] = _runs(bound, val)
         for key, m, name in shown:
-            for label, names in PSEUDO_LABELS.get(key, [("teacher", ("teacher",))]):
+            for i, (label, names) in enumerate(PSEUDO_LABELS.get(key, [("teacher", ("teacher",))])):
                 runs = _runs(g.get((m, n), []), _pseudo(names))
                 if runs:
                     quality.setdefault(panel, {})[f"{name}, {label}"] = runs
+                    if name in colours:
+                        colours[f"{name}, {label}"] = colours[name]
+                    if i:
+                        second.append(f"{name}, {label}")
     written = [save_curve_panels(curves, output.with_name(f"{output.stem}_curves.png"), dashed=[bound_name],
-                                 title="validation Dice: mean over seeds, range shaded")]
+                                 title="validation Dice: mean over seeds, range shaded", colours=colours)]
     if quality:
         written.append(save_curve_panels(
             quality, output.with_name(f"{output.stem}_pseudo_quality.png"), ylabel="pseudo-label Dice",
-            title="pseudo-labels against the unlabelled volumes' labels: mean over seeds, range shaded"))
+            title="pseudo-labels against the unlabelled volumes' labels: mean over seeds, range shaded",
+            dashed=second, colours=colours))
     return written
 
 

@@ -129,11 +129,18 @@ def test_headline_figures_draw_the_table_methods_per_label_count(tmp_path):
     rows = [row("supervised_la", 8, 1337, 0.8), row("supervised_la", 8, 2, 0.7), row("supervised_la", 72, 1337, 0.9),
             row("supervised_la+batch_4_4", 8, 1337, 0.8), row("mean_teacher_la", 16, 1337, 0.8, q("teacher")),
             row("fixed_dynamic_pl_la", 8, 1337, 0.85, q("fixed_sn1", "fixed_sn2", "dynamic_sn1", "dynamic_sn2"))]
-    drawn = {}
+    drawn, options = {}, {}
     with mock.patch("ssmis.visualize.save_curve_panels",
-                    side_effect=lambda panels, path, **kw: drawn.setdefault(path.name, panels) and path):
+                    side_effect=lambda panels, path, **kw: options.setdefault(path.name, kw)
+                    and drawn.setdefault(path.name, panels) and path):
         headline.figures(rows, [8, 16], "la", tmp_path / "headline.md")
     curves, quality = drawn["headline_curves.png"], drawn["headline_pseudo_quality.png"]
+    # a method keeps its colour from one figure to the next; co-training's dynamic pseudo-labels are its second line
+    colours = options["headline_pseudo_quality.png"]["colours"]
+    co = "fixed/dynamic co-training"
+    assert colours[f"{co}, fixed"] == colours[f"{co}, dynamic"] == colours[co] != colours["mean teacher, teacher"]
+    assert options["headline_pseudo_quality.png"]["dashed"] == [f"{co}, dynamic"]
+    assert options["headline_curves.png"]["colours"][co] == colours[co]
     assert list(curves) == ["8 labelled", "16 labelled"]
     assert list(curves["8 labelled"]) == ["supervised", "fixed/dynamic co-training",
                                           "supervised, all labelled (upper bound)"]  # no batch-4 control
@@ -147,6 +154,30 @@ def test_headline_figures_draw_the_table_methods_per_label_count(tmp_path):
     headline.figures(rows, [8, 16], "la", tmp_path / "headline.md")  # drawn for real
     with Image.open(tmp_path / "headline_curves.png") as im:
         assert im.format == "PNG" and im.width > 1.5 * im.height  # two panels side by side
+
+
+def test_curve_panels_keep_the_colours_given_and_give_the_others_unused_ones(tmp_path):
+    from unittest import mock
+
+    import matplotlib.axes
+    from matplotlib.colors import to_rgb
+
+    from ssmis.visualize import save_curve_panels
+
+    runs = [([100, 200], [0.5, 0.6])]
+    panels = {"8 labelled": {"a": runs, "b": runs}, "16 labelled": {"b": runs, "c": runs}}
+    used: list[tuple[str, tuple]] = []
+    real = matplotlib.axes.Axes.plot
+
+    def plot(ax, *args, **kw):
+        used.append((kw["label"], to_rgb(kw["color"])))
+        return real(ax, *args, **kw)
+
+    with mock.patch.object(matplotlib.axes.Axes, "plot", plot):
+        save_curve_panels(panels, tmp_path / "p.png", colours={"b": "tab:red"})
+    colour = dict(used)
+    assert len(used) == 4 and {c for name, c in used if name == "b"} == {to_rgb("tab:red")}  # in both panels
+    assert len({colour["a"], colour["b"], colour["c"]}) == 3  # the others never take the given one
 
 
 def test_version_cell_names_every_version_once():

@@ -114,19 +114,24 @@ def save_curve_panels(
     ylabel: str = "validation Dice",
     title: str = "",
     dashed: Sequence[str] = (),
+    colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a PNG with one panel per ``panel name -> {line name -> runs}``: each line is the mean over its runs
-    ``(x, y)`` (the seeds), with their range shaded. A line keeps its colour in every panel; lines named in
-    ``dashed`` (a reference, e.g. an upper bound) are dashed. One legend, below the panels; the number of seeds
-    is the caller's to say (a table beside the figure)."""
+    ``(x, y)`` (the seeds), with their range shaded. A line keeps its colour in every panel: ``colours[name]``
+    (any matplotlib colour) where given, else the next of the ``tab10`` colours left over; lines named in
+    ``dashed`` (a reference such as an upper bound, or a method's second line) are dashed. One legend, below the
+    panels; the number of seeds is the caller's to say (a table beside the figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(name for lines in panels.values() for name in lines))
-    colours = plt.get_cmap("tab10").colors
-    colour = {name: colours[i % len(colours)] for i, name in enumerate(names)}
+    colour = dict(colours or {})
+    taken = {matplotlib.colors.to_rgb(c) for c in colour.values()}
+    spare = [c for c in plt.get_cmap("tab10").colors if c not in taken] or list(plt.get_cmap("tab10").colors)
+    for i, name in enumerate(n for n in names if n not in colour):
+        colour[name] = spare[i % len(spare)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4), dpi=100,
                              sharey=True, squeeze=False)
     for ax, (panel, lines) in zip(axes[0], panels.items()):
