@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
+from benchmarks.cpu_model import cpu_model  # noqa: E402
 from benchmarks.paused_time import PausedMeter  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text, bfloat16_is_fast  # noqa: E402
@@ -266,6 +267,9 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     trained_by = total.setdefault("trained_by", [])  # the bundle versions that trained the pieces of this run
     if version not in trained_by:
         trained_by.append(version)
+    trained_on = total.setdefault("trained_on", [])  # and the processors: times compare only on one processor
+    if cpu_model() not in trained_on:
+        trained_on.append(cpu_model())
     if usage["steal"] is not None:  # steal averaged over the pieces, weighted by their wall time
         total["steal_wall_s"] = total.get("steal_wall_s", 0.0) + usage["steal"] * train_wall
         total["measured_wall_s"] = total.get("measured_wall_s", 0.0) + train_wall
@@ -295,7 +299,7 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
         "train_unaccounted_pieces": total.get("unaccounted_pieces", 0),
         # what decides machine-dependent defaults (teacher_precision, sw_precision) and how many threads trained
         "bfloat16_is_fast": bfloat16_is_fast(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "host_steal": steal,
+        "host_steal": steal, "trained_on": total["trained_on"],
         "train_peak_mib": train_mem, "eval_wall_s": eval_wall,
         "eval_peak_mib": eval_mem, "metrics": metrics, "curve": {"iteration": xs, "val_dice": ys},
         "pseudo_quality": quality,
@@ -356,6 +360,20 @@ def _version_cell(version: str | None) -> str:
     return "/".join(dict.fromkeys(found)) or "–"
 
 
+def processors_note(rows: list[dict]) -> str:
+    """A line under the table naming the processors that trained the rows that recorded one (``trained_on``), and
+    which rows, since the machines differ (empty where no row recorded its processor)."""
+    by_cpu: dict[str, list[str]] = {}
+    for r in rows:
+        for cpu in r.get("trained_on") or []:
+            by_cpu.setdefault(str(cpu), []).append(f"{r.get('method', r['bundle'])} ({r['labeled']})")
+    if not by_cpu:
+        return ""
+    named = "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in by_cpu.items())
+    return (f"\nTrain wall and CPU times compare only between rows of one processor. Processors recorded: {named}. "
+            "The other rows did not record theirs.\n")
+
+
 def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
     from ssmis.visualize import save_curves
 
@@ -379,7 +397,7 @@ def write_report(results: list[dict], md: Path, png: Path, title: str) -> None:
             f"| {_minutes(r.get('train_cpu_s'))} | {format_steal(r.get('host_steal'))} "
             f"| {r['train_peak_mib'] / 1024:.2f} GiB |"
         )
-    table = "\n".join(rows) + "\n"
+    table = "\n".join(rows) + "\n" + processors_note(ordered)
     atomic_write_text(table, md)  # as the JSON and the doc table: a killed run leaves no half-written table
     if md.parent.resolve() == (ROOT / "docs" / "results").resolve():  # results kept elsewhere stay out of the docs
         for page in DOC_PAGES:  # each page that has this table's markers

@@ -606,3 +606,29 @@ def test_headline_pairs_each_method_with_supervised_on_their_common_seeds():
     assert paired_with_baseline(method + supervised, "m", "s", 8) == "2/3, +5.0"  # against seed 1337 alone
     assert paired_with_baseline(method + [row("s", 2, [0.5, 0.5, 0.5])], "m", "s", 8) == "–"  # no common seed
 
+
+
+def test_cpu_model_names_the_processor_with_its_family_and_model(tmp_path):
+    from benchmarks.cpu_model import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+    info.write_text(block.format(0) + "\n" + block.format(1).replace("AMD EPYC", "other"))
+    assert cpu_model(info) == "AMD EPYC (family 23, model 1)"  # the first processor's
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_model(info) == "Some CPU"
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # no model name (some ARM kernels)
+    assert cpu_model(info) is None
+    assert cpu_model(tmp_path / "missing") is None
+
+
+def test_report_names_the_processors_that_trained_the_rows():
+    from benchmarks.la_protocol import processors_note
+
+    rows = [{"bundle": "a", "method": "a", "labeled": 8, "trained_on": ["X (family 1, model 2)"]},
+            {"bundle": "b", "method": "b@seed2", "labeled": 16, "trained_on": ["X (family 1, model 2)", "Y"]},
+            {"bundle": "c", "method": "c", "labeled": 8}]
+    note = processors_note(rows)
+    assert "X (family 1, model 2): a (8), b@seed2 (16); Y: b@seed2 (16)." in note
+    assert "other rows did not record" in note
+    assert processors_note(rows[2:]) == ""  # nothing recorded: no line
