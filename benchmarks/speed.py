@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_model import cpu_model  # noqa: E402
 from benchmarks.cpu_steal import StealMeter, format_steal  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
@@ -364,7 +365,7 @@ def main(argv=None) -> int:
         return 0
     results = {"device": args.device, "network": args.network, "patch": args.patch, "batch": args.batch,
                "amp": args.amp, "channels_last": args.channels_last, "teacher_precision": args.teacher_precision,
-               "cpu_count": os.cpu_count(), "cases": {}}
+               "cpu_count": os.cpu_count(), "cpu": cpu_model(), "cases": {}}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for case in args.cases:
         print(f"== {case}", flush=True)
@@ -392,7 +393,8 @@ def report(r: dict) -> str:
     lines = [f"Device `{r['device']}`, network `{r['network']}`, patch {r['patch']}, batch {r['batch']} labelled"
              f" (+ {r['batch']} unlabelled for the semi-supervised methods), amp {r['amp']}, channels-last "
              f"{r.get('channels_last', False)}, co-training pseudo-label passes in "
-             f"{r.get('teacher_precision', 'float32')}.", ""]
+             f"{r.get('teacher_precision', 'float32')}."
+             + (f" Processor: {r['cpu']}, {r['cpu_count']} cores." if r.get("cpu") else ""), ""]
     if "engine" in c:
         e = c["engine"]
         lines += ["| engine overhead | value |", "|---|---|",

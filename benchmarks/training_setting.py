@@ -22,13 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_model import cpu_model  # noqa: E402
 from benchmarks.la_protocol import run_cmd, scalar_curves  # noqa: E402
 from benchmarks.results_files import write_results  # noqa: E402
 from ssmis.bundle.layout import config_files  # noqa: E402
 
+V1_CONFIGS = ("cpu_protocol", "cpu_protocol_v1")  # LA-1.25mm v1, the protocol of the recorded rows
+
 
 def train(bundle: str, data: Path, out: Path, iterations: int, setting: str, value: str,
-          configs: tuple[str, ...] = ("cpu_protocol", "cpu_protocol_v1")) -> dict:
+          configs: tuple[str, ...] = V1_CONFIGS) -> dict:
     """One short training run (``train`` + ``configs``); its losses and its CPU seconds per iteration."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
            repr(config_files(ROOT / "bundles" / bundle, "train", *configs)),
@@ -45,8 +48,10 @@ def train(bundle: str, data: Path, out: Path, iterations: int, setting: str, val
 def report(r: dict) -> str:
     a, b = r["values"]
     command = r.get("command", "python benchmarks/training_setting.py")
-    lines = [f"# Training with `{r['setting']}` {a} and {b}", "", f"`{command}` on {r['date']}, "
-             f"{r['iterations']} iterations per run, LA-1.25mm CPU protocol; CPU seconds per iteration include the "
+    configs = " + ".join(f"`{c}.yaml`" for c in r.get("configs", V1_CONFIGS))
+    machine = f" on {r['cpu']}" if r.get("cpu") else ""
+    lines = [f"# Training with `{r['setting']}` {a} and {b}", "", f"`{command}` on {r['date']}{machine}, "
+             f"{r['iterations']} iterations per run, train.yaml + {configs}; CPU seconds per iteration include the "
              "process start, the data loading and one validation.", "",
              f"| bundle | CPU s / it, {a} | CPU s / it, {b} | speed-up | largest loss difference |",
              "|---|---|---|---|---|"]
@@ -68,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--values", nargs=2, default=["False", "True"], metavar=("BEFORE", "AFTER"),
                    help="its two values, as on the command line (default: False True); speed-up is BEFORE / AFTER")
     p.add_argument("--iterations", type=int, default=30)
-    p.add_argument("--configs", nargs="+", default=["cpu_protocol", "cpu_protocol_v1"],
-                   help="configs merged after train.yaml (default: cpu_protocol cpu_protocol_v1, the LA-1.25mm v1 "
+    p.add_argument("--configs", nargs="+", default=list(V1_CONFIGS),
+                   help=f"configs merged after train.yaml (default: {' '.join(V1_CONFIGS)}, the LA-1.25mm v1 "
                         "protocol of the recorded rows; cpu_protocol alone for v2)")
     p.add_argument("--output", type=Path, default=None, help="default: docs/results/<setting>.json")
     args = p.parse_args(argv)
@@ -90,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                             "loss_range": [min(a), max(a)]})
             print(f"{bundle}: {speedup:.2f}x, largest loss difference {diff:.2e}", flush=True)
     command = " ".join(["python benchmarks/training_setting.py", *(sys.argv[1:] if argv is None else argv)])
-    r = {"date": time.strftime("%Y-%m-%d"), "command": command, "setting": args.setting, "values": [before, after],
-         "iterations": args.iterations, "bundles": results}
+    r = {"date": time.strftime("%Y-%m-%d"), "command": command, "cpu": cpu_model(), "setting": args.setting,
+         "values": [before, after], "iterations": args.iterations, "configs": list(args.configs),
+         "bundles": results}
     print(write_results(r, output, report))
     return 0
 

@@ -632,3 +632,20 @@ def test_report_names_the_processors_that_trained_the_rows():
     assert "X (family 1, model 2): a (8), b@seed2 (16); Y: b@seed2 (16)." in note
     assert "other rows did not record" in note
     assert processors_note(rows[2:]) == ""  # nothing recorded: no line
+
+
+def test_timing_reports_name_the_processor_and_configs_where_recorded():
+    from benchmarks import speed, training_setting
+
+    run = {"cpu_s_per_iteration": 1.0}
+    setting = {"setting": "channels_last", "values": ["False", "True"], "date": "2026-12-02", "iterations": 30,
+               "bundles": [{"bundle": "supervised_la", "runs": {"False": run, "True": run}, "speedup": 1.0,
+                            "max_loss_difference": 0.0, "loss_range": [0.1, 0.9]}]}
+    old = training_setting.report(setting)  # a record from before the processor was kept
+    assert "`cpu_protocol.yaml` + `cpu_protocol_v1.yaml`" in old and " on 2026-12-02, " in old
+    new = training_setting.report({**setting, "cpu": "AMD EPYC (family 23, model 1)", "configs": ["cpu_protocol"]})
+    assert "on 2026-12-02 on AMD EPYC (family 23, model 1)" in new and "train.yaml + `cpu_protocol.yaml`;" in new
+    base = {"device": "cpu", "network": "basic_unet", "patch": [56, 56, 40], "batch": 2, "amp": False, "cases": {}}
+    assert "Processor" not in speed.report(base)
+    assert "Processor: X (family 1, model 2), 2 cores." in speed.report({**base, "cpu": "X (family 1, model 2)",
+                                                                          "cpu_count": 2})
