@@ -136,10 +136,8 @@ def run_curve(args: argparse.Namespace) -> dict:
                 t0 = time.time()
                 iterations = args.first_iterations if n == args.start else args.iterations
                 with StealMeter() as steal:
-                    # batch 2 (+ 2), as the recorded curves trained: the loop starts from --start labels, fewer than
-                    # transmedseg_la's CPU-protocol 4 + 4 batch and its validation image need
                     client.train_start(args.model, {"num_iterations": iterations, "val_interval": iterations,
-                                                    "seed": args.seed, "batch_size": 2})
+                                                    "seed": args.seed, "batch_size": args.batch_size})
                     status = wait_for_training(base, args.round_timeout_s)
                     if status.get("status") != "DONE":
                         raise RuntimeError(f"training at {n} labels ended {status.get('status')}: "
@@ -156,7 +154,8 @@ def run_curve(args: argparse.Namespace) -> dict:
                     "labelled": n, "images": sorted(labelled), "mean_dice": float(np.mean(scores)),
                     "dice": [round(s, 4) for s in scores], "iterations": iterations,
                     "labeled_train": stats["labeled"], "labeled_validation": stats["validation"],
-                    "unlabeled": stats["unlabeled"], "train_s": round(train_s, 1), "scoring_s": round(score_s, 1),
+                    "unlabeled": stats["unlabeled"], "batch_size": args.batch_size,
+                    "train_s": round(train_s, 1), "scoring_s": round(score_s, 1),
                     "round_s": round(time.time() - t0, 1), "steal": round(steal.fraction or 0.0, 3)})
                 save(curve)
                 print(f"{name}: {n} labelled, mean Dice {np.mean(scores):.4f}, round {time.time() - t0:.0f} s",
@@ -242,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-iterations", type=int, default=150, help="first training (default 150)")
     parser.add_argument("--iterations", type=int, default=60, help="training per round (default 60)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=2,
+                        help="labelled (and unlabelled) images per training iteration (default 2, as the recorded "
+                             "curves trained: the loop starts from --start labels, fewer than transmedseg_la's "
+                             "CPU-protocol 4 + 4 batch and its validation image need)")
     parser.add_argument("--threads", type=int, default=2, help="OMP threads of the server and its training")
     parser.add_argument("--round-timeout-s", type=float, default=3600.0)
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "LA")
