@@ -307,14 +307,18 @@ def case_inference(args, device):
     return out
 
 
-def case_peak(args, device):
+def case_peak(args, device, n: int = 2048):
     """The machine's matmul throughput (GFLOP/s), fp32 and bf16: the best of 5 timed runs of a square matmul,
-    the denominator of each step's efficiency."""
+    the denominator of each step's efficiency. bf16 only where it is native (``bf16_native``): a CPU without
+    bfloat16 instructions emulates it some 50 times slower than fp32, minutes for this case, and no default uses it
+    there."""
     import torch
 
-    out = {}
-    n = 2048
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    from ssmis.utils.precision import bfloat16_is_fast
+
+    native = torch.device(device).type != "cpu" or bfloat16_is_fast()
+    out: dict = {"bf16_native": native}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if native else 1]:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         a @ b  # warm-up
@@ -407,8 +411,11 @@ def report(r: dict) -> str:
         base = c.get("supervised", {}).get("step_s")
         peak = c.get("peak", {}).get("fp32_gflops")
         if peak:
-            lines += [f"Matmul peak of this machine in the same run: fp32 {peak:.1f} GFLOP/s, bf16 "
-                      f"{c['peak']['bf16_gflops']:.1f} GFLOP/s (best of 5, 2048 x 2048). Efficiency: a step's FLOPs "
+            bf16 = c["peak"].get("bf16_gflops")
+            bf16 = (f"bf16 {bf16:.1f} GFLOP/s" if bf16 is not None
+                    else "bf16 not timed (no bfloat16 instructions: emulated)")
+            lines += [f"Matmul peak of this machine in the same run: fp32 {peak:.1f} GFLOP/s, {bf16} "
+                      f"(best of 5, 2048 x 2048). Efficiency: a step's FLOPs "
                       "(torch's FlopCounterMode: convolutions and matmuls, forward and backward) per second of "
                       "its wall time, over the fp32 peak.", ""]
         lines += ["| method | step | CPU per step | GFLOP per step | GFLOP/s | efficiency | vs supervised | peak RSS | "
