@@ -1,0 +1,186 @@
+"""Run the headline's result rows one after another, skipping those already in their results file.
+
+    python benchmarks/row_queue.py --list                          # the grid: what has run, what is missing
+    python benchmarks/row_queue.py la:transmedseg:16:3 acdc:mean_teacher:3:2
+    python benchmarks/row_queue.py --locks /tmp/row-locks ROWS...  # two queues on one machine share the locks
+
+A row is ``DATASET:METHOD:LABELLED:SEED``: ``la`` or ``acdc``; a method of the results page (``supervised``,
+``mean_teacher``, ``bcp_only``, ``transmedseg``, ``fixed_dynamic_pl``); labelled volumes (LA) or patients (ACDC);
+a seed (the headline's are 1337, 2 and 3). Each row runs ``benchmarks/la_protocol.py`` with the protocol and the
+configs its headline rows ran with (LA: ``cpu-v2``, with the pseudo-label diagnostic for the semi-supervised
+methods; ACDC: ``cpu``, TransMedSeg's and BCP's rows named by ``self_training_schedule.yaml``), so it lands under
+the same method name as its other seeds.
+
+A row already in the results file is skipped; a row that fails is reported and the queue goes on. With
+``--locks``, each row taken makes a folder there first and a row whose folder exists is skipped, so several queues
+(one per core) never train the same row. A queue that is killed leaves its row's lock: remove it and queue the row
+again, and the row resumes from its checkpoint. ``--root`` sends results, runs and prepared data to another
+checkout, so that a queue can run the code of a frozen copy while work goes on in the checkout that keeps the
+results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.la_protocol import method_name  # noqa: E402
+
+#: per dataset: the protocol, the label counts and the results file of the headline, and each method's bundle with
+#: the configs its rows merge (their order names the row)
+HEADLINE = {
+    "la": {"protocol": "cpu-v2", "labeled": (8, 16), "runs": "la_1.25mm_v2", "methods": {
+        "supervised": ("supervised_la", ()),
+        "mean_teacher": ("mean_teacher_la", ("pseudo_label_quality.yaml",)),
+        "bcp_only": ("transmedseg_la", ("pseudo_label_quality.yaml", "ablation_bcp_only.yaml")),
+        "transmedseg": ("transmedseg_la", ("pseudo_label_quality.yaml",)),
+        "fixed_dynamic_pl": ("fixed_dynamic_pl_la", ("pseudo_label_quality.yaml",))}},
+    "acdc": {"protocol": "cpu", "labeled": (3, 7), "runs": "acdc_dev", "methods": {
+        "supervised": ("supervised_acdc", ()),
+        "mean_teacher": ("mean_teacher_acdc", ()),
+        "bcp_only": ("transmedseg_acdc", ("ablation_bcp_only.yaml", "self_training_schedule.yaml")),
+        "transmedseg": ("transmedseg_acdc", ("self_training_schedule.yaml",)),
+        "fixed_dynamic_pl": ("fixed_dynamic_pl_acdc", ())}},
+}
+SEEDS = (1337, 2, 3)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One result row: ``dataset`` (``la``, ``acdc``), ``method`` (a key of ``HEADLINE[dataset]["methods"]``),
+    ``labeled`` volumes or patients, ``seed``."""
+
+    dataset: str
+    method: str
+    labeled: int
+    seed: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Row":
+        """``DATASET:METHOD:LABELLED:SEED``; ValueError naming the part that is wrong."""
+        parts = text.split(":")
+        if len(parts) != 4:
+            raise ValueError(f"{text!r}: expected DATASET:METHOD:LABELLED:SEED, e.g. la:transmedseg:16:3")
+        dataset, method, labeled, seed = parts
+        if dataset not in HEADLINE:
+            raise ValueError(f"{text!r}: dataset {dataset!r} is not one of {', '.join(HEADLINE)}")
+        if method not in HEADLINE[dataset]["methods"]:
+            raise ValueError(f"{text!r}: method {method!r} is not one of {', '.join(HEADLINE[dataset]['methods'])}")
+        if not labeled.isdigit() or int(labeled) < 1:
+            raise ValueError(f"{text!r}: labelled count {labeled!r} is not a positive whole number")
+        if not seed.isdigit():
+            raise ValueError(f"{text!r}: seed {seed!r} is not a whole number")
+        return cls(dataset, method, int(labeled), int(seed))
+
+    def __str__(self) -> str:
+        return f"{self.dataset}:{self.method}:{self.labeled}:{self.seed}"
+
+    @property
+    def bundle(self) -> str:
+        return HEADLINE[self.dataset]["methods"][self.method][0]
+
+    @property
+    def configs(self) -> tuple[str, ...]:
+        return HEADLINE[self.dataset]["methods"][self.method][1]
+
+    @property
+    def name(self) -> str:
+        """The row's method as its results file names it, e.g. ``transmedseg_la+ablation_bcp_only@seed2``."""
+        return method_name(self.bundle, list(self.configs), self.seed)
+
+    def results_file(self, root: Path) -> Path:
+        return root / "docs" / "results" / f"{HEADLINE[self.dataset]['runs']}.json"
+
+    def command(self, root: Path) -> list[str]:
+        """The ``la_protocol.py`` command that trains and evaluates this row, its outputs under ``root``."""
+        spec = HEADLINE[self.dataset]
+        return [sys.executable, str(ROOT / "benchmarks" / "la_protocol.py"), "--dataset", self.dataset,
+                "--protocol", spec["protocol"], "--bundles", self.bundle,
+                *(part for c in self.configs for part in ("--config", f"{self.bundle}={c}")),
+                "--labeled", str(self.labeled), "--seed", str(self.seed),
+                "--results", str(self.results_file(root)), "--runs-root", str(root / "runs" / spec["runs"]),
+                "--data-root", str(root / "data")]
+
+
+def read_results(path: Path) -> list[dict]:
+    """The rows of a results file; none when it does not exist yet (the first row makes it)."""
+    from benchmarks.la_protocol import read_rows
+
+    return read_rows(path) if path.exists() else []
+
+
+def has_run(row: Row, rows: list[dict]) -> dict | None:
+    """The result of ``row`` among ``rows``, or None."""
+    return next((r for r in rows if r.get("method") == row.name and int(r["labeled"]) == row.labeled), None)
+
+
+def grid(root: Path) -> str:
+    """The headline's rows (every method, label count and seed of ``SEEDS``) as a table: the validation Dice of
+    those that have run, ``missing`` otherwise with the longest training CPU minutes of its other seeds (a guide to
+    what fits a session; a resumed row counts only its last piece, and the processors differ: ``trained_on``)."""
+    lines = ["| row | Dice % | train CPU min | processor |", "|---|---|---|---|"]
+    for dataset, spec in HEADLINE.items():
+        for labeled in spec["labeled"]:
+            for method in spec["methods"]:
+                rows = [Row(dataset, method, labeled, s) for s in SEEDS]
+                results = read_results(rows[0].results_file(root))
+                runs = [has_run(r, results) for r in rows]
+                cpu = [r["train_cpu_s"] / 60 for r in runs if r and r.get("train_cpu_s")]
+                for row, run in zip(rows, runs):
+                    if run:
+                        lines.append(f"| {row} | {100 * run['metrics']['dice']:.2f} | {run['train_cpu_s'] / 60:.0f} "
+                                     f"| {', '.join(run.get('trained_on') or ['not recorded'])} |")
+                    else:
+                        guess = f"up to {max(cpu):.0f} (other seeds)" if cpu else "–"
+                        lines.append(f"| {row} | missing | {guess} | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess.run) -> int:
+    """Run each row not yet in its results file (and not locked by another queue); the number that failed."""
+    failed = 0
+    for row in rows:
+        if has_run(row, read_results(row.results_file(root))):
+            print(f"{row}: done ({row.name} is in {row.results_file(root).name})", flush=True)
+            continue
+        if locks is not None:
+            try:
+                (locks / str(row).replace(":", "_")).mkdir(parents=True)
+            except FileExistsError:
+                print(f"{row}: taken by another queue (lock {locks / str(row).replace(':', '_')})", flush=True)
+                continue
+        print(f"{row}: training {row.name}", flush=True)
+        if runner(row.command(root), cwd=ROOT).returncode:
+            failed += 1
+            print(f"{row}: failed (its error is above); the queue goes on", flush=True)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rows", nargs="*", help="DATASET:METHOD:LABELLED:SEED, e.g. la:transmedseg:16:3")
+    p.add_argument("--list", action="store_true", help="print the headline's rows, run and missing, and exit")
+    p.add_argument("--locks", type=Path, help="a folder shared by the queues of one machine: each row taken once")
+    p.add_argument("--root", type=Path, default=ROOT,
+                   help="the checkout whose docs/results, runs/ and data/ receive the rows (default this one)")
+    args = p.parse_args(argv)
+    if args.list:
+        print(grid(args.root), end="")
+        return 0
+    if not args.rows:
+        p.error("name the rows to run (DATASET:METHOD:LABELLED:SEED), or --list")
+    try:
+        rows = [Row.parse(text) for text in args.rows]
+    except ValueError as e:
+        p.error(str(e))
+    return 1 if run_queue(rows, args.root, args.locks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

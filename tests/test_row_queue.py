@@ -1,0 +1,76 @@
+"""benchmarks/row_queue.py: rows named as the results page names them, done rows skipped, locks shared."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.row_queue import Row, grid, run_queue  # noqa: E402
+
+
+@pytest.mark.parametrize("text, name", [
+    ("la:bcp_only:16:3", "transmedseg_la+ablation_bcp_only@seed3"),  # the diagnostic does not name the row
+    ("la:supervised:8:1337", "supervised_la"),
+    ("acdc:transmedseg:7:2", "transmedseg_acdc+self_training_schedule@seed2"),
+    ("acdc:bcp_only:3:1337", "transmedseg_acdc+ablation_bcp_only+self_training_schedule"),
+])
+def test_rows_are_named_as_their_other_seeds(text, name):
+    row = Row.parse(text)
+    assert str(row) == text and row.name == name
+
+
+@pytest.mark.parametrize("text, part", [("la:bcp_only:16", "DATASET:METHOD:LABELLED:SEED"),
+                                        ("lung:supervised:8:1", "dataset 'lung'"),
+                                        ("la:bcp:8:1", "method 'bcp'"), ("la:supervised:0:1", "labelled count '0'"),
+                                        ("la:supervised:8:x", "seed 'x'")])
+def test_a_bad_row_names_its_bad_part(text, part):
+    with pytest.raises(ValueError, match=part):
+        Row.parse(text)
+
+
+def test_the_command_carries_the_protocol_configs_and_the_root(tmp_path):
+    cmd = Row.parse("acdc:bcp_only:7:2").command(tmp_path)
+    joined = " ".join(cmd)
+    assert "--dataset acdc --protocol cpu --bundles transmedseg_acdc" in joined
+    assert ("--config transmedseg_acdc=ablation_bcp_only.yaml --config transmedseg_acdc=self_training_schedule.yaml"
+            in joined)
+    assert cmd[cmd.index("--results") + 1] == str(tmp_path / "docs" / "results" / "acdc_dev.json")
+    assert cmd[cmd.index("--runs-root") + 1] == str(tmp_path / "runs" / "acdc_dev")
+    assert "--protocol cpu-v2" in " ".join(Row.parse("la:transmedseg:8:2").command(tmp_path))
+
+
+def test_the_queue_skips_done_and_locked_rows_and_goes_on_after_a_failure(tmp_path, capsys):
+    results = tmp_path / "docs" / "results" / "la_1.25mm_v2.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps([{"bundle": "supervised_la", "method": "supervised_la@seed2", "labeled": 8,
+                                    "seed": 2, "metrics": {"dice": 0.8}, "train_cpu_s": 600}]))
+    locks = tmp_path / "locks"
+    (locks / "la_mean_teacher_8_2").mkdir(parents=True)  # another queue's
+    ran = []
+
+    def runner(cmd, cwd):
+        ran.append(cmd[cmd.index("--bundles") + 1])
+        return subprocess.CompletedProcess(cmd, 1 if len(ran) == 1 else 0)
+
+    rows = [Row.parse(t) for t in ("la:supervised:8:2", "la:mean_teacher:8:2", "la:transmedseg:8:2",
+                                   "la:fixed_dynamic_pl:8:2")]
+    assert run_queue(rows, tmp_path, locks, runner) == 1  # the first row run failed, the next still ran
+    assert ran == ["transmedseg_la", "fixed_dynamic_pl_la"]
+    out = capsys.readouterr().out
+    assert "la:supervised:8:2: done" in out and "la:mean_teacher:8:2: taken by another queue" in out
+    assert (locks / "la_transmedseg_8_2").is_dir()  # taken, and kept: a killed queue's row stays taken
+    table = grid(tmp_path)
+    assert "| la:supervised:8:2 | 80.00 | 10 | not recorded |" in table
+    assert "| la:supervised:8:3 | missing | up to 10 (other seeds) | |" in table
+    assert "| acdc:supervised:3:2 | missing | – | |" in table  # no ACDC results file yet
+
+
+def test_the_command_line_names_a_bad_row():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_queue.py"), "la:bcp:8:1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "method 'bcp'" in done.stderr
