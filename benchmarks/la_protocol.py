@@ -267,9 +267,9 @@ def run_one(bundle: str, labeled: int, args: argparse.Namespace) -> dict | None:
     trained_by = total.setdefault("trained_by", [])  # the bundle versions that trained the pieces of this run
     if version not in trained_by:
         trained_by.append(version)
-    trained_on = total.setdefault("trained_on", [])  # and the processors: times compare only on one processor
-    if cpu_model() not in trained_on:
-        trained_on.append(cpu_model())
+    trained_on, cpu = total.setdefault("trained_on", []), cpu_model()  # and the processors: times compare on one
+    if cpu not in trained_on:
+        trained_on.append(cpu)
     if usage["steal"] is not None:  # steal averaged over the pieces, weighted by their wall time
         total["steal_wall_s"] = total.get("steal_wall_s", 0.0) + usage["steal"] * train_wall
         total["measured_wall_s"] = total.get("measured_wall_s", 0.0) + train_wall

@@ -30,18 +30,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.la_protocol import method_name  # noqa: E402
+from benchmarks.headline import DATASETS  # noqa: E402
+from benchmarks.la_protocol import method_name, read_rows  # noqa: E402
 
-#: per dataset: the protocol, the label counts and the results file of the headline, and each method's bundle with
-#: the configs its rows merge (their order names the row)
+#: per dataset: the headline's protocol, and each method's bundle with the configs its rows merge (their order names
+#: the row); the label counts and the results file are the headline's own (``benchmarks.headline.DATASETS``)
 HEADLINE = {
-    "la": {"protocol": "cpu-v2", "labeled": (8, 16), "runs": "la_1.25mm_v2", "methods": {
+    "la": {"protocol": "cpu-v2", "methods": {
         "supervised": ("supervised_la", ()),
         "mean_teacher": ("mean_teacher_la", ("pseudo_label_quality.yaml",)),
         "bcp_only": ("transmedseg_la", ("pseudo_label_quality.yaml", "ablation_bcp_only.yaml")),
         "transmedseg": ("transmedseg_la", ("pseudo_label_quality.yaml",)),
         "fixed_dynamic_pl": ("fixed_dynamic_pl_la", ("pseudo_label_quality.yaml",))}},
-    "acdc": {"protocol": "cpu", "labeled": (3, 7), "runs": "acdc_dev", "methods": {
+    "acdc": {"protocol": "cpu", "methods": {
         "supervised": ("supervised_acdc", ()),
         "mean_teacher": ("mean_teacher_acdc", ()),
         "bcp_only": ("transmedseg_acdc", ("ablation_bcp_only.yaml", "self_training_schedule.yaml")),
@@ -95,23 +96,22 @@ class Row:
         return method_name(self.bundle, list(self.configs), self.seed)
 
     def results_file(self, root: Path) -> Path:
-        return root / "docs" / "results" / f"{HEADLINE[self.dataset]['runs']}.json"
+        return root / "docs" / "results" / DATASETS[self.dataset]["results"]
 
     def command(self, root: Path) -> list[str]:
-        """The ``la_protocol.py`` command that trains and evaluates this row, its outputs under ``root``."""
-        spec = HEADLINE[self.dataset]
+        """The ``la_protocol.py`` command that trains and evaluates this row, its outputs under ``root`` (the runs in
+        ``runs/<results file's stem>``, as ``la_protocol.py`` names them by default)."""
+        results = self.results_file(root)
         return [sys.executable, str(ROOT / "benchmarks" / "la_protocol.py"), "--dataset", self.dataset,
-                "--protocol", spec["protocol"], "--bundles", self.bundle,
+                "--protocol", HEADLINE[self.dataset]["protocol"], "--bundles", self.bundle,
                 *(part for c in self.configs for part in ("--config", f"{self.bundle}={c}")),
                 "--labeled", str(self.labeled), "--seed", str(self.seed),
-                "--results", str(self.results_file(root)), "--runs-root", str(root / "runs" / spec["runs"]),
+                "--results", str(results), "--runs-root", str(root / "runs" / results.stem),
                 "--data-root", str(root / "data")]
 
 
 def read_results(path: Path) -> list[dict]:
     """The rows of a results file; none when it does not exist yet (the first row makes it)."""
-    from benchmarks.la_protocol import read_rows
-
     return read_rows(path) if path.exists() else []
 
 
@@ -126,10 +126,10 @@ def grid(root: Path) -> str:
     what fits a session; a resumed row counts only its last piece, and the processors differ: ``trained_on``)."""
     lines = ["| row | Dice % | train CPU min | processor |", "|---|---|---|---|"]
     for dataset, spec in HEADLINE.items():
-        for labeled in spec["labeled"]:
+        results = read_results(root / "docs" / "results" / DATASETS[dataset]["results"])
+        for labeled in DATASETS[dataset]["labeled"]:
             for method in spec["methods"]:
                 rows = [Row(dataset, method, labeled, s) for s in SEEDS]
-                results = read_results(rows[0].results_file(root))
                 runs = [has_run(r, results) for r in rows]
                 cpu = [r["train_cpu_s"] / 60 for r in runs if r and r.get("train_cpu_s")]
                 for row, run in zip(rows, runs):
@@ -150,10 +150,11 @@ def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess
             print(f"{row}: done ({row.name} is in {row.results_file(root).name})", flush=True)
             continue
         if locks is not None:
+            lock = locks / str(row).replace(":", "_")
             try:
-                (locks / str(row).replace(":", "_")).mkdir(parents=True)
+                lock.mkdir(parents=True)
             except FileExistsError:
-                print(f"{row}: taken by another queue (lock {locks / str(row).replace(':', '_')})", flush=True)
+                print(f"{row}: taken by another queue (lock {lock})", flush=True)
                 continue
         print(f"{row}: training {row.name}", flush=True)
         if runner(row.command(root), cwd=ROOT).returncode:
