@@ -3,6 +3,7 @@
     python benchmarks/row_queue.py --list                          # the grid: what has run, what is missing
     python benchmarks/row_queue.py la:transmedseg:16:3 acdc:mean_teacher:3:2
     python benchmarks/row_queue.py --locks /tmp/row-locks ROWS...  # two queues on one machine share the locks
+    python benchmarks/row_queue.py --stop-at 16:30 ROWS...         # train in pieces that end by 16:30
 
 A row is ``DATASET:METHOD:LABELLED:SEED``: ``la`` or ``acdc``; a method of the results page (``supervised``,
 ``mean_teacher``, ``bcp_only``, ``transmedseg``, ``fixed_dynamic_pl``); labelled volumes (LA) or patients (ACDC);
@@ -17,13 +18,20 @@ A row already in the results file is skipped; a row that fails is reported and t
 again, and the row resumes from its checkpoint. ``--root`` sends results, runs and prepared data to another
 checkout, so that a queue can run the code of a frozen copy while work goes on in the checkout that keeps the
 results.
+
+``--stop-at HH:MM`` trains a row that cannot finish by then as a piece: training saves its checkpoint and stops
+before that time (``la_protocol.py --max-wall-s``), the row's lock is released, and queueing the row again later
+continues it from the checkpoint, its time summed over the pieces. A row is not started with less than
+``MIN_PIECE_S`` left.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +58,9 @@ HEADLINE = {
         "fixed_dynamic_pl": ("fixed_dynamic_pl_acdc", ())}},
 }
 SEEDS = (1337, 2, 3)
+#: with --stop-at: the time kept for evaluating a row that finishes training, and the shortest piece worth starting
+EVAL_MARGIN_S = 300
+MIN_PIECE_S = 900
 
 
 @dataclass(frozen=True)
@@ -98,16 +109,18 @@ class Row:
     def results_file(self, root: Path) -> Path:
         return root / "docs" / "results" / DATASETS[self.dataset]["results"]
 
-    def command(self, root: Path) -> list[str]:
+    def command(self, root: Path, max_wall_s: float | None = None) -> list[str]:
         """The ``la_protocol.py`` command that trains and evaluates this row, its outputs under ``root`` (the runs in
-        ``runs/<results file's stem>``, as ``la_protocol.py`` names them by default)."""
+        ``runs/<results file's stem>``, as ``la_protocol.py`` names them by default); with ``max_wall_s``, training
+        stops at its checkpoint after that many seconds (a piece; the same command continues it)."""
         results = self.results_file(root)
         return [sys.executable, str(ROOT / "benchmarks" / "la_protocol.py"), "--dataset", self.dataset,
                 "--protocol", HEADLINE[self.dataset]["protocol"], "--bundles", self.bundle,
                 *(part for c in self.configs for part in ("--config", f"{self.bundle}={c}")),
                 "--labeled", str(self.labeled), "--seed", str(self.seed),
                 "--results", str(results), "--runs-root", str(root / "runs" / results.stem),
-                "--data-root", str(root / "data")]
+                "--data-root", str(root / "data"),
+                *(("--max-wall-s", f"{max_wall_s:.0f}") if max_wall_s is not None else ())]
 
 
 def read_results(path: Path) -> list[dict]:
@@ -142,13 +155,39 @@ def grid(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess.run) -> int:
-    """Run each row not yet in its results file (and not locked by another queue); the number that failed."""
+def parse_stop_at(text: str, now: datetime.datetime) -> datetime.datetime:
+    """``HH:MM`` as a time later today than ``now``; ValueError otherwise."""
+    try:
+        hour, minute = (int(part) for part in text.split(":"))
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError:
+        raise ValueError(f"--stop-at {text!r}: expected HH:MM, e.g. 16:30") from None
+    if at <= now:
+        raise ValueError(f"--stop-at {text}: that time has passed today (now {now:%H:%M})")
+    return at
+
+
+def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess.run,
+              stop_at: float | None = None, clock=time.time) -> int:
+    """Run each row not yet in its results file (and not locked by another queue); the number that failed.
+
+    ``stop_at`` (seconds since the epoch): each row's training stops by then, minus ``EVAL_MARGIN_S``, and no row
+    starts with less than ``MIN_PIECE_S`` left; a row stopped early is left at its checkpoint with its lock
+    released."""
     failed = 0
     for row in rows:
         if has_run(row, read_results(row.results_file(root))):
             print(f"{row}: done ({row.name} is in {row.results_file(root).name})", flush=True)
             continue
+        max_wall_s = None
+        if stop_at is not None:
+            max_wall_s = stop_at - clock() - EVAL_MARGIN_S
+            if max_wall_s < MIN_PIECE_S:
+                left = ", ".join(str(r) for r in rows[rows.index(row):])
+                print(f"{row}: under {MIN_PIECE_S // 60} min left before --stop-at; not started ({left}: queue "
+                      "again later)", flush=True)
+                break
+        lock = None
         if locks is not None:
             lock = locks / str(row).replace(":", "_")
             try:
@@ -156,10 +195,15 @@ def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess
             except FileExistsError:
                 print(f"{row}: taken by another queue (lock {lock})", flush=True)
                 continue
-        print(f"{row}: training {row.name}", flush=True)
-        if runner(row.command(root), cwd=ROOT).returncode:
+        print(f"{row}: training {row.name}" + (f" for at most {max_wall_s / 60:.0f} min" if max_wall_s else ""),
+              flush=True)
+        if runner(row.command(root, max_wall_s), cwd=ROOT).returncode:
             failed += 1
             print(f"{row}: failed (its error is above); the queue goes on", flush=True)
+        elif not has_run(row, read_results(row.results_file(root))):
+            if lock is not None:
+                lock.rmdir()  # a piece: any queue may continue the row
+            print(f"{row}: stopped at its checkpoint before --stop-at; queue it again to continue", flush=True)
     return failed
 
 
@@ -168,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rows", nargs="*", help="DATASET:METHOD:LABELLED:SEED, e.g. la:transmedseg:16:3")
     p.add_argument("--list", action="store_true", help="print the headline's rows, run and missing, and exit")
     p.add_argument("--locks", type=Path, help="a folder shared by the queues of one machine: each row taken once")
+    p.add_argument("--stop-at", metavar="HH:MM",
+                   help="train rows that cannot finish by then as pieces that stop at their checkpoint before it")
     p.add_argument("--root", type=Path, default=ROOT,
                    help="the checkout whose docs/results, runs/ and data/ receive the rows (default this one)")
     args = p.parse_args(argv)
@@ -178,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("name the rows to run (DATASET:METHOD:LABELLED:SEED), or --list")
     try:
         rows = [Row.parse(text) for text in args.rows]
+        stop_at = parse_stop_at(args.stop_at, datetime.datetime.now()).timestamp() if args.stop_at else None
     except ValueError as e:
         p.error(str(e))
-    return 1 if run_queue(rows, args.root, args.locks) else 0
+    return 1 if run_queue(rows, args.root, args.locks, stop_at=stop_at) else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/row_queue.py: rows named as the results page names them, done rows skipped, locks shared."""
 
+import datetime
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.row_queue import Row, grid, run_queue  # noqa: E402
+from benchmarks.row_queue import EVAL_MARGIN_S, MIN_PIECE_S, Row, grid, parse_stop_at, run_queue  # noqa: E402
 
 
 @pytest.mark.parametrize("text, name", [
@@ -74,3 +75,38 @@ def test_the_command_line_names_a_bad_row():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_queue.py"), "la:bcp:8:1"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "method 'bcp'" in done.stderr
+
+
+def test_stop_at_trains_pieces_releases_their_locks_and_starts_nothing_too_short(tmp_path, capsys):
+    locks, now = tmp_path / "locks", 1_000_000.0
+    ran = []
+
+    def runner(cmd, cwd):  # trains, but never finishes: no row reaches the results file
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    rows = [Row.parse(t) for t in ("acdc:mean_teacher:3:2", "acdc:mean_teacher:3:3")]
+    stop_at = now + EVAL_MARGIN_S + MIN_PIECE_S + 600
+    assert run_queue(rows, tmp_path, locks, runner, stop_at=stop_at, clock=lambda: now) == 0
+    assert len(ran) == 2 and ran[0][ran[0].index("--max-wall-s") + 1] == f"{MIN_PIECE_S + 600}"
+    assert not any(locks.iterdir())  # each piece's lock released: a later queue continues the row
+    assert "acdc:mean_teacher:3:2: stopped at its checkpoint before --stop-at" in capsys.readouterr().out
+
+    ran.clear()
+    late = stop_at - EVAL_MARGIN_S - MIN_PIECE_S + 1  # under MIN_PIECE_S left: nothing starts
+    assert run_queue(rows, tmp_path, locks, runner, stop_at=stop_at, clock=lambda: late) == 0
+    assert ran == []
+    out = capsys.readouterr().out
+    assert "not started (acdc:mean_teacher:3:2, acdc:mean_teacher:3:3: queue again later)" in out
+    assert "--max-wall-s" not in " ".join(Row.parse("la:supervised:8:2").command(tmp_path))
+
+
+def test_stop_at_is_a_later_time_today():
+    now = datetime.datetime(2026, 12, 2, 14, 30)
+    assert parse_stop_at("16:05", now) == datetime.datetime(2026, 12, 2, 16, 5)
+    with pytest.raises(ValueError, match="has passed today"):
+        parse_stop_at("14:00", now)
+    with pytest.raises(ValueError, match="expected HH:MM"):
+        parse_stop_at("4pm", now)
+    with pytest.raises(ValueError, match="expected HH:MM"):
+        parse_stop_at("25:00", now)
