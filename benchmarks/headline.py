@@ -82,6 +82,8 @@ def optional(method: str, dataset: str = "la") -> bool:
     """Whether ``method`` (as the rows name it) is a control that gets a line only where it has run."""
     spec = DATASETS[dataset]
     return any(method == _row_name(key, spec["suffix"]) for key in spec["optional"])
+
+
 SEED = re.compile(r"@seed\d+$")
 
 
@@ -226,7 +228,10 @@ def figures(rows: list[dict], labeled: list[int], dataset: str, output: Path) ->
     baseline = shown[0][1]
     bound = g.get((baseline, spec["upper"])) if spec["upper"] else None
     bound_name = f"{shown[0][2]}, all labelled (upper bound)"
-    val = lambda r: (r["curve"]["iteration"], r["curve"]["val_dice"])  # noqa: E731
+
+    def val(r: dict) -> tuple[list, list]:
+        return r["curve"]["iteration"], r["curve"]["val_dice"]
+
     colours = {name: COLOURS[name] for _, _, name in shown if name in COLOURS} | {bound_name: UPPER_COLOUR}
     second = []  # a method's second pseudo-label line (co-training's dynamic ones): its colour, dashed
     curves, quality = {}, {}

@@ -40,7 +40,6 @@ from ssmis.bundle.layout import config_files  # noqa: E402
 from ssmis.utils import atomic_write_text  # noqa: E402
 
 
-
 def app_server(studies: Path, model_dir: Path, models: str, log: Path) -> tuple[subprocess.Popen, str]:
     """The app serving ``models`` from ``model_dir`` under the CPU protocol
     (see ``lib.server_process.start_server``)."""

@@ -43,7 +43,6 @@ CASES = ["peak", "engine", "supervised", "mean_teacher", "bcp", "graphcl", "tran
 METHODS = ["supervised", "mean_teacher", "bcp", "graphcl", "transmedseg", "cps", "fixed_dynamic"]
 
 
-
 def build_network(name: str, device, channels_last: bool = False):
     from monai.networks.nets import BasicUNet
 

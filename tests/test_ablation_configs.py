@@ -294,4 +294,3 @@ def test_pretraining_loss_follows_bcp_per_dataset():
     assert pretrain_loss(TMS, "train", "cpu_protocol") == "region"
     assert pretrain_loss(TMS, "train", "cpu_protocol", "cpu_protocol_v1") == "region"
     assert pretrain_loss("transmedseg_acdc", "train") == "region"
-

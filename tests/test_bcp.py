@@ -209,4 +209,3 @@ def test_pretraining_loss_per_region_or_on_the_whole_image():
             and losses["whole"] != pytest.approx(losses["region"]))
     with pytest.raises(ValueError, match="pretrain_loss"):
         BCPStrategy(net, net, 2, pretrain_loss="image")
-

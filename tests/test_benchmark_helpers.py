@@ -608,7 +608,6 @@ def test_headline_pairs_each_method_with_supervised_on_their_common_seeds():
     assert paired_with_baseline(method + [row("s", 2, [0.5, 0.5, 0.5])], "m", "s", 8) == "–"  # no common seed
 
 
-
 def test_cpu_model_names_the_processor_with_its_family_and_model(tmp_path):
     from benchmarks.cpu_model import cpu_model
 

@@ -367,6 +367,7 @@ def test_reupload_keeps_labels_and_refuses_another_image(server):
     assert (studies / "reup.nii.gz").read_bytes() == before and labels_of_reup() == ["final"]
     # without ?image=, MONAI Label takes the id from the file name up to its first dot: sub-01.T1w and sub-01.T2w
     # are both "sub-01", and the second upload silently replaced the first
+
     def unnamed(name: str, path: Path, query: str = "") -> requests.Response:
         return requests.put(f"{base}/datastore/image{query}", files={"file": (name, path.read_bytes())})
 

@@ -40,4 +40,3 @@ def switch(conf: Dict[str, Any], key: str, default: bool) -> bool:
     if value not in ON + OFF:
         raise ValueError(f"--conf {key}: expected true or false, got {conf[key]!r}")
     return value in ON
-

@@ -83,4 +83,3 @@ def install_handlers(fastapi_app: Any) -> None:
     fastapi_app.exception_handlers[StarletteHTTPException] = _http_error
     fastapi_app.exception_handlers[json.JSONDecodeError] = _json_error
     fastapi_app.exception_handlers[MONAILabelException] = _monailabel_error
-

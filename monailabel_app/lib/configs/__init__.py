@@ -39,5 +39,3 @@ def served_models(models: str | None) -> list[str]:
         raise ValueError(f"--conf models: {names} mix the tasks {tasks} (other images and labels); serve the "
                          "models of one task")
     return names
-
-

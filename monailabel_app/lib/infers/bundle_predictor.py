@@ -231,4 +231,3 @@ class BundlePredictor:
         _, data = self._network_input(path, chain)
         nets = list(chain.network.nets) if hasattr(chain.network, "nets") else [chain.network]
         return [torch.softmax(self._logits(data, chain, n).float(), 0).cpu() for n in nets]
-

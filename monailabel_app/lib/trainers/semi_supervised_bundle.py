@@ -61,6 +61,7 @@ def check_records(datalist: Dict[str, list], spatial_dims: int, limits: VolumeLi
                 raise ValueError(f"{part} label {record['label']}: shape {shapes['label']} differs from its image "
                                  f"{record['image']} ({shapes['image']})")
 
+
 def check_finite_weights(trained: Path, served: Path) -> None:
     """``RuntimeError`` naming the first tensor of the state dict at ``trained`` that holds NaN or infinite values
     (a diverged run), before it could replace the ``served`` weights."""

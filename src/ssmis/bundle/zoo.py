@@ -215,5 +215,3 @@ def run_checks(bundle: str | Path, schema: str | Path | None = None,
             why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
             results[name] = f"FAIL: {type(e).__name__}: {why[:160]}"
     return results
-
-

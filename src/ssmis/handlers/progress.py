@@ -34,6 +34,6 @@ class TrainingProgressBar(ProgressBar):
                     return {k: float(v) for k, v in value.items()}
                 if isinstance(value, (tuple, list)) and len(value) == 1:  # from_engine returns a 1-tuple
                     value = value[0]
-                return {"loss": float(value)}  # a 1-tuple or 0-d tensor would show as "loss_0" 
+                return {"loss": float(value)}  # a 1-tuple or 0-d tensor would show as "loss_0"
 
         super().attach(engine, metric_names=metric_names, output_transform=transform, **kwargs)
