@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.headline import DATASETS  # noqa: E402
-from benchmarks.la_protocol import method_name, read_rows  # noqa: E402
+from benchmarks.la_protocol import method_name, read_rows, trained_iterations  # noqa: E402
 
 #: per dataset: the headline's protocol, and each method's bundle with the configs its rows merge (their order names
 #: the row); the label counts and the results file are the headline's own (``benchmarks.headline.DATASETS``)
@@ -109,6 +109,11 @@ class Row:
     def results_file(self, root: Path) -> Path:
         return root / "docs" / "results" / DATASETS[self.dataset]["results"]
 
+    def run_folder(self, root: Path) -> Path:
+        """The row's training folder under ``root``: ``runs/<results file's stem>/<name>_l<labelled>``, as
+        ``la_protocol.py`` names it by default."""
+        return root / "runs" / self.results_file(root).stem / f"{self.name}_l{self.labeled}"
+
     def command(self, root: Path, max_wall_s: float | None = None) -> list[str]:
         """The ``la_protocol.py`` command that trains and evaluates this row, its outputs under ``root`` (the runs in
         ``runs/<results file's stem>``, as ``la_protocol.py`` names them by default); with ``max_wall_s``, training
@@ -118,7 +123,7 @@ class Row:
                 "--protocol", HEADLINE[self.dataset]["protocol"], "--bundles", self.bundle,
                 *(part for c in self.configs for part in ("--config", f"{self.bundle}={c}")),
                 "--labeled", str(self.labeled), "--seed", str(self.seed),
-                "--results", str(results), "--runs-root", str(root / "runs" / results.stem),
+                "--results", str(results), "--runs-root", str(self.run_folder(root).parent),
                 "--data-root", str(root / "data"),
                 *(("--max-wall-s", f"{max_wall_s:.0f}") if max_wall_s is not None else ())]
 
@@ -136,7 +141,8 @@ def has_run(row: Row, rows: list[dict]) -> dict | None:
 def grid(root: Path) -> str:
     """The headline's rows (every method, label count and seed of ``SEEDS``) as a table: the validation Dice of
     those that have run, ``missing`` otherwise with the longest training CPU minutes of its other seeds (a guide to
-    what fits a session; a resumed row counts only its last piece, and the processors differ: ``trained_on``)."""
+    what fits a session; a resumed row counts only its last piece, and the processors differ: ``trained_on``) and
+    the iterations its checkpoint holds where pieces of it have trained."""
     lines = ["| row | Dice % | train CPU min | processor |", "|---|---|---|---|"]
     for dataset, spec in HEADLINE.items():
         results = read_results(root / "docs" / "results" / DATASETS[dataset]["results"])
@@ -151,7 +157,9 @@ def grid(root: Path) -> str:
                                      f"| {', '.join(run.get('trained_on') or ['not recorded'])} |")
                     else:
                         guess = f"up to {max(cpu):.0f} (other seeds)" if cpu else "–"
-                        lines.append(f"| {row} | missing | {guess} | |")
+                        done = trained_iterations(row.run_folder(root))
+                        state = f"missing; {done} iterations trained in pieces" if done else "missing"
+                        lines.append(f"| {row} | {state} | {guess} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,11 @@ def test_the_queue_skips_done_and_locked_rows_and_goes_on_after_a_failure(tmp_pa
     assert "| la:supervised:8:2 | 80.00 | 10 | not recorded |" in table
     assert "| la:supervised:8:3 | missing | up to 10 (other seeds) | |" in table
     assert "| acdc:supervised:3:2 | missing | – | |" in table  # no ACDC results file yet
+    import torch
+    piece = Row.parse("la:supervised:8:3").run_folder(tmp_path) / "models"
+    piece.mkdir(parents=True)
+    torch.save({"trainer": {"iteration": 300}}, piece / "checkpoint.pt")  # a row trained in pieces so far
+    assert "| la:supervised:8:3 | missing; 300 iterations trained in pieces | up to 10 (other seeds) | |" in grid(tmp_path)
 
 
 def test_the_command_line_names_a_bad_row():
