@@ -173,7 +173,8 @@ def trained_iterations(out: Path) -> int:
     ckpt = out / "models" / "checkpoint.pt"
     if not ckpt.is_file():
         return 0
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["trainer"]["iteration"])
+    # memory-mapped: only the trainer's few numbers are read, not the networks' and optimiser's tensors
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["trainer"]["iteration"])
 
 
 def target_iterations(config_file: str, overrides: list[str]) -> int:

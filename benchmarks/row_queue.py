@@ -138,11 +138,22 @@ def has_run(row: Row, rows: list[dict]) -> dict | None:
     return next((r for r in rows if r.get("method") == row.name and int(r["labeled"]) == row.labeled), None)
 
 
+def checkpoint_state(run: Path) -> str:
+    """``"; checkpoint at N iterations"`` for a run folder with a checkpoint (a row trained in pieces, killed, or
+    training now), ``"; checkpoint unreadable"`` for one that cannot be read, else ``""``."""
+    if not (run / "models" / "checkpoint.pt").is_file():
+        return ""
+    try:
+        return f"; checkpoint at {trained_iterations(run)} iterations"
+    except Exception:  # noqa: BLE001 - any unreadable file: --list goes on
+        return "; checkpoint unreadable"
+
+
 def grid(root: Path) -> str:
     """The headline's rows (every method, label count and seed of ``SEEDS``) as a table: the validation Dice of
     those that have run, ``missing`` otherwise with the longest training CPU minutes of its other seeds (a guide to
     what fits a session; a resumed row counts only its last piece, and the processors differ: ``trained_on``) and
-    the iterations its checkpoint holds where pieces of it have trained."""
+    the iterations its checkpoint holds where it has one (:func:`checkpoint_state`)."""
     lines = ["| row | Dice % | train CPU min | processor |", "|---|---|---|---|"]
     for dataset, spec in HEADLINE.items():
         results = read_results(root / "docs" / "results" / DATASETS[dataset]["results"])
@@ -157,8 +168,7 @@ def grid(root: Path) -> str:
                                      f"| {', '.join(run.get('trained_on') or ['not recorded'])} |")
                     else:
                         guess = f"up to {max(cpu):.0f} (other seeds)" if cpu else "–"
-                        done = trained_iterations(row.run_folder(root))
-                        state = f"missing; {done} iterations trained in pieces" if done else "missing"
+                        state = "missing" + checkpoint_state(row.run_folder(root))
                         lines.append(f"| {row} | {state} | {guess} | |")
     return "\n".join(lines) + "\n"
 
@@ -179,9 +189,10 @@ def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess
               stop_at: float | None = None, clock=time.time) -> int:
     """Run each row not yet in its results file (and not locked by another queue); the number that failed.
 
-    ``stop_at`` (seconds since the epoch): each row's training stops by then, minus ``EVAL_MARGIN_S``, and no row
-    starts with less than ``MIN_PIECE_S`` left; a row stopped early is left at its checkpoint with its lock
-    released."""
+    ``stop_at`` (seconds since the epoch): each row's training gets ``--max-wall-s`` of the time left minus
+    ``EVAL_MARGIN_S`` (which also covers the training process's start and the iteration and validation that may
+    run past the limit before it saves), and no row starts with less than ``MIN_PIECE_S`` left; a row that ends
+    without a result (a piece) is left at its checkpoint with its lock released."""
     failed = 0
     for row in rows:
         if has_run(row, read_results(row.results_file(root))):
@@ -209,9 +220,14 @@ def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess
             failed += 1
             print(f"{row}: failed (its error is above); the queue goes on", flush=True)
         elif not has_run(row, read_results(row.results_file(root))):
+            print(f"{row}: stopped at its checkpoint" + (" before --stop-at" if stop_at is not None else "")
+                  + "; queue it again to continue", flush=True)
             if lock is not None:
-                lock.rmdir()  # a piece: any queue may continue the row
-            print(f"{row}: stopped at its checkpoint before --stop-at; queue it again to continue", flush=True)
+                try:
+                    lock.rmdir()  # a piece: any queue may continue the row
+                except OSError as e:
+                    print(f"{row}: its lock {lock} could not be released ({e}); remove it to queue the row again",
+                          flush=True)
     return failed
 
 
@@ -221,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the headline's rows, run and missing, and exit")
     p.add_argument("--locks", type=Path, help="a folder shared by the queues of one machine: each row taken once")
     p.add_argument("--stop-at", metavar="HH:MM",
-                   help="train rows that cannot finish by then as pieces that stop at their checkpoint before it")
+                   help="a time later today: rows that cannot finish by then train as pieces that stop at their "
+                        "checkpoint before it")
     p.add_argument("--root", type=Path, default=ROOT,
                    help="the checkout whose docs/results, runs/ and data/ receive the rows (default this one)")
     args = p.parse_args(argv)
+    args.root = args.root.resolve()  # la_protocol.py runs in this checkout: a relative --root means the same there
     if args.list:
         print(grid(args.root), end="")
         return 0

@@ -73,8 +73,9 @@ def test_the_queue_skips_done_and_locked_rows_and_goes_on_after_a_failure(tmp_pa
     piece = Row.parse("la:supervised:8:3").run_folder(tmp_path) / "models"
     piece.mkdir(parents=True)
     torch.save({"trainer": {"iteration": 300}}, piece / "checkpoint.pt")  # a row trained in pieces so far
-    line = "| la:supervised:8:3 | missing; 300 iterations trained in pieces | up to 10 (other seeds) | |"
-    assert line in grid(tmp_path)
+    assert "| la:supervised:8:3 | missing; checkpoint at 300 iterations | up to 10 (other seeds) | |" in grid(tmp_path)
+    (piece / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert "| la:supervised:8:3 | missing; checkpoint unreadable |" in grid(tmp_path)
 
 
 def test_the_command_line_names_a_bad_row():
@@ -95,8 +96,15 @@ def test_stop_at_trains_pieces_releases_their_locks_and_starts_nothing_too_short
     stop_at = now + EVAL_MARGIN_S + MIN_PIECE_S + 600
     assert run_queue(rows, tmp_path, locks, runner, stop_at=stop_at, clock=lambda: now) == 0
     assert len(ran) == 2 and ran[0][ran[0].index("--max-wall-s") + 1] == f"{MIN_PIECE_S + 600}"
+    walls = [float(cmd[cmd.index("--max-wall-s") + 1]) for cmd in ran]
+    assert walls == [MIN_PIECE_S + 600] * 2  # the clock stood still: each row got the time left
     assert not any(locks.iterdir())  # each piece's lock released: a later queue continues the row
     assert "acdc:mean_teacher:3:2: stopped at its checkpoint before --stop-at" in capsys.readouterr().out
+
+    ran.clear()
+    times = iter([now, now + 601])  # the first piece takes 601 s: under MIN_PIECE_S is left for the second row
+    assert run_queue(rows, tmp_path, locks, runner, stop_at=stop_at, clock=lambda: next(times)) == 0
+    assert len(ran) == 1 and "acdc:mean_teacher:3:3: under 15 min left" in capsys.readouterr().out
 
     ran.clear()
     late = stop_at - EVAL_MARGIN_S - MIN_PIECE_S + 1  # under MIN_PIECE_S left: nothing starts
@@ -116,3 +124,29 @@ def test_stop_at_is_a_later_time_today():
         parse_stop_at("4pm", now)
     with pytest.raises(ValueError, match="expected HH:MM"):
         parse_stop_at("25:00", now)
+
+
+def test_the_run_folder_is_the_one_la_protocol_trains_in(tmp_path):
+    import argparse
+
+    from benchmarks.la_protocol import run_dir
+
+    for text in ("acdc:bcp_only:7:2", "la:mean_teacher:8:1337"):
+        row = Row.parse(text)
+        args = argparse.Namespace(runs_root=row.run_folder(tmp_path).parent, seed=row.seed,
+                                  extra_configs={row.bundle: list(row.configs)})
+        assert run_dir(row.bundle, row.labeled, args) == row.run_folder(tmp_path)
+
+
+def test_the_command_line_passes_stop_at_and_names_a_bad_one(monkeypatch):
+    import benchmarks.row_queue as row_queue
+
+    seen = {}
+    monkeypatch.setattr(row_queue, "run_queue", lambda rows, root, locks, stop_at=None: seen.update(stop_at=stop_at))
+    later = datetime.datetime.now().replace(hour=23, minute=59, second=0, microsecond=0)
+    if datetime.datetime.now() < later:  # no later time today in the last minute of a day
+        assert row_queue.main(["--stop-at", "23:59", "acdc:supervised:7:3"]) == 0
+        assert seen["stop_at"] == later.timestamp()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_queue.py"), "--stop-at", "4pm",
+                           "la:supervised:8:2"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--stop-at '4pm': expected HH:MM" in done.stderr
