@@ -4,6 +4,7 @@ MONAI Label server command."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -337,6 +338,34 @@ def test_paused_meter_adds_the_time_between_stopped_polls(monkeypatch):
     with PausedMeter(1, interval=0.001) as meter:
         meter._thread.join(5)  # polls at t = 1 (S), 2 (T), 3 (t), 4 (T), 5 (S), 6 (T), 7 (S), then gone
     assert meter.seconds == 2.0  # 2 -> 3 -> 4; the lone stopped poll at 6 adds nothing
+
+
+def test_paused_meter_counts_a_group_stop_that_froze_it_too(monkeypatch):
+    """Stopping the whole process group stops the meter's own thread, so no poll sees state ``T``: a gap between
+    polls longer than ``interval + late_s`` counts (less one interval) when the process used almost no CPU over
+    it, and does not count when the process kept running (only the meter's process was stopped)."""
+    from types import SimpleNamespace
+
+    from benchmarks import paused_time
+
+    process_cpu_s = paused_time.process_cpu_s
+    assert process_cpu_s(os.getpid()) > 0
+    assert process_cpu_s(2 ** 22 + 7) is None  # no such process
+
+    def run(cpu_seconds):
+        clock = iter([0.0, 1.0, 101.0, 102.0, 103.0])  # the thread's start, then its polls
+        states = iter(["S", "S", "S", "R", "S", None])  # the first is __enter__'s check
+        cpu = iter(cpu_seconds)
+        monkeypatch.setattr(paused_time, "process_state", lambda pid: next(states))
+        monkeypatch.setattr(paused_time, "process_cpu_s", lambda pid: next(cpu))
+        monkeypatch.setattr(paused_time, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+        with PausedMeter(1, interval=0.001, late_s=5.0) as meter:
+            meter._thread.join(5)
+        return meter.seconds
+
+    # polls at t = 1, 101 (a 100 s gap), 102, 103, then gone; the CPU read at the start and at each poll
+    assert run([10.0, 11.0, 11.5, 12.5, 13.5, 14.0]) == pytest.approx(100.0 - 0.001)  # 0.5 CPU s in 100 s: stopped
+    assert run([10.0, 11.0, 90.0, 91.0, 92.0, 93.0]) == 0.0  # 79 CPU s in the gap: it ran; only the meter stopped
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
