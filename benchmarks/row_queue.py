@@ -63,6 +63,11 @@ EVAL_MARGIN_S = 300
 MIN_PIECE_S = 900
 
 
+def results_file(dataset: str, root: Path) -> Path:
+    """The headline's results file of ``dataset`` under ``root``: ``docs/results/<file>``."""
+    return root / "docs" / "results" / DATASETS[dataset]["results"]
+
+
 @dataclass(frozen=True)
 class Row:
     """One result row: ``dataset`` (``la``, ``acdc``), ``method`` (a key of ``HEADLINE[dataset]["methods"]``),
@@ -107,7 +112,7 @@ class Row:
         return method_name(self.bundle, list(self.configs), self.seed)
 
     def results_file(self, root: Path) -> Path:
-        return root / "docs" / "results" / DATASETS[self.dataset]["results"]
+        return results_file(self.dataset, root)
 
     def run_folder(self, root: Path) -> Path:
         """The row's training folder under ``root``: ``runs/<results file's stem>/<name>_l<labelled>``, as
@@ -156,7 +161,7 @@ def grid(root: Path) -> str:
     the iterations its checkpoint holds where it has one (:func:`checkpoint_state`)."""
     lines = ["| row | Dice % | train CPU min | processor |", "|---|---|---|---|"]
     for dataset, spec in HEADLINE.items():
-        results = read_results(root / "docs" / "results" / DATASETS[dataset]["results"])
+        results = read_results(results_file(dataset, root))
         for labeled in DATASETS[dataset]["labeled"]:
             for method in spec["methods"]:
                 rows = [Row(dataset, method, labeled, s) for s in SEEDS]

@@ -11,7 +11,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.row_queue import EVAL_MARGIN_S, MIN_PIECE_S, Row, grid, parse_stop_at, run_queue  # noqa: E402
+from benchmarks.headline import methods  # noqa: E402
+from benchmarks.row_queue import (  # noqa: E402
+    EVAL_MARGIN_S, HEADLINE, MIN_PIECE_S, Row, grid, parse_stop_at, run_queue)
 
 
 @pytest.mark.parametrize("text, name", [
@@ -23,6 +25,15 @@ from benchmarks.row_queue import EVAL_MARGIN_S, MIN_PIECE_S, Row, grid, parse_st
 def test_rows_are_named_as_their_other_seeds(text, name):
     row = Row.parse(text)
     assert str(row) == text and row.name == name
+
+
+@pytest.mark.parametrize("dataset", sorted(HEADLINE))
+def test_every_queued_method_is_a_line_of_the_headline(dataset):
+    """The queue's bundles and configs (``HEADLINE``) and the headline's lines (``headline.DATASETS``) are written
+    apart: each queued method must name a headline line, or its rows would land where no table reads them."""
+    lines = {name for name, _ in methods(dataset)}
+    for method in HEADLINE[dataset]["methods"]:
+        assert Row(dataset, method, 3, 1337).name in lines, (dataset, method)
 
 
 @pytest.mark.parametrize("text, part", [("la:bcp_only:16", "DATASET:METHOD:LABELLED:SEED"),
