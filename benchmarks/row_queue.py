@@ -157,8 +157,8 @@ def checkpoint_state(run: Path) -> str:
 def grid(root: Path) -> str:
     """The headline's rows (every method, label count and seed of ``SEEDS``) as a table: the validation Dice of
     those that have run, ``missing`` otherwise with the longest training CPU minutes of its other seeds (a guide to
-    what fits a session; a resumed row counts only its last piece, and the processors differ: ``trained_on``) and
-    the iterations its checkpoint holds where it has one (:func:`checkpoint_state`)."""
+    what fits a session; pieces are summed, except those killed before they were counted, and the processors
+    differ: ``trained_on``) and the iterations its checkpoint holds where it has one (:func:`checkpoint_state`)."""
     lines = ["| row | Dice % | train CPU min | processor |", "|---|---|---|---|"]
     for dataset, spec in HEADLINE.items():
         results = read_results(results_file(dataset, root))
