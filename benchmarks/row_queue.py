@@ -179,15 +179,14 @@ def grid(root: Path) -> str:
 
 
 def parse_stop_at(text: str, now: datetime.datetime) -> datetime.datetime:
-    """``HH:MM`` as a time later today than ``now``; ValueError otherwise."""
+    """``HH:MM`` as the next such time after ``now``: today, or tomorrow once it has passed today (a session that
+    runs past midnight); ValueError for anything but a clock time."""
     try:
         hour, minute = (int(part) for part in text.split(":"))
         at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     except ValueError:
         raise ValueError(f"--stop-at {text!r}: expected HH:MM, e.g. 16:30") from None
-    if at <= now:
-        raise ValueError(f"--stop-at {text}: that time has passed today (now {now:%H:%M})")
-    return at
+    return at if at > now else at + datetime.timedelta(days=1)
 
 
 def run_queue(rows: list[Row], root: Path, locks: Path | None, runner=subprocess.run,
@@ -242,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the headline's rows, run and missing, and exit")
     p.add_argument("--locks", type=Path, help="a folder shared by the queues of one machine: each row taken once")
     p.add_argument("--stop-at", metavar="HH:MM",
-                   help="a time later today: rows that cannot finish by then train as pieces that stop at their "
-                        "checkpoint before it")
+                   help="a clock time (the next one: tomorrow's once it has passed today): rows that cannot "
+                        "finish by then train as pieces that stop at their checkpoint before it")
     p.add_argument("--root", type=Path, default=ROOT,
                    help="the checkout whose docs/results, runs/ and data/ receive the rows (default this one)")
     args = p.parse_args(argv)
@@ -255,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("name the rows to run (DATASET:METHOD:LABELLED:SEED), or --list")
     try:
         rows = [Row.parse(text) for text in args.rows]
-        stop_at = parse_stop_at(args.stop_at, datetime.datetime.now()).timestamp() if args.stop_at else None
+        stop_at = parse_stop_at(args.stop_at, datetime.datetime.now()) if args.stop_at else None
     except ValueError as e:
         p.error(str(e))
+    if stop_at is not None:
+        print(f"pieces stop before {stop_at:%Y-%m-%d %H:%M}", flush=True)
+        stop_at = stop_at.timestamp()
     return 1 if run_queue(rows, args.root, args.locks, stop_at=stop_at) else 0
 
 

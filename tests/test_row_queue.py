@@ -126,11 +126,12 @@ def test_stop_at_trains_pieces_releases_their_locks_and_starts_nothing_too_short
     assert "--max-wall-s" not in " ".join(Row.parse("la:supervised:8:2").command(tmp_path))
 
 
-def test_stop_at_is_a_later_time_today():
+def test_stop_at_is_the_next_such_clock_time():
     now = datetime.datetime(2026, 12, 2, 14, 30)
     assert parse_stop_at("16:05", now) == datetime.datetime(2026, 12, 2, 16, 5)
-    with pytest.raises(ValueError, match="has passed today"):
-        parse_stop_at("14:00", now)
+    assert parse_stop_at("14:00", now) == datetime.datetime(2026, 12, 3, 14, 0)  # passed today: tomorrow's
+    assert parse_stop_at("00:50", datetime.datetime(2026, 12, 31, 22, 3)) == datetime.datetime(2027, 1, 1, 0, 50)
+    assert parse_stop_at("14:30", now) == datetime.datetime(2026, 12, 3, 14, 30)  # now itself is not later
     with pytest.raises(ValueError, match="expected HH:MM"):
         parse_stop_at("4pm", now)
     with pytest.raises(ValueError, match="expected HH:MM"):
