@@ -230,3 +230,21 @@ def test_ship_and_export_refuse_bad_arguments_in_one_line(tmp_path, capsys):
             bundle_main(["export", str(bundle), *extra])
         err = capsys.readouterr().err
         assert e.value.code == 2 and words in err and "Traceback" not in err
+
+
+def test_ship_sets_the_metadata_score_and_every_bundle_shows_its_weights_score(tmp_path):
+    bundle = _bundle(tmp_path)
+    meta_file = bundle / "configs" / "metadata.json"
+    before = json.loads(meta_file.read_text())
+    _cpu_protocol_weights(bundle, tmp_path / "model.pt")
+    assert _ship(bundle, tmp_path / "model.pt") == 0
+    after = json.loads(meta_file.read_text())
+    assert after["eval_metrics"] == {**before.get("eval_metrics", {}), "mean_dice": 0.8}
+    after.pop("eval_metrics"), before.pop("eval_metrics", None)
+    assert after == before  # nothing else changed
+    for folder in sorted(BUNDLES.iterdir()):  # the repository's bundles: metadata and weights.json agree
+        record = folder / "weights" / "weights.json"
+        if record.is_file():
+            meta = json.loads((folder / "configs" / "metadata.json").read_text())
+            assert meta.get("eval_metrics", {}).get("mean_dice") == json.loads(record.read_text())["val_dice"], \
+                folder.name

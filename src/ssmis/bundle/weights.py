@@ -176,7 +176,8 @@ def ship_weights(bundle: str | os.PathLike, source: str | os.PathLike, configs: 
                  half: bool = True) -> Path:
     """Write ``source``'s network weights as the bundle's shipped ``weights/model.pt`` (float16 with ``half``: half
     the size; they load into a float32 network as usual) and ``weights/weights.json`` (``record`` plus ``configs``,
-    the SHA-256 and the dtype). Both are replaced atomically, the record last.
+    the SHA-256 and the dtype). Both are replaced atomically, the record last; then ``configs/metadata.json``'s
+    ``eval_metrics.mean_dice`` becomes the record's ``val_dice``, so the zoo shows the score of the weights shipped.
 
     Raises:
         ValueError: ``source`` does not load strictly into ``network_def`` of ``inference`` + ``configs``.
@@ -202,4 +203,9 @@ def ship_weights(bundle: str | os.PathLike, source: str | os.PathLike, configs: 
     full = {**record, "configs": [config_name(c) for c in configs], "dtype": "float16" if half else "float32",
             "sha256": sha256(target)}
     atomic_write_text(json.dumps(full, indent=2) + "\n", folder / "weights.json")
+    meta_file = bundle / "configs" / "metadata.json"
+    if "val_dice" in record and meta_file.is_file():  # the zoo reads a bundle's score from eval_metrics
+        meta = json.loads(meta_file.read_text())
+        meta["eval_metrics"] = {**(meta.get("eval_metrics") or {}), "mean_dice": record["val_dice"]}
+        atomic_write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n", meta_file)
     return target
